@@ -1,0 +1,64 @@
+"""Celery settings only: broker, queues, routes, beat schedule and reliability knobs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from kombu import Queue
+
+from workers.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+# Redis redelivers an unacknowledged message after the visibility timeout: it must exceed
+# the longest task (time limits below) and any countdown, or a running task is delivered twice.
+broker_transport_options = {"visibility_timeout": 600}
+result_backend = None
+task_ignore_result = True
+
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# Acknowledge after the task ran, and give the message back when the worker process dies:
+# every task is idempotent, so running twice is harmless and losing one is not.
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+task_time_limit = 300
+task_soft_time_limit = 240
+worker_max_tasks_per_child = 10_000
+
+# Flower and `celery events` need task events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+task_default_queue = "ops"
+task_queues = (
+    Queue("ingestion", routing_key="ingestion"),
+    Queue("execution", routing_key="execution"),
+    Queue("ops", routing_key="ops"),
+)
+task_routes = {
+    "ingestion.*": {"queue": "ingestion"},
+    "execution.*": {"queue": "execution"},
+    "sweep.*": {"queue": "ops"},
+    "audit.*": {"queue": "ops"},
+}
+
+beat_schedule = {
+    "sweep-rewake": {
+        "task": "sweep.rewake",
+        "schedule": timedelta(seconds=float(_settings.schedule.sweep_seconds)),  # float-ok: a duration
+        "options": {"expires": 30},
+    },
+    "audit-check": {
+        "task": "audit.check",
+        "schedule": timedelta(seconds=float(_settings.schedule.audit_seconds)),  # float-ok: a duration
+        "options": {"expires": 120},
+    },
+}

@@ -1,0 +1,1 @@
+"""What dustpan knows: the pure domain (``models.domain``) and the PostgreSQL tables."""

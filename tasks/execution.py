@@ -1,0 +1,189 @@
+"""Execution: send an execution's whole-share order to the brokerage exactly once (SPEC 1.2).
+
+The order is always looked up by its ``client_order_id`` before anything is sent, so a
+redelivered task, a timeout or a crash after the broker accepted never leads to a second
+order. Unfilled shares of a finished order go back into the symbol's net, with the reason;
+orders that keep failing back the symbol off and then freeze it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.db import UnitOfWork
+from models.domain.execution_state import ExecutionStatus, settle
+from models.domain.quantities import Side, signed
+from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
+from tasks.ingestion import execute_if_due
+from workers.brokerage import (
+    Brokerage,
+    BrokerOrder,
+    DuplicateClientOrderId,
+    InvalidOrder,
+    OrderRequest,
+    TemporaryError,
+)
+
+
+class SubmitOutcome(StrEnum):
+    MISSING = "missing"
+    BUSY = "busy"  # another worker holds the execution right now
+    FROZEN = "frozen"  # left pending until the symbol is unfrozen
+    WORKING = "working"  # the broker has it and it can still fill: poll again
+    SETTLED = "settled"  # filled, partially filled, rejected or cancelled
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    threshold: Decimal
+    rejection_backoff_seconds: int
+    freeze_after_rejections: int
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    outcome: SubmitOutcome
+    # Executions created in the same transaction from shares put back (enqueue after commit).
+    follow_ups: list[uuid.UUID] = field(default_factory=list)
+
+
+def submit_execution(
+    uow: UnitOfWork, brokerage: Brokerage, execution_id: uuid.UUID, config: ExecutionConfig, now: datetime
+) -> SubmitResult:
+    with uow:
+        session = uow.session
+        # The row lock is held across the broker call so two workers never act on one execution.
+        execution = session.scalars(
+            select(Execution).where(Execution.id == execution_id).with_for_update(skip_locked=True)
+        ).one_or_none()
+        if execution is None:
+            exists = session.scalar(select(Execution.id).where(Execution.id == execution_id))
+            return SubmitResult(SubmitOutcome.BUSY if exists else SubmitOutcome.MISSING)
+        if not ExecutionStatus(execution.status).in_flight:
+            return SubmitResult(SubmitOutcome.SETTLED)
+        if session.get(SymbolFreeze, execution.symbol) is not None:
+            return SubmitResult(SubmitOutcome.FROZEN)
+        try:
+            order = _find_or_place_order(brokerage, execution)
+        except InvalidOrder as refused:
+            _settle_refused(session, execution, str(refused), config, now)
+            uow.commit()
+            return SubmitResult(SubmitOutcome.SETTLED)
+        except TemporaryError as unknown:
+            execution.last_error = f"{type(unknown).__name__}: {unknown}"
+            execution.updated_at = now
+            uow.commit()
+            raise
+        result = record_broker_order(session, execution, order, config, now)
+        uow.commit()
+        return result
+
+
+def _find_or_place_order(brokerage: Brokerage, execution: Execution) -> BrokerOrder:
+    order = brokerage.get_order_by_client_order_id(execution.client_order_id)
+    if order is not None:
+        return order
+    execution.submit_attempts += 1
+    request = OrderRequest(execution.client_order_id, execution.symbol, execution.side, execution.quantity)
+    try:
+        return brokerage.submit_order(request)
+    except DuplicateClientOrderId:
+        # Our earlier request reached the broker after all: read it back, never resend.
+        order = brokerage.get_order_by_client_order_id(execution.client_order_id)
+        if order is None:
+            raise TemporaryError("broker reports the client order id taken but cannot find it") from None
+        return order
+
+
+def record_broker_order(
+    session: Session, execution: Execution, order: BrokerOrder, config: ExecutionConfig, now: datetime
+) -> SubmitResult:
+    """Write the broker's answer onto the execution; put unfilled shares back when it is over."""
+    settlement = settle(order.status, execution.quantity, order.filled_quantity)
+    execution.broker_order_id = order.id
+    execution.filled_quantity = order.filled_quantity
+    execution.average_price = order.filled_average_price
+    execution.status = settlement.status.value
+    execution.submitted_at = execution.submitted_at or now
+    execution.updated_at = now
+    execution.last_error = None
+    if settlement.status is ExecutionStatus.SUBMITTED:
+        return SubmitResult(SubmitOutcome.WORKING)
+    accumulator = _lock_accumulator(session, execution.symbol)
+    if settlement.unfilled:
+        reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
+        _put_back(session, accumulator, execution, settlement.unfilled, reason, now)
+    if order.filled_quantity > 0:
+        accumulator.consecutive_rejections = 0
+        accumulator.hold_until = None
+    else:
+        _back_off(session, accumulator, config, now, reason=f"order {order.status} by broker")
+    # Re-order shares put back in this same commit, so no quiet moment shows |net| >= threshold.
+    return SubmitResult(SubmitOutcome.SETTLED, execute_if_due(session, accumulator, config.threshold, now))
+
+
+def _settle_refused(
+    session: Session, execution: Execution, reason: str, config: ExecutionConfig, now: datetime
+) -> None:
+    execution.status = ExecutionStatus.REJECTED.value
+    execution.last_error = reason
+    execution.updated_at = now
+    accumulator = _lock_accumulator(session, execution.symbol)
+    _put_back(session, accumulator, execution, execution.quantity, f"rejected: {reason}", now)
+    _back_off(session, accumulator, config, now, reason=reason)
+
+
+def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
+    return session.scalars(select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()).one()
+
+
+def _put_back(
+    session: Session, accumulator: Accumulator, execution: Execution, unfilled: Decimal, reason: str, now: datetime
+) -> None:
+    """Unfilled shares return to the net as an open portion; the unique key makes it once per execution."""
+    quantity = signed(Side(execution.side), unfilled)
+    inserted = session.scalar(
+        insert(ExecutionReturn)
+        .values(
+            execution_id=execution.id,
+            symbol=execution.symbol,
+            quantity=quantity,
+            open_quantity=quantity,
+            reason=reason,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["execution_id"])
+        .returning(ExecutionReturn.id)
+    )
+    if inserted is not None:
+        accumulator.net_quantity += quantity
+        accumulator.updated_at = now
+
+
+def _back_off(
+    session: Session, accumulator: Accumulator, config: ExecutionConfig, now: datetime, *, reason: str
+) -> None:
+    """Repeated failures must not loop: wait longer after each, then freeze the symbol."""
+    accumulator.consecutive_rejections += 1
+    failures = accumulator.consecutive_rejections
+    delay = config.rejection_backoff_seconds * 2 ** min(failures - 1, 10)
+    accumulator.hold_until = now + timedelta(seconds=delay)
+    if failures >= config.freeze_after_rejections:
+        session.execute(
+            insert(SymbolFreeze)
+            .values(
+                symbol=accumulator.symbol,
+                reason=f"{failures} orders in a row failed; last: {reason}",
+                source="auto",
+                frozen_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["symbol"])
+        )

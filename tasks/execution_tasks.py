@@ -1,0 +1,40 @@
+"""Celery task ``execution.submit``: thin wrapper around ``submit_execution``."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from tasks.execution import SubmitOutcome, submit_execution
+from workers import runtime
+from workers.brokerage import RateLimited, TemporaryError
+from workers.celery_app import app
+
+MAX_COUNTDOWN_SECONDS = 60  # far below the broker visibility timeout (celeryconfig)
+
+
+@app.task(name="execution.submit", bind=True, max_retries=None)
+def submit(self: Any, execution_id: str) -> str:
+    try:
+        result = submit_execution(
+            runtime.unit_of_work(),
+            runtime.brokerage(),
+            uuid.UUID(execution_id),
+            runtime.execution_config(),
+            runtime.now(),
+        )
+    except TemporaryError as exc:
+        raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries, exc)) from None
+    for follow_up in result.follow_ups:
+        submit.delay(str(follow_up))
+    if result.outcome is SubmitOutcome.WORKING:
+        raise self.retry(countdown=runtime.settings().execution.poll_seconds)
+    return result.outcome.value
+
+
+def _retry_delay(retries: int, exc: TemporaryError) -> int:
+    """Exponential backoff with full jitter, capped; honour a broker's Retry-After."""
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+    ceiling = min(MAX_COUNTDOWN_SECONDS, 2 ** min(retries + 1, 6))
+    return min(MAX_COUNTDOWN_SECONDS, max(retry_after or 0, random.randint(1, ceiling)))

@@ -1,0 +1,247 @@
+"""Trade ingestion: store webhooks' trades once, then net them per symbol into executions.
+
+``store_trades`` runs in the webhook request; ``accumulate_symbol`` runs in the
+``ingestion.accumulate`` task, woken after the trades are committed and by the sweep.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import bindparam, case, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.db import UnitOfWork
+from models.domain.accumulation import Allocation, Portion, plan_execution
+from models.domain.quantities import ZERO
+from models.domain.trades import IncomingTrade
+from models.tables import Accumulator, Contribution, Execution, ExecutionReturn, SymbolFreeze, Trade
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    accepted: int
+    duplicates: int
+    conflicts: list[str]
+    symbols: list[str]  # symbols with newly accepted trades, to wake after commit
+
+
+def store_trades(uow: UnitOfWork, trades: Sequence[IncomingTrade]) -> StoreResult:
+    """Insert unseen trade ids; a known id is a duplicate if its content matches, else a conflict."""
+    first_by_id: dict[str, IncomingTrade] = {}
+    repeats: list[IncomingTrade] = []
+    for trade in trades:
+        if trade.id in first_by_id:
+            repeats.append(trade)
+        else:
+            first_by_id[trade.id] = trade
+    with uow:
+        rows = [_trade_row(trade) for trade in first_by_id.values()]
+        inserted = set(
+            uow.session.scalars(
+                insert(Trade).values(rows).on_conflict_do_nothing(index_elements=["id"]).returning(Trade.id)
+            )
+        )
+        known = [t for t in first_by_id.values() if t.id not in inserted] + repeats
+        stored_hash: dict[str, str] = {}
+        if known:
+            stored_hash = dict(
+                uow.session.execute(
+                    select(Trade.id, Trade.content_hash).where(Trade.id.in_({t.id for t in known}))
+                ).tuples().all()
+            )
+        uow.commit()
+    conflicts = [t.id for t in known if stored_hash.get(t.id) != t.content_hash()]
+    symbols = sorted({first_by_id[i].symbol for i in inserted})
+    return StoreResult(len(inserted), len(known) - len(conflicts), conflicts, symbols)
+
+
+def _trade_row(trade: IncomingTrade) -> dict[str, object]:
+    return {
+        "id": trade.id,
+        "symbol": trade.symbol,
+        "side": trade.side.value,
+        "quantity": trade.quantity,
+        "price": trade.price,
+        "executed_at": trade.executed_at,
+        "content_hash": trade.content_hash(),
+    }
+
+
+@dataclass(frozen=True)
+class AccumulationConfig:
+    threshold: Decimal
+    batch_size: int
+    restricted_symbols: frozenset[str]
+
+
+@dataclass
+class AccumulateResult:
+    applied: int = 0
+    rejected: int = 0
+    executions: list[uuid.UUID] = field(default_factory=list)
+    more_waiting: bool = False
+
+
+def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, now: datetime) -> AccumulateResult:
+    """Apply one batch of the symbol's waiting trades and create the execution the net calls for.
+
+    Everything happens in one transaction: trades claimed, net updated, execution and its
+    contributions written. Redelivery is harmless: claimed trades are no longer waiting.
+    """
+    result = AccumulateResult()
+    with uow:
+        session = uow.session
+        # SKIP LOCKED: concurrent workers on the same symbol take disjoint batches instead of queueing.
+        claimed = session.execute(
+            select(Trade.id, Trade.side, Trade.quantity, Trade.price)
+            .where(Trade.symbol == symbol, Trade.status == "received")
+            .order_by(Trade.seq)
+            .limit(config.batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        result.more_waiting = len(claimed) == config.batch_size
+        accumulator = _lock_accumulator(session, symbol)
+        ids = [row.id for row in claimed]
+        if symbol in config.restricted_symbols:
+            result.rejected = _reject_trades(session, ids, "restricted symbol: never traded")
+            uow.commit()
+            return result
+        if claimed:
+            _mark_accumulated(session, ids, now)
+            accumulator.net_quantity += sum(
+                (row.quantity if row.side == "buy" else -row.quantity for row in claimed), ZERO
+            )
+            accumulator.last_price = claimed[-1].price
+            accumulator.updated_at = now
+            result.applied = len(claimed)
+        result.executions += execute_if_due(session, accumulator, config.threshold, now)
+        uow.commit()
+    return result
+
+
+def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
+    # The row lock serialises every change to this symbol's net (trades in, unfilled shares back).
+    session.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
+    return session.scalars(select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()).one()
+
+
+def _reject_trades(session: Session, ids: list[str], reason: str) -> int:
+    if ids:
+        session.execute(
+            update(Trade).where(Trade.id.in_(ids)).values(status="rejected", status_reason=reason),
+            execution_options={"synchronize_session": False},
+        )
+    return len(ids)
+
+
+def _mark_accumulated(session: Session, ids: list[str], now: datetime) -> None:
+    session.execute(
+        update(Trade)
+        .where(Trade.id.in_(ids))
+        .values(
+            status="accumulated",
+            accumulated_at=now,
+            open_quantity=case((Trade.side == "buy", Trade.quantity), else_=-Trade.quantity),
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime) -> list[uuid.UUID]:
+    """Create the execution the (locked) accumulator's net calls for, unless backoff or a freeze holds it."""
+    if abs(accumulator.net_quantity) < threshold:
+        return []
+    if accumulator.hold_until is not None and accumulator.hold_until > now:
+        return []
+    if session.get(SymbolFreeze, accumulator.symbol) is not None:
+        return []
+    execution_id = _create_execution(session, accumulator, threshold, now)
+    return [execution_id] if execution_id else []
+
+
+def open_portions(session: Session, symbol: str) -> list[Portion]:
+    """The symbol's open quantity, oldest first: unfilled shares put back, then trades."""
+    returns = session.execute(
+        select(ExecutionReturn.id, ExecutionReturn.open_quantity)
+        .where(ExecutionReturn.symbol == symbol, ExecutionReturn.open_quantity != 0)
+        .order_by(ExecutionReturn.id)
+    ).all()
+    trades = session.execute(
+        select(Trade.id, Trade.open_quantity)
+        .where(Trade.symbol == symbol, Trade.open_quantity != 0)
+        .order_by(Trade.seq)
+    ).all()
+    return [Portion("return", str(r.id), r.open_quantity) for r in returns] + [
+        Portion("trade", t.id, t.open_quantity) for t in trades
+    ]
+
+
+def _create_execution(
+    session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime
+) -> uuid.UUID | None:
+    portions = open_portions(session, accumulator.symbol)
+    open_total = sum((p.quantity for p in portions), ZERO)
+    if open_total != accumulator.net_quantity:
+        # Integrity before availability: never order on a net the portions do not explain.
+        raise RuntimeError(
+            f"{accumulator.symbol}: net {accumulator.net_quantity} != open portions {open_total}"
+        )
+    plan = plan_execution(portions, threshold)
+    if plan is None:
+        return None
+    execution_id = uuid.uuid4()
+    session.add(
+        Execution(
+            id=execution_id,
+            symbol=accumulator.symbol,
+            side=plan.side.value,
+            quantity=plan.quantity,
+            client_order_id=client_order_id_for(execution_id),
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    session.flush()
+    _take_from_portions(session, execution_id, plan.allocations)
+    accumulator.net_quantity -= plan.signed_quantity
+    return execution_id
+
+
+def _take_from_portions(
+    session: Session, execution_id: uuid.UUID, allocations: Sequence[Allocation]
+) -> None:
+    trade_takes = [{"ref": a.portion.ref, "taken": a.taken} for a in allocations if a.portion.kind == "trade"]
+    return_takes = [
+        {"ref": int(a.portion.ref), "taken": a.taken} for a in allocations if a.portion.kind == "return"
+    ]
+    for table, takes in ((Trade.__table__, trade_takes), (ExecutionReturn.__table__, return_takes)):
+        if takes:
+            session.connection().execute(
+                table.update()
+                .where(table.c.id == bindparam("ref"))
+                .values(open_quantity=table.c.open_quantity - bindparam("taken")),
+                takes,
+            )
+    session.execute(
+        insert(Contribution),
+        [
+            {
+                "execution_id": execution_id,
+                "trade_id": a.portion.ref if a.portion.kind == "trade" else None,
+                "return_id": int(a.portion.ref) if a.portion.kind == "return" else None,
+                "quantity": a.taken,
+            }
+            for a in allocations
+        ],
+    )
+
+
+def client_order_id_for(execution_id: uuid.UUID) -> str:
+    """Deterministic: the same execution always reaches the broker under the same id."""
+    return f"dp-{execution_id.hex}"

@@ -1,0 +1,74 @@
+"""Sweep: find work whose message was lost (Saleor-style: state lives in rows, not messages)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import and_, func, or_, select
+
+from models.db import UnitOfWork
+from models.tables import Accumulator, Execution, SymbolFreeze, Trade
+from workers.celery_app import app
+
+
+@dataclass(frozen=True)
+class StrandedWork:
+    symbols: list[str]  # trades waiting, or a net past the threshold and no backoff in force
+    executions: list[uuid.UUID]  # pending too long, or submitted and not heard of lately
+
+
+def find_stranded_work(
+    uow: UnitOfWork,
+    now: datetime,
+    threshold: Decimal,
+    pending_stale: timedelta,
+    submitted_stale: timedelta,
+    trade_stale: timedelta = timedelta(seconds=2),
+) -> StrandedWork:
+    with uow:
+        session = uow.session
+        waiting = session.scalars(
+            select(Trade.symbol).where(Trade.status == "received", Trade.received_at < now - trade_stale).distinct()
+        ).all()
+        executable = session.scalars(
+            select(Accumulator.symbol)
+            .outerjoin(SymbolFreeze, SymbolFreeze.symbol == Accumulator.symbol)
+            .where(
+                func.abs(Accumulator.net_quantity) >= threshold,
+                or_(Accumulator.hold_until.is_(None), Accumulator.hold_until <= now),
+                SymbolFreeze.symbol.is_(None),
+            )
+        ).all()
+        executions = session.scalars(
+            select(Execution.id).where(
+                or_(
+                    and_(Execution.status == "pending", Execution.updated_at < now - pending_stale),
+                    and_(Execution.status == "submitted", Execution.updated_at < now - submitted_stale),
+                )
+            )
+        ).all()
+    return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
+
+
+@app.task(name="sweep.rewake", ignore_result=True)
+def rewake() -> dict[str, int]:
+    from tasks.execution_tasks import submit
+    from tasks.ingestion_tasks import accumulate
+    from workers import runtime
+
+    config = runtime.settings()
+    work = find_stranded_work(
+        runtime.unit_of_work(),
+        runtime.now(),
+        config.accumulation.threshold,
+        timedelta(seconds=config.execution.pending_stale_seconds),
+        timedelta(seconds=config.execution.submitted_stale_seconds),
+    )
+    for symbol in work.symbols:
+        accumulate.delay(symbol)
+    for execution_id in work.executions:
+        submit.delay(str(execution_id))
+    return {"symbols": len(work.symbols), "executions": len(work.executions)}

@@ -1,0 +1,342 @@
+"""A local stand-in for the orders part of Alpaca's Trading API v2, over real HTTP.
+
+Standard library only, so adapter tests exercise the real wire: sockets, timeouts, status codes
+and JSON text. Orders fill the moment they are accepted; knobs shape the fill, and
+``fail_next`` scripts infrastructure faults for the next requests, whatever their endpoint.
+
+    with AlpacaStub() as stub:
+        stub.prices["AAPL"] = Decimal("123.456789")
+        stub.fail_next("timeout_after_accept")
+        AlpacaBrokerage(stub.url, stub.key_id, stub.secret_key, Decimal("0.5"))
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+FAULT_KINDS = frozenset({"500", "429", "timeout", "timeout_after_accept", "malformed"})
+_UNPROCESSABLE = 40010001  # Alpaca's code for every 422 validation error
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str  # including the query string
+    body: str
+
+    def json(self) -> Any:
+        return json.loads(self.body, parse_float=Decimal)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json_reply(status: int, payload: Any) -> Reply:
+    return Reply(status, json.dumps(payload), (("Content-Type", "application/json; charset=UTF-8"),))
+
+
+def _error(status: int, code: int, message: str) -> Reply:
+    return _json_reply(status, {"code": code, "message": message})
+
+
+def _text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+class AlpacaStub:
+    """Knobs (set them any time; they are read per request):
+
+    - ``prices[symbol]``: fill price, ``default_price`` (100) for symbols not listed
+    - ``partial_fill_ratio``: fill ``floor(qty * ratio)`` whole shares, then "canceled"
+    - ``reject_symbols``: accepted with 200, status "rejected", nothing filled
+    - ``unknown_symbols``: 422 ``asset "X" not found``
+    - ``buying_power``: a buy whose notional exceeds it gets 403 "insufficient buying power"
+    - ``retry_after_seconds``: the ``Retry-After`` header sent with a scripted 429 (None: omit)
+    - ``stall_seconds``: how long the timeout faults sleep; keep it above the client timeout
+    """
+
+    def __init__(self, key_id: str = "stub-key-id", secret_key: str = "stub-secret-key") -> None:
+        self.key_id = key_id
+        self.secret_key = secret_key
+        self.prices: dict[str, Decimal] = {}
+        self.default_price = Decimal("100")
+        self.partial_fill_ratio: Decimal | None = None
+        self.reject_symbols: set[str] = set()
+        self.unknown_symbols: set[str] = set()
+        self.buying_power: Decimal | None = None
+        self.retry_after_seconds: int | None = 1
+        self.stall_seconds = 3.0
+        self.requests: list[RecordedRequest] = []
+        self.posts_per_client_order_id: Counter[str] = Counter()
+        self.orders: dict[str, dict[str, Any]] = {}  # by Alpaca's order id
+        self._faults: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> AlpacaStub:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes handlers that are stalling on purpose
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start the stub first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # -- scripting -------------------------------------------------------------------------
+
+    def fail_next(self, kind: str, count: int = 1) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; choose from {sorted(FAULT_KINDS)}")
+        with self._lock:
+            self._faults.extend([kind] * count)
+
+    def order_by_client_order_id(self, client_order_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._find_by_client_order_id(client_order_id)
+
+    # -- request handling (called from handler threads) -------------------------------------
+
+    def handle(self, method: str, path: str, headers: Any, body: str) -> tuple[str | None, Reply | None]:
+        """Record the request and decide the reply; the fault returned tells the handler how to
+        misbehave on the wire. A None reply means: answer nothing at all."""
+        with self._lock:
+            self.requests.append(RecordedRequest(method, path, body))
+            if method == "POST" and urlsplit(path).path == "/v2/orders":
+                self._count_post(body)
+            fault = self._faults.popleft() if self._faults else None
+        if fault in ("500", "429", "malformed", "timeout"):
+            return fault, _fault_reply(fault, self.retry_after_seconds)
+        if (
+            headers.get("APCA-API-KEY-ID") != self.key_id
+            or headers.get("APCA-API-SECRET-KEY") != self.secret_key
+        ):
+            return fault, _error(401, 40110000, "request is not authorized")
+        return fault, self._route(method, path, body)
+
+    def stall(self) -> None:
+        self._stopping.wait(self.stall_seconds)
+
+    def _count_post(self, body: str) -> None:
+        try:
+            client_order_id = json.loads(body).get("client_order_id")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(client_order_id, str):
+            self.posts_per_client_order_id[client_order_id] += 1
+
+    def _route(self, method: str, path: str, body: str) -> Reply:
+        parts = urlsplit(path)
+        if method == "POST" and parts.path == "/v2/orders":
+            return self._submit(body)
+        if method == "GET" and parts.path == "/v2/orders:by_client_order_id":
+            client_order_id = parse_qs(parts.query).get("client_order_id", [""])[0]
+            return self._found(self.order_by_client_order_id(client_order_id))
+        if method == "GET" and parts.path.startswith("/v2/orders/"):
+            with self._lock:
+                return self._found(self.orders.get(parts.path.removeprefix("/v2/orders/")))
+        if method == "GET" and parts.path == "/v2/account":
+            return _json_reply(200, self._account())
+        # Alpaca's Go front end answers unknown routes with a plain-text page, not JSON.
+        return Reply(404, "404 page not found", (("Content-Type", "text/plain"),))
+
+    @staticmethod
+    def _found(order: dict[str, Any] | None) -> Reply:
+        return _json_reply(200, order) if order is not None else _error(404, 40410000, "order not found")
+
+    def _submit(self, body: str) -> Reply:
+        try:
+            payload = json.loads(body, parse_float=Decimal)
+        except ValueError:
+            return _error(400, 40010000, "request body format is invalid")
+        refusal = self._refusal(payload)
+        if refusal is not None:
+            return refusal
+        with self._lock:
+            if self._find_by_client_order_id(payload.get("client_order_id", "")) is not None:
+                return _error(422, _UNPROCESSABLE, "client_order_id must be unique")
+            order = self._new_order(payload)
+            self.orders[order["id"]] = order
+        return _json_reply(200, order)
+
+    def _refusal(self, payload: Any) -> Reply | None:
+        if not isinstance(payload, dict):
+            return _error(400, 40010000, "request body format is invalid")
+        qty = _decimal_or_none(payload.get("qty"))
+        if qty is None or qty <= 0:
+            return _error(422, _UNPROCESSABLE, "qty must be > 0")
+        if payload.get("side") not in ("buy", "sell"):
+            return _error(422, _UNPROCESSABLE, "invalid side")
+        if payload.get("type") != "market":
+            return _error(422, _UNPROCESSABLE, "the stub only supports market orders")
+        symbol = payload.get("symbol")
+        if not isinstance(symbol, str) or symbol in self.unknown_symbols:
+            return _error(422, _UNPROCESSABLE, f'asset "{symbol}" not found')
+        notional = qty * self.prices.get(symbol, self.default_price)
+        if payload["side"] == "buy" and self.buying_power is not None and notional > self.buying_power:
+            return _error(403, 40310000, "insufficient buying power")
+        return None
+
+    def _new_order(self, payload: dict[str, Any]) -> dict[str, Any]:
+        symbol, qty = payload["symbol"], Decimal(str(payload["qty"]))
+        filled, status = self._fill(symbol, qty)
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        price = self.prices.get(symbol, self.default_price)
+        return {
+            "id": str(uuid.uuid4()),
+            "client_order_id": payload.get("client_order_id") or str(uuid.uuid4()),
+            "created_at": now,
+            "updated_at": now,
+            "submitted_at": now,
+            "filled_at": now if status == "filled" else None,
+            "expired_at": None,
+            "canceled_at": now if status == "canceled" else None,
+            "failed_at": now if status == "rejected" else None,
+            "replaced_at": None,
+            "replaced_by": None,
+            "replaces": None,
+            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca-stub:{symbol}")),
+            "symbol": symbol,
+            "asset_class": "us_equity",
+            "notional": None,
+            "qty": _text(qty),
+            "filled_qty": _text(filled),
+            "filled_avg_price": _text(price) if filled > 0 else None,
+            "order_class": "",
+            "order_type": "market",
+            "type": "market",
+            "side": payload["side"],
+            "time_in_force": payload.get("time_in_force", "day"),
+            "limit_price": None,
+            "stop_price": None,
+            "status": status,
+            "extended_hours": False,
+            "legs": None,
+            "trail_percent": None,
+            "trail_price": None,
+            "hwm": None,
+        }
+
+    def _fill(self, symbol: str, qty: Decimal) -> tuple[Decimal, str]:
+        if symbol in self.reject_symbols:
+            return Decimal("0"), "rejected"
+        if self.partial_fill_ratio is None:
+            return qty, "filled"
+        filled = (qty * self.partial_fill_ratio).quantize(Decimal("1"), rounding=ROUND_DOWN)
+        return (filled, "filled") if filled >= qty else (filled, "canceled")
+
+    def _find_by_client_order_id(self, client_order_id: str) -> dict[str, Any] | None:
+        return next((o for o in self.orders.values() if o["client_order_id"] == client_order_id), None)
+
+    def _account(self) -> dict[str, Any]:
+        buying_power = _text(self.buying_power) if self.buying_power is not None else "1000000"
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca-stub:{self.key_id}")),
+            "account_number": "PA0STUB0000",
+            "status": "ACTIVE",
+            "currency": "USD",
+            "buying_power": buying_power,
+            "cash": buying_power,
+            "trading_blocked": False,
+        }
+
+
+def _decimal_or_none(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        return None
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _fault_reply(fault: str, retry_after: int | None) -> Reply | None:
+    if fault == "500":
+        return _error(500, 50010000, "internal server error")
+    if fault == "429":
+        headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
+        return Reply(429, json.dumps({"code": 42910000, "message": "rate limit exceeded"}), headers)
+    if fault == "malformed":
+        return Reply(
+            200, "<html><body>502 Bad Gateway</body></html>", (("Content-Type", "application/json"),)
+        )
+    return None  # "timeout": never answer
+
+
+def _handler_for(stub: AlpacaStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like the real API behind its load balancer
+        timeout = 10  # idle keep-alive connections must not pin a thread forever
+
+        def do_GET(self) -> None:
+            self._serve()
+
+        def do_POST(self) -> None:
+            self._serve()
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode("utf-8", "replace")
+            fault, reply = stub.handle(self.command, self.path, self.headers, body)
+            if fault in ("timeout", "timeout_after_accept"):
+                # The order (if any) is already stored; the client gives up before we answer.
+                stub.stall()
+                self.close_connection = True
+            if reply is not None:
+                self._write(reply)
+
+        def _write(self, reply: Reply) -> None:
+            data = reply.body.encode("utf-8")
+            try:
+                self.send_response(reply.status)
+                for name, value in reply.headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client timed out and hung up; that is the point
+                self.close_connection = True
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep pytest output clean; stub.requests is the log
+
+    return Handler

@@ -1,0 +1,74 @@
+"""A fake brokerage (the far side only): in-memory orders, scripted answers, POSTs counted."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from decimal import ROUND_DOWN, Decimal
+
+from workers.brokerage import (
+    Brokerage,
+    BrokerOrder,
+    DuplicateClientOrderId,
+    InvalidOrder,
+    OrderRequest,
+    TemporaryError,
+)
+
+
+class FakeBrokerage(Brokerage):
+    def __init__(self, fill_ratio: Decimal = Decimal(1), price: Decimal = Decimal("100")) -> None:
+        self.fill_ratio = fill_ratio
+        self.price = price
+        self.orders: dict[str, BrokerOrder] = {}
+        self.posts: Counter[str] = Counter()
+        self.refuse_symbols: set[str] = set()  # answered like Alpaca's 422
+        self.reject_symbols: set[str] = set()  # accepted, then status "rejected"
+        self.timeout_after_accept = 0  # next N orders are stored, then the call times out
+        self.unavailable = 0  # next N calls fail before reaching the book
+
+    def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        self.posts[request.client_order_id] += 1
+        self._maybe_unavailable()
+        if request.symbol in self.refuse_symbols:
+            raise InvalidOrder(f"asset {request.symbol} is not tradable")
+        if request.client_order_id in self.orders:
+            raise DuplicateClientOrderId("client_order_id must be unique")
+        order = self._fill(request)
+        self.orders[request.client_order_id] = order
+        if self.timeout_after_accept:
+            self.timeout_after_accept -= 1
+            raise TemporaryError("read timeout")
+        return order
+
+    def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
+        self._maybe_unavailable()
+        return self.orders.get(client_order_id)
+
+    def get_order(self, order_id: str) -> BrokerOrder:
+        return next(o for o in self.orders.values() if o.id == order_id)
+
+    def ping(self) -> None:
+        self._maybe_unavailable()
+
+    def _maybe_unavailable(self) -> None:
+        if self.unavailable:
+            self.unavailable -= 1
+            raise TemporaryError("503 Service Unavailable")
+
+    def _fill(self, request: OrderRequest) -> BrokerOrder:
+        if request.symbol in self.reject_symbols:
+            status, filled = "rejected", Decimal(0)
+        else:
+            filled = (request.quantity * self.fill_ratio).quantize(Decimal(1), rounding=ROUND_DOWN)
+            status = "filled" if filled == request.quantity else "canceled"
+        return BrokerOrder(
+            id=str(uuid.uuid4()),
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            quantity=request.quantity,
+            status=status,
+            filled_quantity=filled,
+            filled_average_price=self.price if filled else None,
+        )

@@ -1,0 +1,169 @@
+"""The `dustpan` console script: one entry point for every role and operator command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from workers.settings import SettingsError, get_settings, read_settings
+
+ALL_QUEUES = "ingestion,execution,ops"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dustpan", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="the whole stack in one terminal (embedded services when unset)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--flower", action="store_true", help="also run Flower")
+
+    demo = commands.add_parser("demo", help="up, a simulated signed trade feed, then a report")
+    demo.add_argument("--trades", type=int, default=3000)
+    demo.add_argument("--symbols", type=int, default=6)
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--seed", type=int, default=None)
+
+    api = commands.add_parser("api", help="the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1)
+
+    worker = commands.add_parser("worker", help="a Celery worker (every queue unless --queues)")
+    worker.add_argument("--queues", default=ALL_QUEUES)
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--name", default=None, help="node name (default worker-<pid>@<host>)")
+
+    commands.add_parser("beat", help="the Celery Beat scheduler")
+
+    flower = commands.add_parser("flower", help="Flower, the Celery monitor")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--address", default="127.0.0.1")
+
+    commands.add_parser("migrate", help="Alembic upgrade to head")
+
+    audit = commands.add_parser("audit", help="check the invariants; exit 1 on any imbalance")
+    audit.add_argument("--json", action="store_true")
+
+    report = commands.add_parser("report", help="accumulators, executions and audit")
+    report.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = read_settings()
+    except SettingsError as exc:
+        print(f"dustpan: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    command = args.command
+    if command not in ("up", "demo"):
+        # Other commands find the services a running `dustpan up` started when no URL is set.
+        settings = settings.with_embedded_services()
+    if command == "up":
+        from workers.stack import run_up
+
+        run_up(settings, args.host, args.port, args.flower)
+    elif command == "demo":
+        from workers.demo import run_demo
+
+        raise SystemExit(run_demo(settings, trades=args.trades, symbols=args.symbols, port=args.port, seed=args.seed))
+    elif command == "migrate":
+        migrate(_require_database(settings.database_url))
+    elif command == "api":
+        _serve_api(args.host, args.port, args.workers)
+    elif command == "worker":
+        _run_worker(args.queues, args.concurrency, args.name)
+    elif command == "beat":
+        _run_beat(settings.data_dir)
+    elif command == "flower":
+        _run_flower(args.address, args.port)
+    elif command == "audit":
+        raise SystemExit(_audit(as_json=args.json))
+    elif command == "report":
+        from workers.report import print_report
+
+        print_report(as_json=args.json)
+
+
+def _require_database(url: str | None) -> str:
+    if not url:
+        raise SystemExit("dustpan: DUSTPAN_DATABASE_URL is not set (dustpan up starts an embedded database)")
+    return url
+
+
+def _require_services() -> None:
+    settings = get_settings()
+    _require_database(settings.database_url)
+    if not settings.broker_url:
+        raise SystemExit("dustpan: DUSTPAN_BROKER_URL is not set (dustpan up starts an embedded Redis)")
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "migrations"))
+    config.attributes["database_url"] = database_url
+    command.upgrade(config, "head")
+
+
+def _serve_api(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    _require_services()
+    settings = get_settings()
+    if not settings.webhook_secret or not settings.api_token:
+        raise SystemExit("dustpan: DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API")
+    uvicorn.run("workers.api:app", host=host, port=port, workers=workers, log_level="warning", access_log=False)
+
+
+def _run_worker(queues: str, concurrency: int, name: str | None) -> None:
+    _require_services()
+    from workers.celery_app import app
+
+    node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main(
+        ["worker", "--loglevel=INFO", "-Q", queues, "-c", str(concurrency), "-n", node, "--without-gossip"]
+    )
+
+
+def _run_beat(data_dir: Path) -> None:
+    _require_services()
+    from workers.celery_app import app
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app.Beat(loglevel="INFO", schedule=str(data_dir / "celerybeat-schedule")).run()
+
+
+def _run_flower(address: str, port: int) -> None:
+    _require_services()
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", f"--address={address}", f"--port={port}"],
+    )
+
+
+def _audit(as_json: bool) -> int:
+    from tasks.audit import audit_books
+    from workers import runtime
+
+    report = audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now())
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        from workers.report import print_audit
+
+        print_audit(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    main()

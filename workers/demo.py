@@ -1,0 +1,111 @@
+"""`dustpan demo`: the stack plus a simulated upstream feed through the real signed webhook."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from workers.settings import Settings
+from workers.stack import Stack
+from workers.webhook import sign
+
+SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "GOOG", "META", "SPY", "QQQ", "AMD"]
+PRICES = {"AAPL": "231.40", "MSFT": "415.10", "NVDA": "121.75", "TSLA": "248.50", "AMZN": "186.20",
+          "GOOG": "163.35", "META": "512.90", "SPY": "561.05", "QQQ": "480.60", "AMD": "152.15"}
+BATCH = 50
+REDELIVERY_SHARE = Decimal("0.2")
+
+
+def simulated_trades(count: int, symbols: list[str], rng: random.Random) -> list[dict[str, str]]:
+    """Fractional fills as an onchain venue produces them: up to 18 decimals, both sides."""
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    trades = []
+    for n in range(count):
+        symbol = rng.choice(symbols)
+        units = rng.randrange(1, 2 * 10**18)  # 18-decimal units, below 2 shares
+        trades.append({
+            "id": f"demo-{start:%Y%m%d%H%M%S}-{n:06d}",
+            "symbol": symbol,
+            "side": "buy" if rng.random() < 0.55 else "sell",  # float-ok: a coin toss, not money
+            "quantity": str(Decimal(units).scaleb(-18)),
+            "price": PRICES[symbol],
+            "executed_at": (start + timedelta(milliseconds=n)).isoformat(),
+        })
+    return trades
+
+
+def post_batch(client: httpx.Client, secret: str, trades: list[dict[str, str]]) -> dict[str, object]:
+    body = json.dumps({"trades": trades}).encode()
+    timestamp = str(int(time.time()))
+    response = client.post(
+        "/webhooks/trades",
+        content=body,
+        headers={"X-Dustpan-Timestamp": timestamp, "X-Dustpan-Signature": sign(secret, timestamp, body),
+                 "Content-Type": "application/json"},
+    )
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def run_demo(settings: Settings, trades: int, symbols: int, port: int, seed: int | None) -> int:
+    rng = random.Random(seed)
+    feed = simulated_trades(trades, SYMBOLS[: max(1, min(symbols, len(SYMBOLS)))], rng)
+    redeliveries = [t for t in feed if Decimal(rng.randrange(100)) < REDELIVERY_SHARE * 100]
+    with Stack(settings, port=port) as stack:
+        stack.wait_until_healthy()
+        secret = stack.env["DUSTPAN_WEBHOOK_SECRET"].split(",")[0]
+        batches = [feed[i : i + BATCH] for i in range(0, len(feed), BATCH)]
+        batches += [redeliveries[i : i + BATCH] for i in range(0, len(redeliveries), BATCH)]
+        accepted = duplicates = 0
+        with httpx.Client(base_url=stack.api_url, timeout=30) as client, _progress() as progress:
+            task = progress.add_task("posting signed webhooks", total=len(feed) + len(redeliveries))
+            for batch in batches:
+                answer = post_batch(client, secret, batch)
+                accepted += int(answer["accepted"])  # type: ignore[call-overload]
+                duplicates += int(answer["duplicates"])  # type: ignore[call-overload]
+                progress.advance(task, len(batch))
+        print(f"webhooks answered: {accepted} accepted, {duplicates} re-deliveries recognised as duplicates")
+        ok = _wait_for_drain(stack)
+        from workers.report import print_report
+
+        print_report()
+    return 0 if ok else 1
+
+
+def _wait_for_drain(stack: Stack, timeout: float = 120.0) -> bool:  # float-ok: seconds
+    """Until no trade waits and no execution is in flight, and the audit balances."""
+    headers = {"Authorization": f"Bearer {stack.env['DUSTPAN_API_TOKEN']}"}
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client, _progress() as progress:
+        task = progress.add_task("waiting for the workers to drain", total=None)
+        while time.monotonic() < deadline:
+            stack.keep_alive()
+            audit = client.get("/audit").json()
+            pending = client.get("/executions", params={"status": "pending", "limit": 1}).json()["items"]
+            submitted = client.get("/executions", params={"status": "submitted", "limit": 1}).json()["items"]
+            if audit["ok"] and not pending and not submitted and _no_waiting_trades():
+                progress.update(task, description="drained")
+                return True
+            time.sleep(0.5)
+    print("the queue did not drain in time")
+    return False
+
+
+def _no_waiting_trades() -> bool:
+    from sqlalchemy import func, select
+
+    from models.tables import Trade
+    from workers import runtime
+
+    with runtime.unit_of_work() as uow:
+        return not uow.session.scalar(select(func.count()).where(Trade.status == "received"))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -1,0 +1,106 @@
+"""Process-wide adapters built from settings: unit of work, brokerage, wake-up channel."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import redis
+
+from models.db import UnitOfWork
+from tasks.execution import ExecutionConfig
+from tasks.ingestion import AccumulationConfig
+from workers.brokerage import Brokerage
+from workers.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+WAKE_KEY = "dustpan:wake:{symbol}"
+WAKE_TTL_SECONDS = 30
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def database_url() -> str:
+    url = settings().database_url
+    if not url:
+        raise SystemExit("dustpan: DUSTPAN_DATABASE_URL is not set (dustpan up starts an embedded database)")
+    return url
+
+
+def unit_of_work() -> UnitOfWork:
+    return UnitOfWork(database_url())
+
+
+def accumulation_config() -> AccumulationConfig:
+    section = settings().accumulation
+    return AccumulationConfig(section.threshold, section.batch_size, frozenset(section.restricted_symbols))
+
+
+def execution_config() -> ExecutionConfig:
+    section = settings().execution
+    return ExecutionConfig(
+        settings().accumulation.threshold, section.rejection_backoff_seconds, section.freeze_after_rejections
+    )
+
+
+def brokerage() -> Brokerage:
+    return _brokerage_for_process(os.getpid())
+
+
+@lru_cache(maxsize=1)
+def _brokerage_for_process(_pid: int) -> Brokerage:
+    config = settings()
+    if config.brokerage == "alpaca":
+        from workers.brokerage.alpaca import AlpacaBrokerage
+
+        if not (config.alpaca_key_id and config.alpaca_secret_key):
+            raise SystemExit("dustpan: DUSTPAN_ALPACA_KEY_ID and DUSTPAN_ALPACA_SECRET_KEY are required")
+        return AlpacaBrokerage(
+            config.alpaca_trading_url, config.alpaca_key_id, config.alpaca_secret_key, config.alpaca_timeout_seconds
+        )
+    from workers.brokerage.paper import PaperBrokerage
+
+    return PaperBrokerage(database_url(), config.paper)
+
+
+def redis_client() -> redis.Redis:
+    return _redis_for_process(os.getpid())
+
+
+@lru_cache(maxsize=1)
+def _redis_for_process(_pid: int) -> redis.Redis:
+    return redis.Redis.from_url(settings().broker_url or "", socket_timeout=5, socket_connect_timeout=5)
+
+
+def wake_symbols(symbols: list[str]) -> None:
+    """Ask for an accumulate run per symbol, at most one queued at a time per symbol.
+
+    A hint only: if Redis or the enqueue fails, the trades are already committed and the
+    sweep finds them. The task clears the flag before it claims trades, so trades committed
+    after its claim raise a new flag and a new run.
+    """
+    from tasks.ingestion_tasks import accumulate
+
+    client = redis_client()
+    for symbol in symbols:
+        try:
+            if client.set(WAKE_KEY.format(symbol=symbol), 1, nx=True, ex=WAKE_TTL_SECONDS):
+                accumulate.delay(symbol)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
+            return
+
+
+def clear_wake(symbol: str) -> None:
+    try:
+        redis_client().delete(WAKE_KEY.format(symbol=symbol))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("wake flag for %s not cleared (it expires by itself): %s", symbol, exc)

@@ -1,0 +1,195 @@
+"""Settings from DUSTPAN_* environment variables and an optional YAML file (DUSTPAN_CONFIG).
+
+A bad value stops the process at start with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+SERVICES_FILE = "services.json"
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccumulationSettings(_Section):
+    threshold: Decimal = Field(Decimal(1), ge=1, description="whole shares that trigger an execution")
+    batch_size: int = Field(2000, ge=1, le=100_000, description="trades applied per transaction")
+    restricted_symbols: CommaList = Field(default_factory=list)
+
+    _split = field_validator("restricted_symbols", mode="before")(_comma_list)
+
+
+class ExecutionSettings(_Section):
+    rejection_backoff_seconds: int = Field(30, ge=0, le=3600)
+    freeze_after_rejections: int = Field(3, ge=1)
+    poll_seconds: int = Field(5, ge=1, le=300, description="re-check of an order still working at the broker")
+    submitted_stale_seconds: int = Field(60, ge=5, description="sweep looks up submitted orders older than this")
+    pending_stale_seconds: int = Field(10, ge=1, description="sweep re-sends pending executions older than this")
+
+
+class PaperSettings(_Section):
+    partial_fill_ratio: Decimal = Field(Decimal(1), ge=0, le=1, description="share of each order that fills")
+    reject_symbols: CommaList = Field(default_factory=list)
+    fail_rate: Decimal = Field(Decimal(0), ge=0, le=1, description="share of order requests answered 5xx")
+    accept_delay_seconds: Decimal = Field(Decimal(0), ge=0, le=60, description="delay after accepting an order")
+    default_price: Decimal = Field(Decimal(100), gt=0)
+
+    _split = field_validator("reject_symbols", mode="before")(_comma_list)
+
+
+class WebhookSettings(_Section):
+    tolerance_seconds: int = Field(300, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_trades: int = Field(1000, ge=1)
+
+
+class ScheduleSettings(_Section):
+    sweep_seconds: Decimal = Field(Decimal(5), gt=0)
+    audit_seconds: Decimal = Field(Decimal(60), gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DUSTPAN_", env_nested_delimiter="__", extra="forbid")
+
+    database_url: str | None = None
+    broker_url: str | None = None
+    webhook_secret: CommaList = Field(default_factory=list)
+    api_token: str | None = None
+    brokerage: Literal["paper", "alpaca"] = "paper"
+    alpaca_trading_url: str = "https://paper-api.alpaca.markets"
+    alpaca_data_url: str = "https://data.alpaca.markets"
+    alpaca_key_id: str | None = None
+    alpaca_secret_key: str | None = None
+    alpaca_timeout_seconds: Decimal = Field(Decimal(10), gt=0, le=120)
+    data_dir: Path = Path(".dustpan")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    accumulation: AccumulationSettings = Field(default_factory=AccumulationSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    paper: PaperSettings = Field(default_factory=PaperSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    _split = field_validator("webhook_secret", mode="before")(_comma_list)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value.replace("postgres://", "postgresql://", 1) if value else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_only(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    def with_embedded_services(self) -> Settings:
+        """Fill unset URLs from the services a running ``dustpan up`` recorded in data_dir."""
+        if self.database_url and self.broker_url:
+            return self
+        record = self.data_dir / SERVICES_FILE
+        if not record.exists():
+            return self
+        urls = json.loads(record.read_text())
+        return self.model_copy(
+            update={
+                "database_url": self.database_url or urls.get("database_url"),
+                "broker_url": self.broker_url or urls.get("broker_url"),
+            }
+        )
+
+
+class _DecimalSafeLoader(yaml.SafeLoader):
+    """YAML floats stay text so that pydantic reads them as exact Decimals."""
+
+
+_DecimalSafeLoader.add_constructor(
+    "tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node)  # type: ignore[arg-type]
+)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("DUSTPAN_CONFIG")
+        if not path:
+            return {}
+        try:
+            data = yaml.load(Path(path).read_text(), Loader=_DecimalSafeLoader)  # noqa: S506 - safe loader subclass
+        except OSError as exc:
+            raise SettingsError(f"DUSTPAN_CONFIG: cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"DUSTPAN_CONFIG: {path} is not valid YAML: {exc}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"DUSTPAN_CONFIG: {path} must hold a mapping of settings")
+        return data
+
+
+class SettingsError(Exception):
+    pass
+
+
+def describe_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = "__".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"bad setting DUSTPAN_{location}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def read_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; raises SettingsError with one line per bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; a bad value ends the process with a line naming it."""
+    try:
+        return read_settings().with_embedded_services()
+    except SettingsError as exc:
+        print(f"dustpan: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
