@@ -40,7 +40,7 @@ def dispose_engines() -> None:
 
 
 class UnitOfWork:
-    """One transaction: ``with uow:`` opens it, ``uow.commit()`` ends it, leaving without commit rolls back."""
+    """One transaction: ``with uow:`` opens it, ``commit()`` ends it; leaving without commit rolls back."""
 
     def __init__(self, url: str) -> None:
         self._factory = sessionmaker(bind=engine_for(url), expire_on_commit=False)

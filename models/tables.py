@@ -38,7 +38,7 @@ EXECUTION_STATUSES = ("pending", "submitted", "partially_filled", "filled", "rej
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {  # noqa: RUF012
+    type_annotation_map = {
         Decimal: Numeric(38, 18),
         datetime: DateTime(timezone=True),
         str: Text,
@@ -123,13 +123,20 @@ class Execution(Base):
         CheckConstraint("side IN ('buy', 'sell')", name="side"),
         CheckConstraint("quantity > 0 AND quantity = trunc(quantity)", name="whole_shares"),
         CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
-        CheckConstraint("filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"),
+        CheckConstraint(
+            "filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"
+        ),
         CheckConstraint("status <> 'filled' OR filled_quantity = quantity", name="filled_means_all"),
         CheckConstraint(
             "status NOT IN ('rejected', 'cancelled') OR filled_quantity = 0", name="unfilled_ends_empty"
         ),
         CheckConstraint("average_price IS NULL OR average_price > 0", name="average_price_positive"),
-        Index("ix_executions_open", "status", "updated_at", postgresql_where=text("status IN ('pending', 'submitted')")),
+        Index(
+            "ix_executions_open",
+            "status",
+            "updated_at",
+            postgresql_where=text("status IN ('pending', 'submitted')"),
+        ),
         Index("ix_executions_symbol_seq", "symbol", "seq"),
     )
 
@@ -149,7 +156,8 @@ class ExecutionReturn(Base):
     __table_args__ = (
         CheckConstraint("quantity <> 0", name="quantity_non_zero"),
         CheckConstraint(
-            "abs(open_quantity) <= abs(quantity) AND (open_quantity = 0 OR sign(open_quantity) = sign(quantity))",
+            "abs(open_quantity) <= abs(quantity)"
+            " AND (open_quantity = 0 OR sign(open_quantity) = sign(quantity))",
             name="open_within_quantity",
         ),
         Index("ix_execution_returns_open", "symbol", "id", postgresql_where=text("open_quantity <> 0")),

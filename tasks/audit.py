@@ -88,8 +88,10 @@ class AuditReport:
         return {
             "ok": self.ok,
             "symbols": [
-                {k: (str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple) else v)
-                 for k, v in asdict(s).items()}
+                {
+                    k: (str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple) else v)
+                    for k, v in asdict(s).items()
+                }
                 for s in self.symbols
             ],
         }
@@ -114,7 +116,9 @@ def _audit_symbol(row: Any, threshold: Decimal, mismatched: set[tuple[str, str]]
     quiet = row.waiting == 0 and row.in_flight_count == 0 and not row.held
     if quiet and abs(row.residual) >= threshold:
         problems.append(f"nothing in flight but |residual| {row.residual} >= threshold {threshold}")
-    problems += [f"execution {eid} contributions do not add up" for sym, eid in mismatched if sym == row.symbol]
+    problems += [
+        f"execution {eid} contributions do not add up" for sym, eid in mismatched if sym == row.symbol
+    ]
     return SymbolAudit(
         symbol=row.symbol,
         trades_total=row.trades_total + ZERO,

@@ -146,7 +146,12 @@ def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
 
 
 def _put_back(
-    session: Session, accumulator: Accumulator, execution: Execution, unfilled: Decimal, reason: str, now: datetime
+    session: Session,
+    accumulator: Accumulator,
+    execution: Execution,
+    unfilled: Decimal,
+    reason: str,
+    now: datetime,
 ) -> None:
     """Unfilled shares return to the net as an open portion; the unique key makes it once per execution."""
     quantity = signed(Side(execution.side), unfilled)

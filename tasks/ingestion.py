@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -53,7 +54,7 @@ def store_trades(uow: UnitOfWork, trades: Sequence[IncomingTrade]) -> StoreResul
             stored_hash = dict(
                 uow.session.execute(
                     select(Trade.id, Trade.content_hash).where(Trade.id.in_({t.id for t in known}))
-                ).tuples().all()
+                ).all()
             )
         uow.commit()
     conflicts = [t.id for t in known if stored_hash.get(t.id) != t.content_hash()]
@@ -88,7 +89,9 @@ class AccumulateResult:
     more_waiting: bool = False
 
 
-def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, now: datetime) -> AccumulateResult:
+def accumulate_symbol(
+    uow: UnitOfWork, symbol: str, config: AccumulationConfig, now: datetime
+) -> AccumulateResult:
     """Apply one batch of the symbol's waiting trades and create the execution the net calls for.
 
     Everything happens in one transaction: trades claimed, net updated, execution and its
@@ -127,7 +130,9 @@ def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, 
 
 def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
     # The row lock serialises every change to this symbol's net (trades in, unfilled shares back).
-    session.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
+    session.execute(
+        insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"])
+    )
     return session.scalars(select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()).one()
 
 
@@ -153,7 +158,9 @@ def _mark_accumulated(session: Session, ids: list[str], now: datetime) -> None:
     )
 
 
-def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime) -> list[uuid.UUID]:
+def execute_if_due(
+    session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime
+) -> list[uuid.UUID]:
     """Create the execution the (locked) accumulator's net calls for, unless backoff or a freeze holds it."""
     if abs(accumulator.net_quantity) < threshold:
         return []
@@ -213,14 +220,13 @@ def _create_execution(
     return execution_id
 
 
-def _take_from_portions(
-    session: Session, execution_id: uuid.UUID, allocations: Sequence[Allocation]
-) -> None:
+def _take_from_portions(session: Session, execution_id: uuid.UUID, allocations: Sequence[Allocation]) -> None:
     trade_takes = [{"ref": a.portion.ref, "taken": a.taken} for a in allocations if a.portion.kind == "trade"]
     return_takes = [
         {"ref": int(a.portion.ref), "taken": a.taken} for a in allocations if a.portion.kind == "return"
     ]
-    for table, takes in ((Trade.__table__, trade_takes), (ExecutionReturn.__table__, return_takes)):
+    tables = (cast(Table, Trade.__table__), cast(Table, ExecutionReturn.__table__))
+    for table, takes in zip(tables, (trade_takes, return_takes), strict=True):
         if takes:
             session.connection().execute(
                 table.update()

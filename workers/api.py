@@ -23,7 +23,9 @@ from workers import runtime
 from workers.webhook import PayloadError, read_trades, verify_signature
 
 log = logging.getLogger(__name__)
-app = FastAPI(title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out.")
+app = FastAPI(
+    title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out."
+)
 
 
 @app.exception_handler(RequestValidationError)
@@ -100,13 +102,20 @@ def _json_value(value: Any) -> Any:
 
 
 def _accumulator_json(row: Accumulator) -> dict[str, Any]:
-    return {"symbol": row.symbol, "net_quantity": str(row.net_quantity), "updated_at": row.updated_at.isoformat()}
+    return {
+        "symbol": row.symbol,
+        "net_quantity": str(row.net_quantity),
+        "updated_at": row.updated_at.isoformat(),
+    }
 
 
 @app.get("/accumulators")
 def list_accumulators(_: Operator) -> list[dict[str, Any]]:
     with runtime.unit_of_work() as uow:
-        return [_accumulator_json(a) for a in uow.session.scalars(select(Accumulator).order_by(Accumulator.symbol))]
+        return [
+            _accumulator_json(a)
+            for a in uow.session.scalars(select(Accumulator).order_by(Accumulator.symbol))
+        ]
 
 
 @app.get("/accumulators/{symbol}")
@@ -120,10 +129,23 @@ def get_accumulator(symbol: str, _: Operator) -> dict[str, Any]:
 
 def _execution_json(row: Execution, trade_ids: list[str]) -> dict[str, Any]:
     fields = (
-        "id", "symbol", "side", "quantity", "status", "client_order_id", "broker_order_id",
-        "filled_quantity", "average_price", "created_at", "updated_at",
+        "id",
+        "symbol",
+        "side",
+        "quantity",
+        "status",
+        "client_order_id",
+        "broker_order_id",
+        "filled_quantity",
+        "average_price",
+        "created_at",
+        "updated_at",
     )
-    return {**{f: _json_value(getattr(row, f)) for f in fields}, "trade_ids": trade_ids, "cursor": str(row.seq)}
+    return {
+        **{f: _json_value(getattr(row, f)) for f in fields},
+        "trade_ids": trade_ids,
+        "cursor": str(row.seq),
+    }
 
 
 @app.get("/executions")
@@ -150,7 +172,7 @@ def list_executions(
         ).all()
     trade_ids: dict[uuid.UUID, list[str]] = {}
     for execution_id, trade_id in links:
-        trade_ids.setdefault(execution_id, []).append(trade_id)
+        trade_ids.setdefault(execution_id, []).append(str(trade_id))
     items = [_execution_json(r, trade_ids.get(r.id, [])) for r in rows]
     return {"items": items, "next": items[-1]["cursor"] if len(items) == limit else None}
 
@@ -164,7 +186,17 @@ def get_trade(trade_id: str, _: Operator) -> dict[str, Any]:
         contributions = uow.session.execute(
             select(Contribution.execution_id, Contribution.quantity).where(Contribution.trade_id == trade_id)
         ).all()
-    fields = ("id", "symbol", "side", "quantity", "price", "executed_at", "received_at", "status", "status_reason")
+    fields = (
+        "id",
+        "symbol",
+        "side",
+        "quantity",
+        "price",
+        "executed_at",
+        "received_at",
+        "status",
+        "status_reason",
+    )
     return {
         **{f: _json_value(getattr(trade, f)) for f in fields},
         "open_quantity": str(trade.open_quantity),
@@ -174,7 +206,9 @@ def get_trade(trade_id: str, _: Operator) -> dict[str, Any]:
 
 @app.get("/audit")
 def audit(_: Operator) -> dict[str, Any]:
-    return audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now()).as_json()
+    return audit_books(
+        runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now()
+    ).as_json()
 
 
 @app.get("/health")

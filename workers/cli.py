@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "demo":
         from workers.demo import run_demo
 
-        raise SystemExit(run_demo(settings, trades=args.trades, symbols=args.symbols, port=args.port, seed=args.seed))
+        raise SystemExit(
+            run_demo(settings, trades=args.trades, symbols=args.symbols, port=args.port, seed=args.seed)
+        )
     elif command == "migrate":
         migrate(_require_database(settings.database_url))
     elif command == "api":
@@ -122,7 +124,9 @@ def _serve_api(host: str, port: int, workers: int) -> None:
     settings = get_settings()
     if not settings.webhook_secret or not settings.api_token:
         raise SystemExit("dustpan: DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API")
-    uvicorn.run("workers.api:app", host=host, port=port, workers=workers, log_level="warning", access_log=False)
+    uvicorn.run(
+        "workers.api:app", host=host, port=port, workers=workers, log_level="warning", access_log=False
+    )
 
 
 def _run_worker(queues: str, concurrency: int, name: str | None) -> None:
@@ -147,7 +151,16 @@ def _run_flower(address: str, port: int) -> None:
     _require_services()
     os.execv(
         sys.executable,
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", f"--address={address}", f"--port={port}"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "flower",
+            f"--address={address}",
+            f"--port={port}",
+        ],
     )
 
 

@@ -16,8 +16,18 @@ from workers.stack import Stack
 from workers.webhook import sign
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "GOOG", "META", "SPY", "QQQ", "AMD"]
-PRICES = {"AAPL": "231.40", "MSFT": "415.10", "NVDA": "121.75", "TSLA": "248.50", "AMZN": "186.20",
-          "GOOG": "163.35", "META": "512.90", "SPY": "561.05", "QQQ": "480.60", "AMD": "152.15"}
+PRICES = {
+    "AAPL": "231.40",
+    "MSFT": "415.10",
+    "NVDA": "121.75",
+    "TSLA": "248.50",
+    "AMZN": "186.20",
+    "GOOG": "163.35",
+    "META": "512.90",
+    "SPY": "561.05",
+    "QQQ": "480.60",
+    "AMD": "152.15",
+}
 BATCH = 50
 REDELIVERY_SHARE = Decimal("0.2")
 
@@ -29,14 +39,16 @@ def simulated_trades(count: int, symbols: list[str], rng: random.Random) -> list
     for n in range(count):
         symbol = rng.choice(symbols)
         units = rng.randrange(1, 2 * 10**18)  # 18-decimal units, below 2 shares
-        trades.append({
-            "id": f"demo-{start:%Y%m%d%H%M%S}-{n:06d}",
-            "symbol": symbol,
-            "side": "buy" if rng.random() < 0.55 else "sell",  # float-ok: a coin toss, not money
-            "quantity": str(Decimal(units).scaleb(-18)),
-            "price": PRICES[symbol],
-            "executed_at": (start + timedelta(milliseconds=n)).isoformat(),
-        })
+        trades.append(
+            {
+                "id": f"demo-{start:%Y%m%d%H%M%S}-{n:06d}",
+                "symbol": symbol,
+                "side": "buy" if rng.random() < 0.55 else "sell",  # float-ok: a coin toss, not money
+                "quantity": str(Decimal(units).scaleb(-18)),
+                "price": PRICES[symbol],
+                "executed_at": (start + timedelta(milliseconds=n)).isoformat(),
+            }
+        )
     return trades
 
 
@@ -46,8 +58,11 @@ def post_batch(client: httpx.Client, secret: str, trades: list[dict[str, str]]) 
     response = client.post(
         "/webhooks/trades",
         content=body,
-        headers={"X-Dustpan-Timestamp": timestamp, "X-Dustpan-Signature": sign(secret, timestamp, body),
-                 "Content-Type": "application/json"},
+        headers={
+            "X-Dustpan-Timestamp": timestamp,
+            "X-Dustpan-Signature": sign(secret, timestamp, body),
+            "Content-Type": "application/json",
+        },
     )
     response.raise_for_status()
     return dict(response.json())

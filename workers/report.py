@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from models.domain.quantities import canonical
 from models.tables import Accumulator, Execution, SymbolFreeze, Trade
 from tasks.audit import AuditReport, audit_books
 from workers import runtime
@@ -60,14 +61,19 @@ def print_report(as_json: bool = False) -> None:
     table.add_column("symbol")
     table.add_column("net quantity", justify="right")
     for row in data["accumulators"]:  # type: ignore[attr-defined]
-        table.add_row(row["symbol"], row["net_quantity"])
+        table.add_row(row["symbol"], canonical(Decimal(row["net_quantity"])))
     console.print(table)
     table = Table(title="Executions")
     for column in ("symbol", "side", "status", "orders", "shares", "filled"):
         table.add_column(column, justify="right" if column in ("orders", "shares", "filled") else "left")
     for row in data["executions"]:  # type: ignore[attr-defined]
         table.add_row(
-            row["symbol"], row["side"], row["status"], str(row["count"]), _whole(row["quantity"]), _whole(row["filled"])
+            row["symbol"],
+            row["side"],
+            row["status"],
+            str(row["count"]),
+            _whole(row["quantity"]),
+            _whole(row["filled"]),
         )
     console.print(table)
     if data["freezes"]:
@@ -83,10 +89,10 @@ def print_audit(report: AuditReport, console: Console | None = None) -> None:
     for s in report.symbols:
         table.add_row(
             s.symbol,
-            str(s.trades_total),
-            str(s.executed_total),
-            str(s.in_flight_total),
-            str(s.residual),
+            canonical(s.trades_total),
+            canonical(s.executed_total),
+            canonical(s.in_flight_total),
+            canonical(s.residual),
             "yes" if s.balanced else "[red]NO: " + "; ".join(s.problems) + "[/red]",
         )
     console.print(table)
@@ -94,4 +100,4 @@ def print_audit(report: AuditReport, console: Console | None = None) -> None:
 
 
 def _whole(text: str) -> str:
-    return format(Decimal(text).normalize(), "f")
+    return canonical(Decimal(text))

@@ -64,7 +64,10 @@ def _brokerage_for_process(_pid: int) -> Brokerage:
         if not (config.alpaca_key_id and config.alpaca_secret_key):
             raise SystemExit("dustpan: DUSTPAN_ALPACA_KEY_ID and DUSTPAN_ALPACA_SECRET_KEY are required")
         return AlpacaBrokerage(
-            config.alpaca_trading_url, config.alpaca_key_id, config.alpaca_secret_key, config.alpaca_timeout_seconds
+            config.alpaca_trading_url,
+            config.alpaca_key_id,
+            config.alpaca_secret_key,
+            config.alpaca_timeout_seconds,
         )
     from workers.brokerage.paper import PaperBrokerage
 

@@ -45,15 +45,21 @@ class ExecutionSettings(_Section):
     rejection_backoff_seconds: int = Field(30, ge=0, le=3600)
     freeze_after_rejections: int = Field(3, ge=1)
     poll_seconds: int = Field(5, ge=1, le=300, description="re-check of an order still working at the broker")
-    submitted_stale_seconds: int = Field(60, ge=5, description="sweep looks up submitted orders older than this")
-    pending_stale_seconds: int = Field(10, ge=1, description="sweep re-sends pending executions older than this")
+    submitted_stale_seconds: int = Field(
+        60, ge=5, description="sweep looks up submitted orders older than this"
+    )
+    pending_stale_seconds: int = Field(
+        10, ge=1, description="sweep re-sends pending executions older than this"
+    )
 
 
 class PaperSettings(_Section):
     partial_fill_ratio: Decimal = Field(Decimal(1), ge=0, le=1, description="share of each order that fills")
     reject_symbols: CommaList = Field(default_factory=list)
     fail_rate: Decimal = Field(Decimal(0), ge=0, le=1, description="share of order requests answered 5xx")
-    accept_delay_seconds: Decimal = Field(Decimal(0), ge=0, le=60, description="delay after accepting an order")
+    accept_delay_seconds: Decimal = Field(
+        Decimal(0), ge=0, le=60, description="delay after accepting an order"
+    )
     default_price: Decimal = Field(Decimal(100), gt=0)
 
     _split = field_validator("reject_symbols", mode="before")(_comma_list)
@@ -86,11 +92,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".dustpan")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    accumulation: AccumulationSettings = Field(default_factory=AccumulationSettings)
-    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
-    paper: PaperSettings = Field(default_factory=PaperSettings)
-    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
-    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    accumulation: AccumulationSettings = AccumulationSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    paper: PaperSettings = PaperSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
 
     _split = field_validator("webhook_secret", mode="before")(_comma_list)
 
@@ -140,7 +146,8 @@ class _DecimalSafeLoader(yaml.SafeLoader):
 
 
 _DecimalSafeLoader.add_constructor(
-    "tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node)  # type: ignore[arg-type]
+    "tag:yaml.org,2002:float",
+    lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
 )
 
 
@@ -153,7 +160,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         if not path:
             return {}
         try:
-            data = yaml.load(Path(path).read_text(), Loader=_DecimalSafeLoader)  # noqa: S506 - safe loader subclass
+            data = yaml.load(Path(path).read_text(), Loader=_DecimalSafeLoader)
         except OSError as exc:
             raise SettingsError(f"DUSTPAN_CONFIG: cannot read {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:

@@ -18,8 +18,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from workers.settings import SERVICES_FILE, Settings
+
+if TYPE_CHECKING:
+    from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
 SECRETS_FILE = "secrets.json"
 
@@ -63,7 +67,7 @@ class Stack(AbstractContextManager["Stack"]):
     quiet: bool = False
     env: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
-    _services: object | None = None
+    _services: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -98,9 +102,10 @@ class Stack(AbstractContextManager["Stack"]):
         self._say("stopping...")
         for child in reversed(self.children):
             child.stop()
-        if self._services is not None:
+        if self._services:
             (self.data_dir / SERVICES_FILE).unlink(missing_ok=True)
-            self._services.stop()  # type: ignore[attr-defined]
+        for service in reversed(self._services):
+            service.stop()
 
     def keep_alive(self) -> None:
         """Restart a child that died (after a short pause, so a crash loop does not spin)."""
@@ -127,22 +132,26 @@ class Stack(AbstractContextManager["Stack"]):
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise SystemExit(f"dustpan: the API did not become healthy in {timeout:.0f} s; see {self.data_dir / 'logs'}")
+        raise SystemExit(
+            f"dustpan: the API did not become healthy in {timeout:.0f} s; see {self.data_dir / 'logs'}"
+        )
 
     def _service_urls(self) -> dict[str, str]:
         database_url, broker_url = self.settings.database_url, self.settings.broker_url
         if not (database_url and broker_url):
-            from workers.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServices
+            from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
             self._say(f"starting embedded PostgreSQL and Redis under {self.data_dir}")
-            services = EmbeddedServices(
-                postgres=None if database_url else EmbeddedPostgres(self.data_dir),
-                redis=None if broker_url else EmbeddedRedis(self.data_dir),
-            )
-            services.start()
-            self._services = services
-            database_url = database_url or services.database_url
-            broker_url = broker_url or services.broker_url
+            if not database_url:
+                postgres = EmbeddedPostgres(self.data_dir)
+                postgres.start()
+                self._services.append(postgres)
+                database_url = postgres.url
+            if not broker_url:
+                redis_server = EmbeddedRedis(self.data_dir)
+                redis_server.start()
+                self._services.append(redis_server)
+                broker_url = redis_server.url
             (self.data_dir / SERVICES_FILE).write_text(
                 json.dumps({"database_url": database_url, "broker_url": broker_url})
             )

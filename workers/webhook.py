@@ -26,7 +26,12 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def verify_signature(
-    secrets: list[str], timestamp: str | None, signature_header: str | None, body: bytes, now: int, tolerance: int
+    secrets: list[str],
+    timestamp: str | None,
+    signature_header: str | None,
+    body: bytes,
+    now: int,
+    tolerance: int,
 ) -> str | None:
     """None when authentic, else the reason for the 401. Any active secret may have signed it."""
     if not timestamp or not signature_header:
@@ -75,7 +80,9 @@ class TradeIn(BaseModel):
     executed_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
     def to_domain(self) -> IncomingTrade:
-        return IncomingTrade(self.id, self.symbol, Side(self.side), self.quantity, self.price, self.executed_at)
+        return IncomingTrade(
+            self.id, self.symbol, Side(self.side), self.quantity, self.price, self.executed_at
+        )
 
 
 class TradesIn(BaseModel):

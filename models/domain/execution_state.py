@@ -67,4 +67,6 @@ def settle(broker_status: str, quantity: Decimal, filled: Decimal) -> Settlement
     return Settlement(ExecutionStatus.CANCELLED, quantity)
 
 
-TERMINAL_BROKER_STATUSES = frozenset({"filled", "canceled", "cancelled", "expired", "rejected", "done_for_day", "replaced"})
+TERMINAL_BROKER_STATUSES = frozenset(
+    {"filled", "canceled", "cancelled", "expired", "rejected", "done_for_day", "replaced"}
+)

@@ -41,7 +41,7 @@ def parse_decimal(value: object, *, field: str) -> Decimal:
 
 def check_storable(number: Decimal, *, field: str) -> None:
     """Refuse anything NUMERIC(38, 18) would round or overflow, instead of storing it altered."""
-    sign, digits, exponent = number.normalize().as_tuple()
+    _sign, digits, exponent = number.normalize().as_tuple()
     assert isinstance(exponent, int)
     fraction_digits = max(0, -exponent)
     integer_digits = max(0, len(digits) + exponent)

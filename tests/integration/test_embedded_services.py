@@ -6,6 +6,7 @@ test in its own tmp_path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -82,6 +83,14 @@ def _run_owner(script: str, data_dir: Path) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+def _kill_leftover(pid: int, home: Path) -> None:
+    """A failed test must not leave a server behind; only ours, recognised by its directory."""
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(pid)
+        if Path(process.cwd()) == home.resolve():
+            process.kill()
 
 
 def test_second_start_on_the_same_dir_sees_the_row_and_the_key(tmp_path: Path) -> None:
@@ -194,19 +203,24 @@ def test_server_left_by_a_killed_owner_is_stopped_and_its_data_reused(
         tmp_path,
     )
     assert owner.stdout is not None
-    orphan_pid, url = owner.stdout.readline().split()
-    _execute(url, "CREATE TABLE trades (id int); INSERT INTO trades VALUES (1)")
-    owner.kill()  # SIGKILL: no atexit, no stop(); the postmaster lives on
-    owner.wait()
-    assert psutil.pid_exists(int(orphan_pid))
+    pid, url = owner.stdout.readline().split()
+    orphan = int(pid)
+    try:
+        _execute(url, "CREATE TABLE trades (id int); INSERT INTO trades VALUES (1)")
+        owner.kill()  # SIGKILL: no atexit, no stop(); the postmaster lives on
+        owner.wait()
+        assert psutil.pid_exists(orphan)
 
-    postgres = EmbeddedPostgres(tmp_path, fsync=False)
-    cleanup.append(postgres)
-    postgres.start()
+        postgres = EmbeddedPostgres(tmp_path, fsync=False)
+        cleanup.append(postgres)
+        postgres.start()
 
-    assert postgres.pid != int(orphan_pid)
-    assert not psutil.pid_exists(int(orphan_pid)) or psutil.Process(int(orphan_pid)).status() == "zombie"
-    assert _count(postgres.url, "trades") == 1
+        assert postgres.pid != orphan
+        assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+        assert _count(postgres.url, "trades") == 1
+    finally:
+        owner.kill()
+        _kill_leftover(orphan, tmp_path / "pg")
 
 
 def test_sigterm_to_the_owner_stops_both_servers(tmp_path: Path) -> None:
@@ -221,10 +235,13 @@ def test_sigterm_to_the_owner_stops_both_servers(tmp_path: Path) -> None:
         tmp_path,
     )
     assert owner.stdout is not None
-    pids = [psutil.Process(int(pid)) for pid in owner.stdout.readline().split()]
+    postgres_pid, redis_pid = (int(pid) for pid in owner.stdout.readline().split())
+    try:
+        owner.send_signal(signal.SIGTERM)
 
-    owner.send_signal(signal.SIGTERM)
-
-    assert owner.wait(timeout=30) == 128 + signal.SIGTERM
-    _gone, alive = psutil.wait_procs(pids, timeout=5)
-    assert not alive
+        assert owner.wait(timeout=30) == 128 + signal.SIGTERM
+        assert not psutil.pid_exists(postgres_pid) and not psutil.pid_exists(redis_pid)
+    finally:
+        owner.kill()
+        _kill_leftover(postgres_pid, tmp_path / "pg")
+        _kill_leftover(redis_pid, tmp_path / "redis")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.alpaca_stub import AlpacaStub
-from workers.brokerage import DuplicateClientOrderId, RateLimited
+from workers.brokerage import DuplicateClientOrderId
 from workers.brokerage.alpaca import AlpacaBrokerage
 from workers.brokerage.base import (
     InsufficientFunds,

@@ -45,7 +45,12 @@ def test_filled_order_is_recorded_and_books_balance(uow: UnitOfWork) -> None:
     result = submit_execution(uow, broker, execution.id, EXECUTION, NOW)
     stored = fetch(uow, execution.id)
     assert result.outcome is SubmitOutcome.SETTLED
-    assert (stored.status, stored.quantity, stored.filled_quantity, stored.average_price) == ("filled", 2, 2, 100)
+    assert (stored.status, stored.quantity, stored.filled_quantity, stored.average_price) == (
+        "filled",
+        2,
+        2,
+        100,
+    )
     assert broker.posts == {execution.client_order_id: 1}
     assert audit_books(uow, D(1), NOW).ok
 

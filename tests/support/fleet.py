@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,7 +24,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:  # float-ok
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:  # float-ok
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -43,7 +46,11 @@ class DustpanProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", *self.args],
-            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -68,10 +75,8 @@ class DustpanProcess:
     def kill(self) -> None:
         """SIGKILL the main process and its children: nothing gets to clean up."""
         for proc in [*self.children(), psutil.Process(self.pid)]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
         assert self.process is not None
         self.process.wait()
 
@@ -104,7 +109,9 @@ class Fleet:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start_api(self) -> None:
-        self.api = DustpanProcess("api", ["api", "--port", str(self.api_port)], self.env, self.log_dir).start()
+        self.api = DustpanProcess(
+            "api", ["api", "--port", str(self.api_port)], self.env, self.log_dir
+        ).start()
         wait_for(self._api_healthy, 60, f"the API to answer /health\n{self.api.log_tail()}")
 
     def start_worker(self, concurrency: int = 2, queues: str | None = None) -> DustpanProcess:
@@ -114,15 +121,22 @@ class Fleet:
             args += ["--queues", queues]
         worker = DustpanProcess(f"worker{n}", args, self.env, self.log_dir).start()
         self.workers.append(worker)
-        wait_for(lambda: "ready" in worker.log_path.read_text(errors="replace") if worker.log_path.exists()
-                 else False, 60, f"worker {n} to be ready")
+        wait_for(
+            lambda: (
+                "ready" in worker.log_path.read_text(errors="replace") if worker.log_path.exists() else False
+            ),
+            60,
+            f"worker {n} to be ready",
+        )
         return worker
 
     def restart_worker(self, worker: DustpanProcess) -> None:
         worker.stop()
         worker.log_path.write_text("")
         worker.start()
-        wait_for(lambda: "ready" in worker.log_path.read_text(errors="replace"), 60, "worker to be ready again")
+        wait_for(
+            lambda: "ready" in worker.log_path.read_text(errors="replace"), 60, "worker to be ready again"
+        )
 
     def start_beat(self) -> None:
         self.beat = DustpanProcess("beat", ["beat"], self.env, self.log_dir).start()

@@ -26,7 +26,11 @@ def test_net_below_threshold_plans_nothing() -> None:
 def test_buy_takes_whole_part_and_splits_the_crossing_trade() -> None:
     plan = plan_execution(portions([D("0.6"), D("-0.3"), D("0.8")]), D(1))
     assert plan is not None and plan.side is Side.BUY and plan.quantity == 1
-    assert [(a.portion.ref, a.taken) for a in plan.allocations] == [("t1", D("-0.3")), ("t0", D("0.6")), ("t2", D("0.7"))]
+    assert [(a.portion.ref, a.taken) for a in plan.allocations] == [
+        ("t1", D("-0.3")),
+        ("t0", D("0.6")),
+        ("t2", D("0.7")),
+    ]
     assert plan.allocations[-1].left == D("0.1")
 
 
@@ -43,7 +47,9 @@ def test_threshold_of_five_waits_for_five_shares() -> None:
 
 
 @given(st.lists(signed_quantities, min_size=1, max_size=40), st.sampled_from([D(1), D(2), D(5)]))
-def test_allocations_are_exact_and_leave_the_fractional_residual(values: list[Decimal], threshold: Decimal) -> None:
+def test_allocations_are_exact_and_leave_the_fractional_residual(
+    values: list[Decimal], threshold: Decimal
+) -> None:
     net = sum(values, D(0))
     plan = plan_execution(portions(values), threshold)
     if abs(net) < threshold:

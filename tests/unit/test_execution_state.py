@@ -21,7 +21,9 @@ D = Decimal
         ("some_new_status", D(0), ExecutionStatus.SUBMITTED, D(0)),  # unknown is not evidence of an end
     ],
 )
-def test_settle_maps_broker_answers(broker_status: str, filled: Decimal, status: ExecutionStatus, unfilled: Decimal) -> None:
+def test_settle_maps_broker_answers(
+    broker_status: str, filled: Decimal, status: ExecutionStatus, unfilled: Decimal
+) -> None:
     settlement = settle(broker_status, D(5), filled)
     assert (settlement.status, settlement.unfilled) == (status, unfilled)
 

@@ -11,7 +11,12 @@ D = Decimal
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("0.123456789012345678", D("0.123456789012345678")), (D("1.5"), D("1.5")), (7, D(7)), (" 2.50 ", D("2.50"))],
+    [
+        ("0.123456789012345678", D("0.123456789012345678")),
+        (D("1.5"), D("1.5")),
+        (7, D(7)),
+        (" 2.50 ", D("2.50")),
+    ],
 )
 def test_parse_decimal_reads_exactly(value: object, expected: Decimal) -> None:
     assert parse_decimal(value, field="quantity") == expected
@@ -38,9 +43,16 @@ def test_parse_decimal_refuses_what_numeric_would_alter(value: object, message: 
 
 @pytest.mark.parametrize(
     ("quantity", "whole", "rest"),
-    [(D("3.7"), D(3), D("0.7")), (D("-3.7"), D(3), D("-0.7")), (D("0.999"), D(0), D("0.999")), (D(2), D(2), D(0))],
+    [
+        (D("3.7"), D(3), D("0.7")),
+        (D("-3.7"), D(3), D("-0.7")),
+        (D("0.999"), D(0), D("0.999")),
+        (D(2), D(2), D(0)),
+    ],
 )
-def test_split_whole_and_fraction_keeps_the_sign_in_the_remainder(quantity: Decimal, whole: Decimal, rest: Decimal) -> None:
+def test_split_whole_and_fraction_keeps_the_sign_in_the_remainder(
+    quantity: Decimal, whole: Decimal, rest: Decimal
+) -> None:
     assert split_whole_and_fraction(quantity) == (whole, rest)
 
 

@@ -10,8 +10,14 @@ import pytest
 from workers.webhook import PayloadError, read_trades, sign, verify_signature
 
 NOW = 1_700_000_000
-TRADE = {"id": "t-1", "symbol": "AAPL", "side": "buy", "quantity": "0.5", "price": "101.25",
-         "executed_at": "2024-05-01T12:00:00Z"}
+TRADE = {
+    "id": "t-1",
+    "symbol": "AAPL",
+    "side": "buy",
+    "quantity": "0.5",
+    "price": "101.25",
+    "executed_at": "2024-05-01T12:00:00Z",
+}
 
 
 def body(*trades: dict[str, object]) -> bytes:
@@ -35,7 +41,9 @@ def test_signature_from_any_active_secret_is_accepted() -> None:
         (str(NOW), "v1=deadbeef", b"{}", "does not match"),
     ],
 )
-def test_bad_signatures_are_refused(timestamp: str | None, signature: str | None, payload: bytes, reason: str) -> None:
+def test_bad_signatures_are_refused(
+    timestamp: str | None, signature: str | None, payload: bytes, reason: str
+) -> None:
     if signature == "sig":
         signature = sign("secret", str(timestamp), payload)
     assert reason in (verify_signature(["secret"], timestamp, signature, payload, NOW, 300) or "")
@@ -49,8 +57,10 @@ def test_one_changed_byte_breaks_the_signature() -> None:
 
 
 def test_json_numbers_are_read_exactly_not_through_float() -> None:
-    raw = b'{"trades": [{"id": "t", "symbol": "AAPL", "side": "sell", "quantity": 0.100000000000000001,' \
-          b' "price": 3, "executed_at": "2024-05-01T12:00:00+02:00"}]}'
+    raw = (
+        b'{"trades": [{"id": "t", "symbol": "AAPL", "side": "sell", "quantity": 0.100000000000000001,'
+        b' "price": 3, "executed_at": "2024-05-01T12:00:00+02:00"}]}'
+    )
     [trade] = read_trades(raw, 1000)
     assert trade.quantity == Decimal("0.100000000000000001")
     assert trade.price == Decimal(3)
@@ -78,8 +88,18 @@ def test_invalid_trades_name_the_field(change: dict[str, object], field: str) ->
     assert any(d["loc"][:2] == ["trades", 1] and field in d["loc"] for d in caught.value.details)
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"trades": []}', b'{"trades": [1]}', b"NaN",
-                                 b'{"trades": [{"quantity": NaN}]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"trades": []}',
+        b'{"trades": [1]}',
+        b"NaN",
+        b'{"trades": [{"quantity": NaN}]}',
+    ],
+)
 def test_malformed_bodies_are_payload_errors(raw: bytes) -> None:
     with pytest.raises(PayloadError):
         read_trades(raw, 1000)

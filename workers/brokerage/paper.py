@@ -95,7 +95,9 @@ class PaperBrokerage(Brokerage):
     @_unreachable_is_temporary
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         with self._session() as session:
-            row = session.scalars(select(PaperOrder).where(PaperOrder.client_order_id == client_order_id)).first()
+            row = session.scalars(
+                select(PaperOrder).where(PaperOrder.client_order_id == client_order_id)
+            ).first()
             return _to_broker_order(row) if row else None
 
     @_unreachable_is_temporary
@@ -123,7 +125,9 @@ class PaperBrokerage(Brokerage):
         price = price or self._settings.default_price
         if request.symbol in self._settings.reject_symbols:
             return "rejected", Decimal(0), price
-        filled = (request.quantity * self._settings.partial_fill_ratio).quantize(Decimal(1), rounding=ROUND_DOWN)
+        filled = (request.quantity * self._settings.partial_fill_ratio).quantize(
+            Decimal(1), rounding=ROUND_DOWN
+        )
         return ("filled" if filled == request.quantity else "canceled"), filled, price
 
     @staticmethod
