@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from models.tables import Accumulator, Contribution, Execution, Trade
@@ -32,6 +33,13 @@ app = FastAPI(
 async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
     details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
     return JSONResponse({"error": "invalid_request", "details": details}, status_code=422)
+
+
+@app.exception_handler(OperationalError)
+async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+    # Not the sender's fault and nothing was stored: tell them to retry the same delivery.
+    log.error("database unavailable: %s", exc.orig)
+    return JSONResponse({"error": "unavailable", "message": "database unavailable, retry"}, status_code=503)
 
 
 def _error(status: int, error: str, **extra: Any) -> JSONResponse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from decimal import Decimal
 from functools import lru_cache
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 SERVICES_FILE = "services.json"
 
@@ -164,7 +166,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         except OSError as exc:
             raise SettingsError(f"DUSTPAN_CONFIG: cannot read {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise SettingsError(f"DUSTPAN_CONFIG: {path} is not valid YAML: {exc}") from None
+            raise SettingsError(f"DUSTPAN_CONFIG: {path} is not valid YAML ({_first_line(exc)})") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
@@ -174,6 +176,27 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 class SettingsError(Exception):
     pass
+
+
+def _first_line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+# Environment variables with our prefix that are not settings themselves.
+_NOT_SETTINGS = ("DUSTPAN_CONFIG", "DUSTPAN_TEST_")
+
+
+def _unknown_variables() -> list[str]:
+    known = {f"DUSTPAN_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in os.environ
+        if name.startswith("DUSTPAN_")
+        and not name.startswith(_NOT_SETTINGS)
+        and name.split("__")[0] not in known
+    )
 
 
 def describe_error(exc: ValidationError) -> str:
@@ -186,10 +209,18 @@ def describe_error(exc: ValidationError) -> str:
 
 def read_settings(**overrides: Any) -> Settings:
     """Settings from the environment; raises SettingsError with one line per bad setting."""
+    unknown = _unknown_variables()
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (a typo? see the README's configuration table)")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_error(exc)) from None
+    except PydanticSettingsError as exc:
+        # e.g. a section given as JSON in the environment that does not parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"DUSTPAN_{field.group(1).upper()}" if field else "a DUSTPAN_ variable"
+        raise SettingsError(f"bad setting {name}: not valid JSON") from None
 
 
 @lru_cache(maxsize=1)

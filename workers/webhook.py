@@ -36,7 +36,7 @@ def verify_signature(
     """None when authentic, else the reason for the 401. Any active secret may have signed it."""
     if not timestamp or not signature_header:
         return "missing X-Dustpan-Timestamp or X-Dustpan-Signature"
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         return "X-Dustpan-Timestamp must be unix seconds"
     if abs(now - int(timestamp)) > tolerance:
         return f"timestamp is more than {tolerance} s from now"

@@ -41,8 +41,10 @@ def parse_decimal(value: object, *, field: str) -> Decimal:
 
 def check_storable(number: Decimal, *, field: str) -> None:
     """Refuse anything NUMERIC(38, 18) would round or overflow, instead of storing it altered."""
-    _sign, digits, exponent = number.normalize().as_tuple()
+    _sign, digits, exponent = number.as_tuple()
     assert isinstance(exponent, int)
+    while len(digits) > 1 and digits[-1] == 0:  # trailing zeros say nothing about precision
+        digits, exponent = digits[:-1], exponent + 1
     fraction_digits = max(0, -exponent)
     integer_digits = max(0, len(digits) + exponent)
     if fraction_digits > SCALE:
