@@ -24,9 +24,7 @@ def _database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(
-        url=sqlalchemy_url(_database_url()), target_metadata=target_metadata, literal_binds=True
-    )
+    context.configure(url=sqlalchemy_url(_database_url()), target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -34,6 +34,9 @@ NAMING = {
 
 TRADE_STATUSES = ("received", "accumulated", "rejected")
 EXECUTION_STATUSES = ("pending", "submitted", "partially_filled", "filled", "rejected", "cancelled")
+# hedge: nets of upstream trades; sell: notional sales; exit: position exits; dust_cleanup: a remainder closed
+EXECUTION_SOURCES = ("hedge", "sell", "exit", "dust_cleanup")
+PNL_REASONS = ("sell", "exit", "dust_cleanup")
 
 
 class Base(DeclarativeBase):
@@ -74,9 +77,7 @@ class Trade(Base):
         CheckConstraint("price > 0", name="price_positive"),
         CheckConstraint(_in("status", TRADE_STATUSES), name="status"),
         CheckConstraint("abs(open_quantity) <= quantity", name="open_within_quantity"),
-        CheckConstraint(
-            "open_quantity = 0 OR (side = 'buy') = (open_quantity > 0)", name="open_has_trade_sign"
-        ),
+        CheckConstraint("open_quantity = 0 OR (side = 'buy') = (open_quantity > 0)", name="open_has_trade_sign"),
         CheckConstraint("status = 'accumulated' OR open_quantity = 0", name="open_only_when_accumulated"),
         Index("ix_trades_waiting", "symbol", "seq", postgresql_where=text("status = 'received'")),
         Index("ix_trades_open", "symbol", "seq", postgresql_where=text("open_quantity <> 0")),
@@ -118,18 +119,22 @@ class Execution(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     submitted_at: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(String(16), server_default="hedge")
+    account: Mapped[str] = mapped_column(String(64), server_default="default")
+    # The exit whose remainder a dust_cleanup closes.
+    parent_execution_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("executions.id"))
+    reason: Mapped[str | None]  # what the operator gave for an exit
 
     __table_args__ = (
         CheckConstraint("side IN ('buy', 'sell')", name="side"),
-        CheckConstraint("quantity > 0 AND quantity = trunc(quantity)", name="whole_shares"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        # Hedges go to the whole-share venue; sales and exits follow the symbol's venue rules.
+        CheckConstraint("source <> 'hedge' OR quantity = trunc(quantity)", name="hedges_whole_shares"),
+        CheckConstraint(_in("source", EXECUTION_SOURCES), name="source"),
         CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
-        CheckConstraint(
-            "filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"
-        ),
+        CheckConstraint("filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"),
         CheckConstraint("status <> 'filled' OR filled_quantity = quantity", name="filled_means_all"),
-        CheckConstraint(
-            "status NOT IN ('rejected', 'cancelled') OR filled_quantity = 0", name="unfilled_ends_empty"
-        ),
+        CheckConstraint("status NOT IN ('rejected', 'cancelled') OR filled_quantity = 0", name="unfilled_ends_empty"),
         CheckConstraint("average_price IS NULL OR average_price > 0", name="average_price_positive"),
         Index(
             "ix_executions_open",
@@ -156,8 +161,7 @@ class ExecutionReturn(Base):
     __table_args__ = (
         CheckConstraint("quantity <> 0", name="quantity_non_zero"),
         CheckConstraint(
-            "abs(open_quantity) <= abs(quantity)"
-            " AND (open_quantity = 0 OR sign(open_quantity) = sign(quantity))",
+            "abs(open_quantity) <= abs(quantity) AND (open_quantity = 0 OR sign(open_quantity) = sign(quantity))",
             name="open_within_quantity",
         ),
         Index("ix_execution_returns_open", "symbol", "id", postgresql_where=text("open_quantity <> 0")),
@@ -220,3 +224,67 @@ class PaperOrderRequest(Base):
     client_order_id: Mapped[str] = mapped_column(String(128), index=True)
     outcome: Mapped[str] = mapped_column(String(24))
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Position(Base):
+    """The position book per account and symbol, moved by every fill (average cost)."""
+
+    __tablename__ = "positions"
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    quantity: Mapped[Decimal] = mapped_column(server_default="0")  # negative when short
+    average_price: Mapped[Decimal | None]
+    # dust_orphaned: a remainder whose closing order failed, left for the cleanup job.
+    status: Mapped[str] = mapped_column(String(16), server_default="open")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'dust_orphaned')", name="status"),
+        CheckConstraint("average_price IS NULL OR average_price > 0", name="average_price_positive"),
+    )
+
+
+class RealizedPnl(Base):
+    """Profit or loss realised by a reducing fill of a sale, an exit or a dust cleanup."""
+
+    __tablename__ = "realized_pnl"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    execution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("executions.id"), index=True)  # one row per fill
+    # For dust_cleanup: the exit whose fill left the remainder.
+    related_execution_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("executions.id"))
+    quantity: Mapped[Decimal]
+    entry_price: Mapped[Decimal]
+    exit_price: Mapped[Decimal]
+    pnl: Mapped[Decimal]
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint(_in("reason", PNL_REASONS), name="reason"),
+        CheckConstraint("pnl = (exit_price - entry_price) * quantity", name="pnl_is_exact"),
+    )
+
+
+class DustLedger(Base):
+    """One row per accepted notional sale: requested = proceeds + dust, always."""
+
+    __tablename__ = "dust_ledger"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("executions.id"), unique=True)
+    account: Mapped[str] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    requested_notional: Mapped[Decimal]
+    price: Mapped[Decimal]
+    quantity: Mapped[Decimal]
+    proceeds: Mapped[Decimal]
+    dust: Mapped[Decimal]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("requested_notional = proceeds + dust", name="requested_is_proceeds_plus_dust"),
+        CheckConstraint("proceeds = quantity * price", name="proceeds_is_quantity_times_price"),
+        CheckConstraint("dust >= 0 AND quantity > 0 AND price > 0", name="positive_parts"),
+    )

@@ -32,7 +32,7 @@ _TOTALS = text(
                sum(CASE WHEN side = 'buy' THEN quantity - filled_quantity ELSE filled_quantity - quantity END)
                    FILTER (WHERE status IN ('pending', 'submitted')) AS in_flight_total,
                count(*) FILTER (WHERE status IN ('pending', 'submitted')) AS in_flight_count
-        FROM executions GROUP BY symbol
+        FROM executions WHERE source = 'hedge' GROUP BY symbol
     ), returns_by_symbol AS (
         SELECT symbol, sum(open_quantity) AS open_returns FROM execution_returns GROUP BY symbol
     ), symbols AS (
@@ -62,6 +62,7 @@ _CONTRIBUTION_MISMATCHES = text(
     """
     SELECT e.symbol, e.id
     FROM executions e LEFT JOIN contributions c ON c.execution_id = e.id
+    WHERE e.source = 'hedge'
     GROUP BY e.symbol, e.id, e.side, e.quantity
     HAVING coalesce(sum(c.quantity), 0) <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END
     """
@@ -116,9 +117,7 @@ def _audit_symbol(row: Any, threshold: Decimal, mismatched: set[tuple[str, str]]
     quiet = row.waiting == 0 and row.in_flight_count == 0 and not row.held
     if quiet and abs(row.residual) >= threshold:
         problems.append(f"nothing in flight but |residual| {row.residual} >= threshold {threshold}")
-    problems += [
-        f"execution {eid} contributions do not add up" for sym, eid in mismatched if sym == row.symbol
-    ]
+    problems += [f"execution {eid} contributions do not add up" for sym, eid in mismatched if sym == row.symbol]
     return SymbolAudit(
         symbol=row.symbol,
         trades_total=row.trades_total + ZERO,

@@ -22,7 +22,9 @@ from models.db import UnitOfWork
 from models.domain.execution_state import ExecutionStatus, settle
 from models.domain.quantities import Side, signed
 from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
+from tasks.exits import settle_position_order
 from tasks.ingestion import execute_if_due
+from tasks.positions import book_fill
 from workers.brokerage import (
     Brokerage,
     BrokerOrder,
@@ -46,6 +48,7 @@ class ExecutionConfig:
     threshold: Decimal
     rejection_backoff_seconds: int
     freeze_after_rejections: int
+    min_position_value: Decimal = Decimal(0)  # exit remainders worth less are closed (0 disables)
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,9 @@ def submit_execution(
         try:
             order = _find_or_place_order(brokerage, execution)
         except InvalidOrder as refused:
-            _settle_refused(session, execution, str(refused), config, now)
+            follow_ups = _settle_refused(session, execution, str(refused), config, now)
             uow.commit()
-            return SubmitResult(SubmitOutcome.SETTLED)
+            return SubmitResult(SubmitOutcome.SETTLED, follow_ups)
         except TemporaryError as unknown:
             execution.last_error = f"{type(unknown).__name__}: {unknown}"
             execution.updated_at = now
@@ -108,6 +111,7 @@ def record_broker_order(
 ) -> SubmitResult:
     """Write the broker's answer onto the execution; put unfilled shares back when it is over."""
     settlement = settle(order.status, execution.quantity, order.filled_quantity)
+    book_fill(session, execution, order.filled_quantity, order.filled_average_price, now)
     execution.broker_order_id = order.id
     execution.filled_quantity = order.filled_quantity
     execution.average_price = order.filled_average_price
@@ -117,28 +121,42 @@ def record_broker_order(
     execution.last_error = None
     if settlement.status is ExecutionStatus.SUBMITTED:
         return SubmitResult(SubmitOutcome.WORKING)
-    accumulator = _lock_accumulator(session, execution.symbol)
-    if settlement.unfilled:
-        reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
-        _put_back(session, accumulator, execution, settlement.unfilled, reason, now)
-    if order.filled_quantity > 0:
-        accumulator.consecutive_rejections = 0
-        accumulator.hold_until = None
-    else:
-        _back_off(session, accumulator, config, now, reason=f"order {order.status} by broker")
-    # Re-order shares put back in this same commit, so no quiet moment shows |net| >= threshold.
-    return SubmitResult(SubmitOutcome.SETTLED, execute_if_due(session, accumulator, config.threshold, now))
+    reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
+    return SubmitResult(
+        SubmitOutcome.SETTLED, _after_settlement(session, execution, settlement.unfilled, reason, config, now)
+    )
 
 
 def _settle_refused(
     session: Session, execution: Execution, reason: str, config: ExecutionConfig, now: datetime
-) -> None:
+) -> list[uuid.UUID]:
     execution.status = ExecutionStatus.REJECTED.value
     execution.last_error = reason
     execution.updated_at = now
+    return _after_settlement(session, execution, execution.quantity, f"rejected: {reason}", config, now)
+
+
+def _after_settlement(
+    session: Session,
+    execution: Execution,
+    unfilled: Decimal,
+    reason: str,
+    config: ExecutionConfig,
+    now: datetime,
+) -> list[uuid.UUID]:
+    """What a finished order leads to; returns executions created in this commit."""
+    if execution.source != "hedge":
+        return settle_position_order(session, execution, unfilled, config.min_position_value, now)
     accumulator = _lock_accumulator(session, execution.symbol)
-    _put_back(session, accumulator, execution, execution.quantity, f"rejected: {reason}", now)
-    _back_off(session, accumulator, config, now, reason=reason)
+    if unfilled:
+        _put_back(session, accumulator, execution, unfilled, reason, now)
+    if execution.filled_quantity > 0:
+        accumulator.consecutive_rejections = 0
+        accumulator.hold_until = None
+    else:
+        _back_off(session, accumulator, config, now, reason=reason)
+    # Re-order shares put back in this same commit, so no quiet moment shows |net| >= threshold.
+    return execute_if_due(session, accumulator, config.threshold, now)
 
 
 def _lock_accumulator(session: Session, symbol: str) -> Accumulator:

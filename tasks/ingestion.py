@@ -42,7 +42,9 @@ def store_trades(uow: UnitOfWork, trades: Sequence[IncomingTrade]) -> StoreResul
         else:
             first_by_id[trade.id] = trade
     with uow:
-        rows = [_trade_row(trade) for trade in first_by_id.values()]
+        # Inserted in id order: concurrent deliveries sharing ids then wait for each other's
+        # unique-index entries in the same order instead of deadlocking.
+        rows = [_trade_row(first_by_id[trade_id]) for trade_id in sorted(first_by_id)]
         inserted = set(
             uow.session.scalars(
                 insert(Trade).values(rows).on_conflict_do_nothing(index_elements=["id"]).returning(Trade.id)
@@ -89,9 +91,7 @@ class AccumulateResult:
     more_waiting: bool = False
 
 
-def accumulate_symbol(
-    uow: UnitOfWork, symbol: str, config: AccumulationConfig, now: datetime
-) -> AccumulateResult:
+def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, now: datetime) -> AccumulateResult:
     """Apply one batch of the symbol's waiting trades and create the execution the net calls for.
 
     Everything happens in one transaction: trades claimed, net updated, execution and its
@@ -130,9 +130,7 @@ def accumulate_symbol(
 
 def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
     # The row lock serialises every change to this symbol's net (trades in, unfilled shares back).
-    session.execute(
-        insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"])
-    )
+    session.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
     return session.scalars(select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()).one()
 
 
@@ -158,9 +156,7 @@ def _mark_accumulated(session: Session, ids: list[str], now: datetime) -> None:
     )
 
 
-def execute_if_due(
-    session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime
-) -> list[uuid.UUID]:
+def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime) -> list[uuid.UUID]:
     """Create the execution the (locked) accumulator's net calls for, unless backoff or a freeze holds it."""
     if abs(accumulator.net_quantity) < threshold:
         return []
@@ -196,9 +192,7 @@ def _create_execution(
     open_total = sum((p.quantity for p in portions), ZERO)
     if open_total != accumulator.net_quantity:
         # Integrity before availability: never order on a net the portions do not explain.
-        raise RuntimeError(
-            f"{accumulator.symbol}: net {accumulator.net_quantity} != open portions {open_total}"
-        )
+        raise RuntimeError(f"{accumulator.symbol}: net {accumulator.net_quantity} != open portions {open_total}")
     plan = plan_execution(portions, threshold)
     if plan is None:
         return None
@@ -222,9 +216,7 @@ def _create_execution(
 
 def _take_from_portions(session: Session, execution_id: uuid.UUID, allocations: Sequence[Allocation]) -> None:
     trade_takes = [{"ref": a.portion.ref, "taken": a.taken} for a in allocations if a.portion.kind == "trade"]
-    return_takes = [
-        {"ref": int(a.portion.ref), "taken": a.taken} for a in allocations if a.portion.kind == "return"
-    ]
+    return_takes = [{"ref": int(a.portion.ref), "taken": a.taken} for a in allocations if a.portion.kind == "return"]
     tables = (cast(Table, Trade.__table__), cast(Table, ExecutionReturn.__table__))
     for table, takes in zip(tables, (trade_takes, return_takes), strict=True):
         if takes:

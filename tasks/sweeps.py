@@ -31,9 +31,7 @@ def find_stranded_work(
     with uow:
         session = uow.session
         waiting = session.scalars(
-            select(Trade.symbol)
-            .where(Trade.status == "received", Trade.received_at < now - trade_stale)
-            .distinct()
+            select(Trade.symbol).where(Trade.status == "received", Trade.received_at < now - trade_stale).distinct()
         ).all()
         executable = session.scalars(
             select(Accumulator.symbol)

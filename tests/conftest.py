@@ -19,12 +19,10 @@ import pytest
 import redis
 
 from models.db import UnitOfWork, dispose_engines
+from models.tables import Base
 from workers.cli import migrate
 
-TABLES = (
-    "contributions, execution_returns, executions, trades, accumulators, symbol_freezes, "
-    "paper_orders, paper_order_requests"
-)
+TABLES = ", ".join(Base.metadata.tables)  # every table the migrations create
 
 
 @dataclass

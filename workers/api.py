@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
-import uuid
-from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from models.tables import Accumulator, Contribution, Execution, Trade
-from tasks.audit import audit_books
 from tasks.ingestion import store_trades
 from workers import runtime
 from workers.webhook import PayloadError, read_trades, verify_signature
 
 log = logging.getLogger(__name__)
-app = FastAPI(
-    title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out."
-)
+app = FastAPI(title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out.")
 
 
 @app.exception_handler(RequestValidationError)
@@ -86,137 +78,6 @@ async def receive_trades(request: Request) -> JSONResponse:
         {"accepted": result.accepted, "duplicates": result.duplicates, "conflicts": result.conflicts},
         status_code=202,
     )
-
-
-def require_operator(request: Request) -> None:
-    token = runtime.settings().api_token or ""
-    header = request.headers.get("authorization", "")
-    offered = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not token or not hmac.compare_digest(offered.encode(), token.encode()):
-        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-
-Operator = Annotated[None, Depends(require_operator)]
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
-
-
-def _accumulator_json(row: Accumulator) -> dict[str, Any]:
-    return {
-        "symbol": row.symbol,
-        "net_quantity": str(row.net_quantity),
-        "updated_at": row.updated_at.isoformat(),
-    }
-
-
-@app.get("/accumulators")
-def list_accumulators(_: Operator) -> list[dict[str, Any]]:
-    with runtime.unit_of_work() as uow:
-        return [
-            _accumulator_json(a)
-            for a in uow.session.scalars(select(Accumulator).order_by(Accumulator.symbol))
-        ]
-
-
-@app.get("/accumulators/{symbol}")
-def get_accumulator(symbol: str, _: Operator) -> dict[str, Any]:
-    with runtime.unit_of_work() as uow:
-        row = uow.session.get(Accumulator, symbol)
-        if row is None:
-            raise HTTPException(404, f"no accumulator for {symbol}")
-        return _accumulator_json(row)
-
-
-def _execution_json(row: Execution, trade_ids: list[str]) -> dict[str, Any]:
-    fields = (
-        "id",
-        "symbol",
-        "side",
-        "quantity",
-        "status",
-        "client_order_id",
-        "broker_order_id",
-        "filled_quantity",
-        "average_price",
-        "created_at",
-        "updated_at",
-    )
-    return {
-        **{f: _json_value(getattr(row, f)) for f in fields},
-        "trade_ids": trade_ids,
-        "cursor": str(row.seq),
-    }
-
-
-@app.get("/executions")
-def list_executions(
-    _: Operator,
-    symbol: str | None = None,
-    status: str | None = None,
-    after: Annotated[int | None, Query(ge=0, description="cursor: the last item's cursor")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    query = select(Execution).order_by(Execution.seq).limit(limit)
-    if symbol:
-        query = query.where(Execution.symbol == symbol)
-    if status:
-        query = query.where(Execution.status == status)
-    if after is not None:
-        query = query.where(Execution.seq > after)
-    with runtime.unit_of_work() as uow:
-        rows = uow.session.scalars(query).all()
-        links = uow.session.execute(
-            select(Contribution.execution_id, Contribution.trade_id).where(
-                Contribution.execution_id.in_([r.id for r in rows]), Contribution.trade_id.is_not(None)
-            )
-        ).all()
-    trade_ids: dict[uuid.UUID, list[str]] = {}
-    for execution_id, trade_id in links:
-        trade_ids.setdefault(execution_id, []).append(str(trade_id))
-    items = [_execution_json(r, trade_ids.get(r.id, [])) for r in rows]
-    return {"items": items, "next": items[-1]["cursor"] if len(items) == limit else None}
-
-
-@app.get("/trades/{trade_id}")
-def get_trade(trade_id: str, _: Operator) -> dict[str, Any]:
-    with runtime.unit_of_work() as uow:
-        trade = uow.session.get(Trade, trade_id)
-        if trade is None:
-            raise HTTPException(404, f"no trade {trade_id}")
-        contributions = uow.session.execute(
-            select(Contribution.execution_id, Contribution.quantity).where(Contribution.trade_id == trade_id)
-        ).all()
-    fields = (
-        "id",
-        "symbol",
-        "side",
-        "quantity",
-        "price",
-        "executed_at",
-        "received_at",
-        "status",
-        "status_reason",
-    )
-    return {
-        **{f: _json_value(getattr(trade, f)) for f in fields},
-        "open_quantity": str(trade.open_quantity),
-        "executions": [{"execution_id": str(e), "quantity": str(q)} for e, q in contributions],
-    }
-
-
-@app.get("/audit")
-def audit(_: Operator) -> dict[str, Any]:
-    return audit_books(
-        runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now()
-    ).as_json()
 
 
 @app.get("/health")

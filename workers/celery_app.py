@@ -9,9 +9,7 @@ from celery.signals import worker_process_init
 
 from models.db import dispose_engines
 
-app = Celery(
-    "dustpan", include=["tasks.ingestion_tasks", "tasks.execution_tasks", "tasks.sweeps", "tasks.audit"]
-)
+app = Celery("dustpan", include=["tasks.ingestion_tasks", "tasks.execution_tasks", "tasks.sweeps", "tasks.audit"])
 app.config_from_object("celeryconfig")
 
 

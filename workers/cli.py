@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "demo":
         from workers.demo import run_demo
 
-        raise SystemExit(
-            run_demo(settings, trades=args.trades, symbols=args.symbols, port=args.port, seed=args.seed)
-        )
+        raise SystemExit(run_demo(settings, trades=args.trades, symbols=args.symbols, port=args.port, seed=args.seed))
     elif command == "migrate":
         migrate(_require_database(settings.database_url))
     elif command == "api":
@@ -124,9 +122,7 @@ def _serve_api(host: str, port: int, workers: int) -> None:
     settings = get_settings()
     if not settings.webhook_secret or not settings.api_token:
         raise SystemExit("dustpan: DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API")
-    uvicorn.run(
-        "workers.api:app", host=host, port=port, workers=workers, log_level="warning", access_log=False
-    )
+    uvicorn.run("workers.api:app", host=host, port=port, workers=workers, log_level="warning", access_log=False)
 
 
 def _run_worker(queues: str, concurrency: int, name: str | None) -> None:
@@ -134,9 +130,7 @@ def _run_worker(queues: str, concurrency: int, name: str | None) -> None:
     from workers.celery_app import app
 
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
-    app.worker_main(
-        ["worker", "--loglevel=INFO", "-Q", queues, "-c", str(concurrency), "-n", node, "--without-gossip"]
-    )
+    app.worker_main(["worker", "--loglevel=INFO", "-Q", queues, "-c", str(concurrency), "-n", node, "--without-gossip"])
 
 
 def _run_beat(data_dir: Path) -> None:

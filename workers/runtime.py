@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
 
 import redis
 
 from models.db import UnitOfWork
+from models.domain.venue import VenueRules
 from tasks.execution import ExecutionConfig
+from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
 from workers.brokerage import Brokerage
 from workers.settings import Settings, get_settings
@@ -47,8 +50,32 @@ def accumulation_config() -> AccumulationConfig:
 def execution_config() -> ExecutionConfig:
     section = settings().execution
     return ExecutionConfig(
-        settings().accumulation.threshold, section.rejection_backoff_seconds, section.freeze_after_rejections
+        settings().accumulation.threshold,
+        section.rejection_backoff_seconds,
+        section.freeze_after_rejections,
+        settings().dust.min_position_value,
     )
+
+
+def trading_policy() -> TradingPolicy:
+    config = settings()
+    return TradingPolicy(frozenset(config.accumulation.restricted_symbols), frozenset(config.accounts))
+
+
+def venue_rules(symbol: str) -> VenueRules:
+    """The symbol's rules: the configured default (whole shares for the hedge venue) + overrides."""
+    venues = settings().venues
+    override = venues.rules.get(symbol)
+    whole_shares = venues.whole_shares if override is None or override.whole_shares is None else override.whole_shares
+    rules = VenueRules(whole_shares=whole_shares)
+    if override is not None:
+        rules = VenueRules(
+            whole_shares=whole_shares,
+            step=override.step or rules.step,
+            min_quantity=override.min_quantity or rules.min_quantity,
+            min_notional=override.min_notional or rules.min_notional,
+        )
+    return rules
 
 
 def brokerage() -> Brokerage:
@@ -68,6 +95,7 @@ def _brokerage_for_process(_pid: int) -> Brokerage:
             config.alpaca_key_id,
             config.alpaca_secret_key,
             config.alpaca_timeout_seconds,
+            data_url=config.alpaca_data_url,
         )
     from workers.brokerage.paper import PaperBrokerage
 
@@ -107,3 +135,13 @@ def clear_wake(symbol: str) -> None:
         redis_client().delete(WAKE_KEY.format(symbol=symbol))
     except (redis.RedisError, OSError) as exc:
         log.warning("wake flag for %s not cleared (it expires by itself): %s", symbol, exc)
+
+
+def submit_after_commit(execution_id: uuid.UUID) -> None:
+    """Enqueue ``execution.submit``; if Redis is down the sweep finds the pending execution."""
+    from tasks.execution_tasks import submit
+
+    try:
+        submit.delay(str(execution_id))
+    except Exception as exc:  # kombu raises several families; none of them may fail the request
+        log.warning("execution %s not enqueued (the sweep will pick it up): %s", execution_id, exc)

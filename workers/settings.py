@@ -47,24 +47,37 @@ class ExecutionSettings(_Section):
     rejection_backoff_seconds: int = Field(30, ge=0, le=3600)
     freeze_after_rejections: int = Field(3, ge=1)
     poll_seconds: int = Field(5, ge=1, le=300, description="re-check of an order still working at the broker")
-    submitted_stale_seconds: int = Field(
-        60, ge=5, description="sweep looks up submitted orders older than this"
-    )
-    pending_stale_seconds: int = Field(
-        10, ge=1, description="sweep re-sends pending executions older than this"
-    )
+    submitted_stale_seconds: int = Field(60, ge=5, description="sweep looks up submitted orders older than this")
+    pending_stale_seconds: int = Field(10, ge=1, description="sweep re-sends pending executions older than this")
 
 
 class PaperSettings(_Section):
     partial_fill_ratio: Decimal = Field(Decimal(1), ge=0, le=1, description="share of each order that fills")
     reject_symbols: CommaList = Field(default_factory=list)
     fail_rate: Decimal = Field(Decimal(0), ge=0, le=1, description="share of order requests answered 5xx")
-    accept_delay_seconds: Decimal = Field(
-        Decimal(0), ge=0, le=60, description="delay after accepting an order"
-    )
+    accept_delay_seconds: Decimal = Field(Decimal(0), ge=0, le=60, description="delay after accepting an order")
     default_price: Decimal = Field(Decimal(100), gt=0)
 
     _split = field_validator("reject_symbols", mode="before")(_comma_list)
+
+
+class DustSettings(_Section):
+    max_dust_per_sale: Decimal = Field(Decimal(0), ge=0, description="USD; larger sale dust is refused, 0 disables")
+    min_position_value: Decimal = Field(Decimal(0), ge=0, description="USD; smaller exit remainders are closed")
+    broker_cleanup_usd: Decimal = Field(Decimal("1.00"), ge=0)
+    normalize_usd: Decimal = Field(Decimal("7.50"), ge=0)
+
+
+class VenueRule(_Section):
+    whole_shares: bool | None = None
+    step: Decimal | None = Field(None, gt=0)
+    min_quantity: Decimal | None = Field(None, ge=0)
+    min_notional: Decimal | None = Field(None, ge=0)
+
+
+class VenueSettings(_Section):
+    whole_shares: bool = Field(True, description="default for symbols without a rule: the hedge venue")
+    rules: dict[str, VenueRule] = Field(default_factory=dict, description="per-symbol overrides")
 
 
 class WebhookSettings(_Section):
@@ -98,9 +111,12 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = ExecutionSettings()
     paper: PaperSettings = PaperSettings()
     webhook: WebhookSettings = WebhookSettings()
+    dust: DustSettings = DustSettings()
+    venues: VenueSettings = VenueSettings()
+    accounts: CommaList = Field(default_factory=lambda: ["default"], description="named broker accounts")
     schedule: ScheduleSettings = ScheduleSettings()
 
-    _split = field_validator("webhook_secret", mode="before")(_comma_list)
+    _split = field_validator("webhook_secret", "accounts", mode="before")(_comma_list)
 
     @field_validator("database_url")
     @classmethod
@@ -193,9 +209,7 @@ def _unknown_variables() -> list[str]:
     return sorted(
         name
         for name in os.environ
-        if name.startswith("DUSTPAN_")
-        and not name.startswith(_NOT_SETTINGS)
-        and name.split("__")[0] not in known
+        if name.startswith("DUSTPAN_") and not name.startswith(_NOT_SETTINGS) and name.split("__")[0] not in known
     )
 
 

@@ -132,9 +132,7 @@ class Stack(AbstractContextManager["Stack"]):
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise SystemExit(
-            f"dustpan: the API did not become healthy in {timeout:.0f} s; see {self.data_dir / 'logs'}"
-        )
+        raise SystemExit(f"dustpan: the API did not become healthy in {timeout:.0f} s; see {self.data_dir / 'logs'}")
 
     def _service_urls(self) -> dict[str, str]:
         database_url, broker_url = self.settings.database_url, self.settings.broker_url

@@ -80,9 +80,7 @@ class TradeIn(BaseModel):
     executed_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
     def to_domain(self) -> IncomingTrade:
-        return IncomingTrade(
-            self.id, self.symbol, Side(self.side), self.quantity, self.price, self.executed_at
-        )
+        return IncomingTrade(self.id, self.symbol, Side(self.side), self.quantity, self.price, self.executed_at)
 
 
 class TradesIn(BaseModel):

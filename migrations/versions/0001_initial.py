@@ -27,9 +27,7 @@ def upgrade() -> None:
         sa.Column("hold_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint(
-            "consecutive_rejections >= 0", name=op.f("ck_accumulators_rejections_non_negative")
-        ),
+        sa.CheckConstraint("consecutive_rejections >= 0", name=op.f("ck_accumulators_rejections_non_negative")),
         sa.PrimaryKeyConstraint("symbol", name=op.f("pk_accumulators")),
     )
     op.create_table(
@@ -68,9 +66,7 @@ def upgrade() -> None:
             "filled_quantity >= 0 AND filled_quantity <= quantity",
             name=op.f("ck_executions_filled_within_quantity"),
         ),
-        sa.CheckConstraint(
-            "quantity > 0 AND quantity = trunc(quantity)", name=op.f("ck_executions_whole_shares")
-        ),
+        sa.CheckConstraint("quantity > 0 AND quantity = trunc(quantity)", name=op.f("ck_executions_whole_shares")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_executions")),
         sa.UniqueConstraint("client_order_id", name=op.f("uq_executions_client_order_id")),
         sa.UniqueConstraint("seq", name=op.f("uq_executions_seq")),
@@ -108,9 +104,7 @@ def upgrade() -> None:
         sa.Column("filled_qty", sa.Numeric(precision=38, scale=18), server_default="0", nullable=False),
         sa.Column("filled_avg_price", sa.Numeric(precision=38, scale=18), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint(
-            "filled_qty >= 0 AND filled_qty <= qty", name=op.f("ck_paper_orders_filled_within_qty")
-        ),
+        sa.CheckConstraint("filled_qty >= 0 AND filled_qty <= qty", name=op.f("ck_paper_orders_filled_within_qty")),
         sa.CheckConstraint("qty > 0", name=op.f("ck_paper_orders_qty_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_paper_orders")),
         sa.UniqueConstraint("client_order_id", name=op.f("uq_paper_orders_client_order_id")),
@@ -147,9 +141,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "status = 'accumulated' OR open_quantity = 0", name=op.f("ck_trades_open_only_when_accumulated")
         ),
-        sa.CheckConstraint(
-            "status IN ('received', 'accumulated', 'rejected')", name=op.f("ck_trades_status")
-        ),
+        sa.CheckConstraint("status IN ('received', 'accumulated', 'rejected')", name=op.f("ck_trades_status")),
         sa.CheckConstraint("abs(open_quantity) <= quantity", name=op.f("ck_trades_open_within_quantity")),
         sa.CheckConstraint("price > 0", name=op.f("ck_trades_price_positive")),
         sa.CheckConstraint("quantity > 0", name=op.f("ck_trades_quantity_positive")),
@@ -203,9 +195,7 @@ def upgrade() -> None:
         sa.Column("trade_id", sa.String(length=128), nullable=True),
         sa.Column("return_id", sa.BigInteger(), nullable=True),
         sa.Column("quantity", sa.Numeric(precision=38, scale=18), nullable=False),
-        sa.CheckConstraint(
-            "(trade_id IS NULL) <> (return_id IS NULL)", name=op.f("ck_contributions_one_source")
-        ),
+        sa.CheckConstraint("(trade_id IS NULL) <> (return_id IS NULL)", name=op.f("ck_contributions_one_source")),
         sa.CheckConstraint("quantity <> 0", name=op.f("ck_contributions_quantity_non_zero")),
         sa.ForeignKeyConstraint(
             ["execution_id"], ["executions.id"], name=op.f("fk_contributions_execution_id_executions")

@@ -39,18 +39,14 @@ def broker(stub: AlpacaStub) -> Iterator[AlpacaBrokerage]:
 
 
 def order(client_order_id: str = "coid-1", symbol: str = "AAPL", quantity: str = "3") -> OrderRequest:
-    return OrderRequest(
-        client_order_id=client_order_id, symbol=symbol, side="buy", quantity=Decimal(quantity)
-    )
+    return OrderRequest(client_order_id=client_order_id, symbol=symbol, side="buy", quantity=Decimal(quantity))
 
 
 def test_constructing_the_adapter_does_no_io() -> None:
     AlpacaBrokerage("http://127.0.0.1:9", "k", "s", TIMEOUT).close()
 
 
-def test_submitted_order_fills_and_is_found_by_client_order_id(
-    stub: AlpacaStub, broker: AlpacaBrokerage
-) -> None:
+def test_submitted_order_fills_and_is_found_by_client_order_id(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     submitted = broker.submit_order(order())
 
     found = broker.get_order_by_client_order_id("coid-1")
@@ -78,9 +74,7 @@ def test_market_order_is_sent_with_qty_as_a_string(stub: AlpacaStub, broker: Alp
     }
 
 
-def test_fill_price_and_quantities_round_trip_exactly_as_decimal(
-    stub: AlpacaStub, broker: AlpacaBrokerage
-) -> None:
+def test_fill_price_and_quantities_round_trip_exactly_as_decimal(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     stub.prices["BRK.B"] = Decimal("123.456789")
 
     filled = broker.submit_order(order(symbol="BRK.B", quantity="7"))
@@ -137,9 +131,7 @@ def test_rate_limit_raises_rate_limited_with_retry_after(stub: AlpacaStub, broke
     assert caught.value.retry_after == 7
 
 
-def test_rate_limit_without_retry_after_header_carries_none(
-    stub: AlpacaStub, broker: AlpacaBrokerage
-) -> None:
+def test_rate_limit_without_retry_after_header_carries_none(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     stub.retry_after_seconds = None
     stub.fail_next("429")
 
@@ -149,9 +141,7 @@ def test_rate_limit_without_retry_after_header_carries_none(
     assert caught.value.retry_after is None
 
 
-def test_timeout_before_accepting_is_temporary_and_leaves_no_order(
-    stub: AlpacaStub, broker: AlpacaBrokerage
-) -> None:
+def test_timeout_before_accepting_is_temporary_and_leaves_no_order(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     stub.fail_next("timeout")
 
     with pytest.raises(TemporaryError):
@@ -226,9 +216,7 @@ def test_buy_beyond_buying_power_raises_insufficient_funds(stub: AlpacaStub, bro
     assert stub.orders == {}
 
 
-def test_unknown_symbol_raises_invalid_order_with_alpaca_message(
-    stub: AlpacaStub, broker: AlpacaBrokerage
-) -> None:
+def test_unknown_symbol_raises_invalid_order_with_alpaca_message(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     stub.unknown_symbols.add("NOPE")
 
     with pytest.raises(InvalidOrder, match='asset "NOPE" not found') as caught:
@@ -247,9 +235,7 @@ def test_partial_fill_reports_whole_shares_filled_and_the_rest_canceled(
     assert (partial.status, partial.quantity, partial.filled_quantity) == ("canceled", 7, 3)
 
 
-def test_rejected_symbol_reports_rejected_with_nothing_filled(
-    stub: AlpacaStub, broker: AlpacaBrokerage
-) -> None:
+def test_rejected_symbol_reports_rejected_with_nothing_filled(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     stub.reject_symbols.add("HALT")
 
     rejected = broker.submit_order(order(symbol="HALT"))
@@ -346,3 +332,11 @@ def test_unknown_broker_order_id_is_operational() -> None:
 def test_server_error_with_html_body_is_still_temporary() -> None:
     with pytest.raises(TemporaryError):
         adapter_answering(503, "<html>Service Unavailable</html>").submit_order(order())
+
+
+def test_latest_trade_price_is_read_exactly_from_market_data() -> None:
+    with AlpacaStub() as stub:
+        stub.prices["AAPL"] = Decimal("187.4321")
+        adapter = AlpacaBrokerage(stub.url, stub.key_id, stub.secret_key, Decimal("0.5"), data_url=stub.url)
+        assert adapter.latest_price("AAPL") == Decimal("187.4321")
+        assert stub.requests[-1].path == "/v2/stocks/AAPL/trades/latest"

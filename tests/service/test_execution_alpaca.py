@@ -26,9 +26,7 @@ EXECUTION = ExecutionConfig(D(1), rejection_backoff_seconds=30, freeze_after_rej
 
 def pending_execution(uow: UnitOfWork, quantity: str) -> Execution:
     store_trades(uow, [IncomingTrade("a1", "AAPL", Side.BUY, D(quantity), D("187.5"), NOW)])
-    [execution_id] = accumulate_symbol(
-        uow, "AAPL", AccumulationConfig(D(1), 100, frozenset()), NOW
-    ).executions
+    [execution_id] = accumulate_symbol(uow, "AAPL", AccumulationConfig(D(1), 100, frozenset()), NOW).executions
     with uow:
         return uow.session.scalars(select(Execution).where(Execution.id == execution_id)).one()
 

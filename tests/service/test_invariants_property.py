@@ -69,9 +69,7 @@ def _settle_pending(uow: UnitOfWork, broker: FakeBrokerage) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps)
-def test_any_webhook_sequence_keeps_the_books_exact(
-    database_url: str, sequence: list[tuple[str, object]]
-) -> None:
+def test_any_webhook_sequence_keeps_the_books_exact(database_url: str, sequence: list[tuple[str, object]]) -> None:
     _truncate(database_url)
     uow = UnitOfWork(database_url)
     broker = FakeBrokerage()
@@ -81,9 +79,7 @@ def test_any_webhook_sequence_keeps_the_books_exact(
             batch: list[IncomingTrade] = argument  # type: ignore[assignment]
             result = store_trades(uow, batch)
             expected_conflicts = [
-                t.id
-                for t in batch
-                if t.id in first_seen and first_seen[t.id].content_hash() != t.content_hash()
+                t.id for t in batch if t.id in first_seen and first_seen[t.id].content_hash() != t.content_hash()
             ]
             for trade in batch:
                 first_seen.setdefault(trade.id, trade)

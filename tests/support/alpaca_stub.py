@@ -102,9 +102,7 @@ class AlpacaStub:
 
     def start(self) -> None:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -145,10 +143,7 @@ class AlpacaStub:
             fault = self._faults.popleft() if self._faults else None
         if fault in ("500", "429", "malformed", "timeout"):
             return fault, _fault_reply(fault, self.retry_after_seconds)
-        if (
-            headers.get("APCA-API-KEY-ID") != self.key_id
-            or headers.get("APCA-API-SECRET-KEY") != self.secret_key
-        ):
+        if headers.get("APCA-API-KEY-ID") != self.key_id or headers.get("APCA-API-SECRET-KEY") != self.secret_key:
             return fault, _error(401, 40110000, "request is not authorized")
         return fault, self._route(method, path, body)
 
@@ -175,6 +170,16 @@ class AlpacaStub:
                 return self._found(self.orders.get(parts.path.removeprefix("/v2/orders/")))
         if method == "GET" and parts.path == "/v2/account":
             return _json_reply(200, self._account())
+        if method == "GET" and parts.path.startswith("/v2/stocks/") and parts.path.endswith("/trades/latest"):
+            symbol = parts.path.removeprefix("/v2/stocks/").removesuffix("/trades/latest")
+            price = self.prices.get(symbol, self.default_price)
+            # Market Data v2 sends the price as a JSON number.
+            return Reply(
+                200,
+                f'{{"symbol": "{symbol}", "trade": {{"t": "2026-11-02T14:30:00Z", "p": {price}, '
+                f'"s": 100, "x": "V", "i": 1}}}}',
+                (("Content-Type", "application/json"),),
+            )
         # Alpaca's Go front end answers unknown routes with a plain-text page, not JSON.
         return Reply(404, "404 page not found", (("Content-Type", "text/plain"),))
 
@@ -296,9 +301,7 @@ def _fault_reply(fault: str, retry_after: int | None) -> Reply | None:
         headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
         return Reply(429, json.dumps({"code": 42910000, "message": "rate limit exceeded"}), headers)
     if fault == "malformed":
-        return Reply(
-            200, "<html><body>502 Bad Gateway</body></html>", (("Content-Type", "application/json"),)
-        )
+        return Reply(200, "<html><body>502 Bad Gateway</body></html>", (("Content-Type", "application/json"),))
     return None  # "timeout": never answer
 
 

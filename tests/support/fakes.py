@@ -48,6 +48,10 @@ class FakeBrokerage(Brokerage):
     def get_order(self, order_id: str) -> BrokerOrder:
         return next(o for o in self.orders.values() if o.id == order_id)
 
+    def latest_price(self, symbol: str) -> Decimal:
+        self._maybe_unavailable()
+        return self.price
+
     def ping(self) -> None:
         self._maybe_unavailable()
 

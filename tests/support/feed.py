@@ -13,9 +13,7 @@ import httpx
 from workers.webhook import sign
 
 
-def make_trades(
-    symbol: str, count: int, rng: random.Random, prefix: str | None = None
-) -> list[dict[str, str]]:
+def make_trades(symbol: str, count: int, rng: random.Random, prefix: str | None = None) -> list[dict[str, str]]:
     start = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
     return [
         {

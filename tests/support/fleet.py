@@ -24,9 +24,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
-) -> None:  # float-ok
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:  # float-ok
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -109,9 +107,7 @@ class Fleet:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start_api(self) -> None:
-        self.api = DustpanProcess(
-            "api", ["api", "--port", str(self.api_port)], self.env, self.log_dir
-        ).start()
+        self.api = DustpanProcess("api", ["api", "--port", str(self.api_port)], self.env, self.log_dir).start()
         wait_for(self._api_healthy, 60, f"the API to answer /health\n{self.api.log_tail()}")
 
     def start_worker(self, concurrency: int = 2, queues: str | None = None) -> DustpanProcess:
@@ -122,9 +118,7 @@ class Fleet:
         worker = DustpanProcess(f"worker{n}", args, self.env, self.log_dir).start()
         self.workers.append(worker)
         wait_for(
-            lambda: (
-                "ready" in worker.log_path.read_text(errors="replace") if worker.log_path.exists() else False
-            ),
+            lambda: "ready" in worker.log_path.read_text(errors="replace") if worker.log_path.exists() else False,
             60,
             f"worker {n} to be ready",
         )
@@ -134,9 +128,7 @@ class Fleet:
         worker.stop()
         worker.log_path.write_text("")
         worker.start()
-        wait_for(
-            lambda: "ready" in worker.log_path.read_text(errors="replace"), 60, "worker to be ready again"
-        )
+        wait_for(lambda: "ready" in worker.log_path.read_text(errors="replace"), 60, "worker to be ready again")
 
     def start_beat(self) -> None:
         self.beat = DustpanProcess("beat", ["beat"], self.env, self.log_dir).start()

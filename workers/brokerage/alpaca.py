@@ -42,6 +42,7 @@ class AlpacaBrokerage(Brokerage):
         secret_key: str,
         timeout_seconds: Decimal,
         transport: httpx.BaseTransport | None = None,
+        data_url: str | None = None,
     ) -> None:
         if not timeout_seconds.is_finite() or timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds must be a positive number, got {timeout_seconds}")
@@ -52,6 +53,8 @@ class AlpacaBrokerage(Brokerage):
             timeout=httpx.Timeout(float(timeout_seconds)),
             transport=transport,
         )
+        # Market Data v2 lives on its own host; paths are absolute URLs on the same client.
+        self._data_url = (data_url or trading_url).rstrip("/")
 
     def close(self) -> None:
         self._client.close()
@@ -70,9 +73,7 @@ class AlpacaBrokerage(Brokerage):
         return _parse_order(_ok_json(response))
 
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
-        response = self._send(
-            "GET", "/v2/orders:by_client_order_id", params={"client_order_id": client_order_id}
-        )
+        response = self._send("GET", "/v2/orders:by_client_order_id", params={"client_order_id": client_order_id})
         if response.status_code == 404:
             _require_alpaca_json(response)
             return None
@@ -84,6 +85,17 @@ class AlpacaBrokerage(Brokerage):
             # The id came from Alpaca itself, so not finding it means something is badly wrong.
             raise OperationalError(f"broker does not know order {order_id}: {_error_message(response)}")
         return _parse_order(_ok_json(response))
+
+    def latest_price(self, symbol: str) -> Decimal:
+        response = self._send("GET", f"{self._data_url}/v2/stocks/{quote(symbol, safe='')}/trades/latest")
+        if response.status_code == 404:
+            raise InvalidOrder(f"no market data for {symbol}: {_error_message(response)}")
+        payload = _ok_json(response)
+        trade = payload.get("trade") if isinstance(payload, dict) else None
+        price = _decimal_field(trade, "p") if isinstance(trade, dict) else None
+        if price is None or price <= 0:
+            raise OperationalError(f"malformed latest trade for {symbol} from broker: {payload!r:.200}")
+        return price
 
     def ping(self) -> None:
         _ok_json(self._send("GET", "/v2/account"))

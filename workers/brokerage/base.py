@@ -80,5 +80,9 @@ class Brokerage(abc.ABC):
         """The order with the broker's own id."""
 
     @abc.abstractmethod
+    def latest_price(self, symbol: str) -> Decimal:
+        """The last trade price of the symbol (Alpaca Market Data v2: latest trade)."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise a ``BrokerageError`` if the brokerage cannot be reached."""

@@ -95,9 +95,7 @@ class PaperBrokerage(Brokerage):
     @_unreachable_is_temporary
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         with self._session() as session:
-            row = session.scalars(
-                select(PaperOrder).where(PaperOrder.client_order_id == client_order_id)
-            ).first()
+            row = session.scalars(select(PaperOrder).where(PaperOrder.client_order_id == client_order_id)).first()
             return _to_broker_order(row) if row else None
 
     @_unreachable_is_temporary
@@ -107,6 +105,11 @@ class PaperBrokerage(Brokerage):
             if row is None:
                 raise TemporaryError(f"paper brokerage: order {order_id} not found")
             return _to_broker_order(row)
+
+    @_unreachable_is_temporary
+    def latest_price(self, symbol: str) -> Decimal:
+        with self._session() as session:
+            return self._last_price(session, symbol)
 
     @_unreachable_is_temporary
     def ping(self) -> None:
@@ -121,14 +124,16 @@ class PaperBrokerage(Brokerage):
         return rate > 0 and Decimal(self._rng.randrange(1_000_000)) < rate * _ONE_MILLION
 
     def _simulate_fill(self, session: Session, request: OrderRequest) -> tuple[str, Decimal, Decimal]:
-        price = session.scalar(select(Accumulator.last_price).where(Accumulator.symbol == request.symbol))
-        price = price or self._settings.default_price
+        price = self._last_price(session, request.symbol)
         if request.symbol in self._settings.reject_symbols:
             return "rejected", Decimal(0), price
-        filled = (request.quantity * self._settings.partial_fill_ratio).quantize(
-            Decimal(1), rounding=ROUND_DOWN
-        )
+        filled = (request.quantity * self._settings.partial_fill_ratio).quantize(Decimal(1), rounding=ROUND_DOWN)
         return ("filled" if filled == request.quantity else "canceled"), filled, price
+
+    def _last_price(self, session: Session, symbol: str) -> Decimal:
+        """The paper market trades at the price of the symbol's latest accumulated trade."""
+        price = session.scalar(select(Accumulator.last_price).where(Accumulator.symbol == symbol))
+        return price or self._settings.default_price
 
     @staticmethod
     def _log_request(session: Session, client_order_id: str, outcome: str) -> None:

@@ -171,9 +171,7 @@ class _Supervised(ABC):
             handle.seek(0)
             owner = handle.read().strip() or "?"
             handle.close()
-            raise EmbeddedServiceError(
-                f"{self.name} in {self.data_dir} is owned by process {owner}"
-            ) from None
+            raise EmbeddedServiceError(f"{self.name} in {self.data_dir} is owned by process {owner}") from None
         handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()

@@ -98,9 +98,7 @@ class EmbeddedPostgres(_Supervised):
         # --no-locale: sorting and messages must not depend on the host's LANG.
         command = [str(_pg_bin() / "initdb"), "--auth=trust", "--encoding=UTF8", "--no-locale"]
         command += ["-U", "postgres", "-D", str(staging)]
-        done = subprocess.run(
-            command, capture_output=True, text=True, cwd=self.data_dir, **self._popen_user()
-        )
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.data_dir, **self._popen_user())
         if done.returncode != 0:
             raise EmbeddedServiceError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         if self.home.exists():

@@ -1,0 +1,40 @@
+"""Venue rules: what quantity a venue accepts for a symbol (the one owner of these checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+
+from models.domain.quantities import ONE, ZERO
+
+
+@dataclass(frozen=True)
+class VenueRules:
+    whole_shares: bool = True
+    step: Decimal = ONE  # smallest increment when fractional shares are allowed
+    min_quantity: Decimal = ZERO
+    min_notional: Decimal = ZERO
+
+    @property
+    def increment(self) -> Decimal:
+        return ONE if self.whole_shares else self.step
+
+    def round_down(self, quantity: Decimal) -> tuple[Decimal, Decimal]:
+        """The largest tradable multiple of the increment <= quantity, and what is left over."""
+        if quantity <= 0:
+            return ZERO, quantity
+        steps = (quantity / self.increment).to_integral_value(rounding=ROUND_DOWN)
+        tradable = steps * self.increment
+        return tradable, quantity - tradable
+
+    def refusal(self, quantity: Decimal, price: Decimal) -> str | None:
+        """Why the venue would refuse this quantity at this price, or None if it accepts it."""
+        if quantity <= 0:
+            return "quantity is below one tradable increment"
+        if quantity % self.increment != 0:
+            return f"quantity must be a multiple of {self.increment}"
+        if quantity < self.min_quantity:
+            return f"quantity is below the minimum {self.min_quantity}"
+        if quantity * price < self.min_notional:
+            return f"notional is below the minimum {self.min_notional}"
+        return None

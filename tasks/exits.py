@@ -1,0 +1,115 @@
+"""Exits (SPEC 1.7): sell a position or part of it; a remainder worth less than
+``dust.min_position_value`` is closed by a market order with P&L reason ``dust_cleanup``,
+and if that order fails the remainder is kept, marked ``dust_orphaned``, never deleted."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.db import UnitOfWork
+from models.domain.positions import remainder_is_dust
+from models.domain.venue import VenueRules
+from models.tables import Execution
+from tasks.guards import Refused, TradingPolicy, ensure_tradable
+from tasks.ingestion import client_order_id_for
+from tasks.positions import committed_to_sell, lock_position
+
+
+def request_exit(
+    uow: UnitOfWork,
+    policy: TradingPolicy,
+    rules: VenueRules,
+    *,
+    symbol: str,
+    quantity: Decimal | None,
+    reason: str,
+    account: str,
+    now: datetime,
+) -> Execution:
+    """Create the exit's sell execution (``quantity`` None: the whole available position)."""
+    with uow:
+        session = uow.session
+        ensure_tradable(session, policy, symbol, account)
+        position = lock_position(session, account, symbol)
+        available = position.quantity - committed_to_sell(session, account, symbol)
+        wanted = available if quantity is None else quantity
+        if available <= 0 or wanted > available:
+            raise Refused(
+                409,
+                "insufficient_position",
+                f"{account} holds {max(available, Decimal(0))} {symbol} available to exit",
+            )
+        if wanted % rules.increment != 0:
+            raise Refused(422, "not_tradable", f"{wanted} {symbol} is not a multiple of {rules.increment}")
+        execution = new_sell(session, account, symbol, wanted, "exit", now, reason=reason)
+        uow.commit()
+        return execution
+
+
+def new_sell(
+    session: Session,
+    account: str,
+    symbol: str,
+    quantity: Decimal,
+    source: str,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    parent: uuid.UUID | None = None,
+) -> Execution:
+    execution_id = uuid.uuid4()
+    execution = Execution(
+        id=execution_id,
+        symbol=symbol,
+        side="sell",
+        quantity=quantity,
+        client_order_id=client_order_id_for(execution_id),
+        source=source,
+        account=account,
+        reason=reason,
+        parent_execution_id=parent,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(execution)
+    session.flush()
+    return execution
+
+
+def settle_position_order(
+    session: Session, execution: Execution, unfilled: Decimal, min_position_value: Decimal, now: datetime
+) -> list[uuid.UUID]:
+    """After a sale, exit or cleanup finished: close a dust remainder, or flag an orphan."""
+    if execution.source == "exit" and execution.filled_quantity > 0 and execution.average_price:
+        position = lock_position(session, execution.account, execution.symbol)
+        remaining = position.quantity - committed_to_sell(session, execution.account, execution.symbol)
+        if remainder_is_dust(remaining, execution.average_price, min_position_value) and not _has_cleanup(
+            session, execution.id
+        ):
+            worth = remaining * execution.average_price
+            cleanup = new_sell(
+                session,
+                execution.account,
+                execution.symbol,
+                remaining,
+                "dust_cleanup",
+                now,
+                reason=f"remainder worth {worth} < dust.min_position_value {min_position_value}",
+                parent=execution.id,
+            )
+            return [cleanup.id]
+    if execution.source == "dust_cleanup" and unfilled > 0:
+        # The shares are still at the broker: keep tracking them for the cleanup job.
+        position = lock_position(session, execution.account, execution.symbol)
+        position.status = "dust_orphaned"
+        position.updated_at = now
+    return []
+
+
+def _has_cleanup(session: Session, exit_id: uuid.UUID) -> bool:
+    return session.scalar(select(Execution.id).where(Execution.parent_execution_id == exit_id)) is not None

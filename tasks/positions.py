@@ -1,0 +1,72 @@
+"""The position book: every fill moves it; sales, exits and dust cleanups realise P&L."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.domain.positions import PRICE_SCALE, Holding, apply_fill
+from models.domain.quantities import ZERO, Side, signed
+from models.tables import Execution, Position, RealizedPnl
+
+
+def lock_position(session: Session, account: str, symbol: str) -> Position:
+    # Row lock: fills, sales and exits of one account's symbol change the book one at a time.
+    session.execute(
+        insert(Position)
+        .values(account=account, symbol=symbol)
+        .on_conflict_do_nothing(index_elements=["account", "symbol"])
+    )
+    return session.scalars(
+        select(Position).where(Position.account == account, Position.symbol == symbol).with_for_update()
+    ).one()
+
+
+def committed_to_sell(session: Session, account: str, symbol: str) -> Decimal:
+    """Shares already promised to in-flight sales, exits and cleanups of this position."""
+    return (
+        session.scalar(
+            select(func.coalesce(func.sum(Execution.quantity - Execution.filled_quantity), 0)).where(
+                Execution.account == account,
+                Execution.symbol == symbol,
+                Execution.side == "sell",
+                Execution.source != "hedge",
+                Execution.status.in_(("pending", "submitted")),
+            )
+        )
+        or ZERO
+    )
+
+
+def book_fill(session: Session, execution: Execution, filled: Decimal, average: Decimal | None, now: datetime) -> None:
+    """Apply the part of ``filled`` not booked yet (the broker reports cumulative fills)."""
+    delta = filled - execution.filled_quantity
+    if delta <= 0 or average is None:
+        return
+    booked_value = (execution.average_price or ZERO) * execution.filled_quantity
+    price = ((average * filled - booked_value) / delta).quantize(PRICE_SCALE, rounding=ROUND_HALF_EVEN)
+    position = lock_position(session, execution.account, execution.symbol)
+    entry_price = position.average_price
+    effect = apply_fill(Holding(position.quantity, entry_price), signed(Side(execution.side), delta), price)
+    if execution.source != "hedge" and effect.realized_quantity > 0 and entry_price is not None:
+        session.add(
+            RealizedPnl(
+                account=execution.account,
+                symbol=execution.symbol,
+                execution_id=execution.id,
+                related_execution_id=execution.parent_execution_id,
+                quantity=effect.realized_quantity,
+                entry_price=entry_price,
+                exit_price=price,
+                pnl=(price - entry_price) * effect.realized_quantity,
+                reason=execution.source,
+                created_at=now,
+            )
+        )
+    position.quantity = effect.holding.quantity
+    position.average_price = effect.holding.average_price
+    position.updated_at = now

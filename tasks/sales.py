@@ -1,0 +1,109 @@
+"""Notional sales (SPEC 1.8): quote, cap the dust, and place the sale with its ledger row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+
+from models.db import UnitOfWork
+from models.domain.sales import SaleQuote, quote_sale
+from models.domain.venue import VenueRules
+from models.tables import DustLedger, Execution
+from tasks.exits import new_sell
+from tasks.guards import Refused, TradingPolicy, ensure_tradable
+from tasks.positions import committed_to_sell, lock_position
+
+
+@dataclass(frozen=True)
+class PlacedSale:
+    execution: Execution
+    quote: SaleQuote
+
+
+def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
+    """Refuse what cannot become a sale: nothing tradable, or dust above the cap."""
+    if not quote.within_cap:
+        raise Refused(
+            422,
+            "dust_cap_exceeded",
+            f"selling {quote.requested} of {symbol} would leave {quote.dust} of dust, above the cap of "
+            f"{quote.cap}; reduce the sale to {quote.nearest_below} or raise it to {quote.nearest_above}, "
+            "or split it",
+            cap=str(quote.cap),
+            would_be_dust=str(quote.dust),
+        )
+    refusal = rules.refusal(quote.quantity, quote.price)
+    if refusal:
+        raise Refused(422, "not_tradable", f"{symbol}: {refusal} (at price {quote.price})")
+
+
+def place_notional_sale(
+    uow: UnitOfWork,
+    policy: TradingPolicy,
+    rules: VenueRules,
+    *,
+    symbol: str,
+    notional: Decimal,
+    account: str,
+    price: Decimal,
+    cap: Decimal,
+    now: datetime,
+) -> PlacedSale:
+    """The sell execution and its dust ledger row, in one transaction; enqueue after commit."""
+    quote = quote_sale(notional, price, rules, cap)
+    with uow:
+        session = uow.session
+        ensure_tradable(session, policy, symbol, account)
+        check_quote(quote, rules, symbol)
+        position = lock_position(session, account, symbol)
+        available = position.quantity - committed_to_sell(session, account, symbol)
+        if quote.quantity > available:
+            raise Refused(
+                409,
+                "insufficient_position",
+                f"{account} holds {max(available, Decimal(0))} {symbol} available; the sale needs {quote.quantity}",
+            )
+        execution = new_sell(session, account, symbol, quote.quantity, "sell", now, reason=f"sell {notional} USD")
+        session.add(
+            DustLedger(
+                execution_id=execution.id,
+                account=account,
+                symbol=symbol,
+                requested_notional=quote.requested,
+                price=quote.price,
+                quantity=quote.quantity,
+                proceeds=quote.proceeds,
+                dust=quote.dust,
+                created_at=now,
+            )
+        )
+        uow.commit()
+    return PlacedSale(execution, quote)
+
+
+@dataclass(frozen=True)
+class LedgerVolume:
+    sales: int
+    proceeds: Decimal
+    dust: Decimal
+
+    @property
+    def volume_with_dust(self) -> Decimal:
+        return self.proceeds + self.dust
+
+
+def ledger_volume(uow: UnitOfWork, symbol: str | None = None) -> LedgerVolume:
+    """Volume including dust in one aggregate pass over the ledger, not a loop over sales."""
+    query = select(
+        func.count(),
+        func.coalesce(func.sum(DustLedger.proceeds), 0),
+        func.coalesce(func.sum(DustLedger.dust), 0),
+    )
+    if symbol:
+        query = query.where(DustLedger.symbol == symbol)
+    with uow:
+        count, proceeds, dust = uow.session.execute(query).one()
+    return LedgerVolume(count, proceeds, dust)

@@ -1,0 +1,174 @@
+"""Operator endpoints that read the books: accumulators, executions, trades, audit, freezes, dust."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from models.tables import Accumulator, Contribution, DustLedger, Execution, Position, SymbolFreeze, Trade
+from tasks.audit import audit_books
+from tasks.freezes import freeze_symbol, unfreeze_symbol
+from tasks.sales import ledger_volume
+from workers import runtime
+from workers.api_common import Operator, execution_json, json_value
+
+router = APIRouter()
+SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$"
+Symbol = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _accumulator_json(row: Accumulator) -> dict[str, Any]:
+    return {
+        "symbol": row.symbol,
+        "net_quantity": str(row.net_quantity),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+@router.get("/accumulators")
+def list_accumulators(
+    _: Operator,
+    after: Annotated[str | None, Query(max_length=32, description="cursor: the last symbol seen")] = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    query = select(Accumulator).order_by(Accumulator.symbol).limit(limit)
+    if after:
+        query = query.where(Accumulator.symbol > after)
+    with runtime.unit_of_work() as uow:
+        items = [_accumulator_json(a) for a in uow.session.scalars(query)]
+    return {"items": items, "next": items[-1]["symbol"] if len(items) == limit else None}
+
+
+@router.get("/accumulators/{symbol}")
+def get_accumulator(symbol: Symbol, _: Operator) -> dict[str, Any]:
+    with runtime.unit_of_work() as uow:
+        row = uow.session.get(Accumulator, symbol)
+        if row is None:
+            raise HTTPException(404, f"no accumulator for {symbol}")
+        return _accumulator_json(row)
+
+
+@router.get("/executions")
+def list_executions(
+    _: Operator,
+    symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
+    status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,20}$")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="cursor: the last item's cursor")] = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    query = select(Execution).order_by(Execution.seq).limit(limit)
+    if symbol:
+        query = query.where(Execution.symbol == symbol)
+    if status:
+        query = query.where(Execution.status == status)
+    if after is not None:
+        query = query.where(Execution.seq > after)
+    with runtime.unit_of_work() as uow:
+        rows = uow.session.scalars(query).all()
+        links = uow.session.execute(
+            select(Contribution.execution_id, Contribution.trade_id).where(
+                Contribution.execution_id.in_([r.id for r in rows]), Contribution.trade_id.is_not(None)
+            )
+        ).all()
+    trade_ids: dict[uuid.UUID, list[str]] = {}
+    for execution_id, trade_id in links:
+        trade_ids.setdefault(execution_id, []).append(str(trade_id))
+    items = [execution_json(r, trade_ids.get(r.id, [])) for r in rows]
+    return {"items": items, "next": items[-1]["cursor"] if len(items) == limit else None}
+
+
+@router.get("/trades/{trade_id}")
+def get_trade(trade_id: Annotated[str, Path(max_length=128)], _: Operator) -> dict[str, Any]:
+    with runtime.unit_of_work() as uow:
+        trade = uow.session.get(Trade, trade_id)
+        if trade is None:
+            raise HTTPException(404, f"no trade {trade_id}")
+        contributions = uow.session.execute(
+            select(Contribution.execution_id, Contribution.quantity).where(Contribution.trade_id == trade_id)
+        ).all()
+    fields = (
+        "id",
+        "symbol",
+        "side",
+        "quantity",
+        "price",
+        "executed_at",
+        "received_at",
+        "status",
+        "status_reason",
+    )
+    return {
+        **{f: json_value(getattr(trade, f)) for f in fields},
+        "open_quantity": str(trade.open_quantity),
+        "executions": [{"execution_id": str(e), "quantity": str(q)} for e, q in contributions],
+    }
+
+
+@router.get("/audit")
+def audit(_: Operator) -> dict[str, Any]:
+    return audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now()).as_json()
+
+
+@router.get("/freezes")
+def list_freezes(_: Operator) -> list[dict[str, Any]]:
+    with runtime.unit_of_work() as uow:
+        rows = uow.session.scalars(select(SymbolFreeze).order_by(SymbolFreeze.symbol)).all()
+    return [
+        {"symbol": r.symbol, "reason": r.reason, "source": r.source, "frozen_at": json_value(r.frozen_at)} for r in rows
+    ]
+
+
+class FreezeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("frozen by an operator", min_length=1, max_length=500)
+
+
+@router.post("/freezes/{symbol}", status_code=201)
+def freeze(symbol: Symbol, _: Operator, response: Response, body: FreezeIn | None = None) -> dict[str, Any]:
+    created = freeze_symbol(runtime.unit_of_work(), symbol, (body or FreezeIn()).reason, runtime.now())
+    if not created:
+        response.status_code = 200
+    return {"symbol": symbol, "frozen": True, "created": created}
+
+
+@router.delete("/freezes/{symbol}", status_code=204)
+def unfreeze(symbol: Symbol, _: Operator) -> Response:
+    if not unfreeze_symbol(runtime.unit_of_work(), symbol, runtime.now()):
+        raise HTTPException(404, f"{symbol} is not frozen")
+    return Response(status_code=204)
+
+
+@router.get("/dust")
+def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
+    volume = ledger_volume(runtime.unit_of_work())
+    with runtime.unit_of_work() as uow:
+        recent = uow.session.scalars(select(DustLedger).order_by(DustLedger.id.desc()).limit(limit)).all()
+        orphaned = uow.session.scalars(select(Position).where(Position.status == "dust_orphaned")).all()
+    ledger_fields = (
+        "execution_id",
+        "account",
+        "symbol",
+        "requested_notional",
+        "price",
+        "quantity",
+        "proceeds",
+        "dust",
+    )
+    return {
+        "ledger": {
+            "sales": volume.sales,
+            "proceeds": str(volume.proceeds),
+            "dust": str(volume.dust),
+            "volume_with_dust": str(volume.volume_with_dust),
+            "recent": [{f: json_value(getattr(r, f)) for f in ledger_fields} for r in recent],
+        },
+        "orphaned": [
+            {"account": p.account, "symbol": p.symbol, "quantity": str(p.quantity), "status": p.status}
+            for p in orphaned
+        ],
+    }

@@ -1,0 +1,132 @@
+"""Operator endpoints that place orders: notional sells (with the dust cap) and exits."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from models.domain.quantities import QuantityError, parse_decimal
+from models.domain.sales import quote_sale
+from tasks.exits import request_exit
+from tasks.guards import Refused
+from tasks.sales import check_quote, place_notional_sale
+from workers import runtime
+from workers.api_books import SYMBOL_PATTERN
+from workers.api_common import Operator, body_schema, exact_body, execution_json
+
+router = APIRouter()
+
+
+def _positive(field: str) -> Any:
+    def read(value: Any) -> Decimal:
+        try:
+            number = parse_decimal(value, field=field)
+        except QuantityError as exc:
+            raise ValueError(str(exc)) from None
+        if number <= 0:
+            raise ValueError(f"{field} must be greater than 0")
+        return number
+
+    return BeforeValidator(read)
+
+
+class SellIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
+    notional: Annotated[Decimal, _positive("notional"), Field(description="USD to sell, as a string")]
+    account: Annotated[str, Field(min_length=1, max_length=64)] = "default"
+
+
+class ExitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
+    quantity: Annotated[Decimal | None, _positive("quantity")] = None
+    all: bool = False
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    account: Annotated[str, Field(min_length=1, max_length=64)] = "default"
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> ExitIn:
+        if (self.quantity is None) == (not self.all):
+            raise ValueError('give either "quantity" or "all": true')
+        return self
+
+
+def _refused(exc: Refused) -> JSONResponse:
+    return JSONResponse(exc.payload(), status_code=exc.status)
+
+
+def _quote_json(quote: Any) -> dict[str, Any]:
+    return {
+        "requested": str(quote.requested),
+        "price": str(quote.price),
+        "quantity": str(quote.quantity),
+        "proceeds": str(quote.proceeds),
+        "dust": str(quote.dust),
+        "cap": str(quote.cap),
+        "within_cap": quote.within_cap,
+        "nearest_below": None if quote.nearest_below is None else str(quote.nearest_below),
+        "nearest_above": None if quote.nearest_above is None else str(quote.nearest_above),
+    }
+
+
+@router.post("/sells/quote", openapi_extra=body_schema(SellIn))
+async def quote(_: Operator, sale: Annotated[SellIn, Depends(exact_body(SellIn))]) -> JSONResponse:
+    price = await run_in_threadpool(runtime.brokerage().latest_price, sale.symbol)
+    rules = runtime.venue_rules(sale.symbol)
+    result = quote_sale(sale.notional, price, rules, runtime.settings().dust.max_dust_per_sale)
+    try:
+        check_quote(result, rules, sale.symbol)
+        problem = None
+    except Refused as exc:
+        problem = exc.payload()
+    return JSONResponse({"symbol": sale.symbol, **_quote_json(result), "refusal": problem})
+
+
+@router.post("/sells", status_code=202, openapi_extra=body_schema(SellIn))
+async def sell(_: Operator, sale: Annotated[SellIn, Depends(exact_body(SellIn))]) -> JSONResponse:
+    price = await run_in_threadpool(runtime.brokerage().latest_price, sale.symbol)
+    try:
+        placed = await run_in_threadpool(
+            lambda: place_notional_sale(
+                runtime.unit_of_work(),
+                runtime.trading_policy(),
+                runtime.venue_rules(sale.symbol),
+                symbol=sale.symbol,
+                notional=sale.notional,
+                account=sale.account,
+                price=price,
+                cap=runtime.settings().dust.max_dust_per_sale,
+                now=runtime.now(),
+            )
+        )
+    except Refused as exc:
+        return _refused(exc)
+    await run_in_threadpool(runtime.submit_after_commit, placed.execution.id)
+    return JSONResponse({"execution": execution_json(placed.execution), **_quote_json(placed.quote)}, 202)
+
+
+@router.post("/exits", status_code=202, openapi_extra=body_schema(ExitIn))
+async def exit_position(_: Operator, order: Annotated[ExitIn, Depends(exact_body(ExitIn))]) -> JSONResponse:
+    try:
+        execution = await run_in_threadpool(
+            lambda: request_exit(
+                runtime.unit_of_work(),
+                runtime.trading_policy(),
+                runtime.venue_rules(order.symbol),
+                symbol=order.symbol,
+                quantity=order.quantity,
+                reason=order.reason,
+                account=order.account,
+                now=runtime.now(),
+            )
+        )
+    except Refused as exc:
+        return _refused(exc)
+    await run_in_threadpool(runtime.submit_after_commit, execution.id)
+    return JSONResponse({"execution": execution_json(execution)}, 202)
