@@ -321,9 +321,7 @@ def warm_up(fleet: Fleet, books: Books, shapes: list[Shape]) -> None:
         for shape in shapes:
             for n in range(10):
                 prefix = f"WARM-{shape.per_request}-{n}"
-                post_trades(
-                    client, WEBHOOK_SECRET, make_trades("WARM", shape.per_request, random.Random(n), prefix)
-                )
+                post_trades(client, WEBHOOK_SECRET, make_trades("WARM", shape.per_request, random.Random(n), prefix))
                 sent += shape.per_request
     wait_for(lambda: books.accumulated() == sent, 120, "the warm-up trades to be accumulated")
 
@@ -499,9 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = []
                 for shape in shapes:
                     print(f"running {shape.name}: {shape.trades:,} trades on {shape.symbol} ...", flush=True)
-                    results.append(
-                        run_shape(fleet, books, shape, args.clients, args.timeout, args.seed, roles)
-                    )
+                    results.append(run_shape(fleet, books, shape, args.clients, args.timeout, args.seed, roles))
                 print_results(results, args)
             except Exception as exc:
                 if not isinstance(exc, BenchError | AssertionError):

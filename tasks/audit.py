@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import text
 
 from models.db import UnitOfWork
-from models.domain.quantities import ZERO
+from models.domain.quantities import ZERO, canonical
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class AuditReport:
             "ok": self.ok,
             "symbols": [
                 {
-                    k: (str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple) else v)
+                    k: (canonical(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple) else v)
                     for k, v in asdict(s).items()
                 }
                 for s in self.symbols

@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from models.db import UnitOfWork
+from models.domain.quantities import money_text
 from models.domain.sales import SaleQuote, quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution
@@ -29,11 +30,11 @@ def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
         raise Refused(
             422,
             "dust_cap_exceeded",
-            f"selling {quote.requested} of {symbol} would leave {quote.dust} of dust, above the cap of "
-            f"{quote.cap}; reduce the sale to {quote.nearest_below} or raise it to {quote.nearest_above}, "
-            "or split it",
-            cap=str(quote.cap),
-            would_be_dust=str(quote.dust),
+            f"selling {money_text(quote.requested)} USD of {symbol} would leave {money_text(quote.dust)} USD of "
+            f"dust, above the cap of {money_text(quote.cap)}; reduce the sale to {quote.nearest_below} or raise "
+            f"it to {quote.nearest_above} USD, or split it into sales whose dust fits the cap",
+            cap=money_text(quote.cap),
+            would_be_dust=money_text(quote.dust),
         )
     refusal = rules.refusal(quote.quantity, quote.price)
     if refusal:

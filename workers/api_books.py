@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from models.domain.quantities import canonical, money_text
 from models.tables import Accumulator, Contribution, DustLedger, Execution, Position, SymbolFreeze, Trade
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
@@ -104,8 +105,8 @@ def get_trade(trade_id: Annotated[str, Path(max_length=128)], _: Operator) -> di
     )
     return {
         **{f: json_value(getattr(trade, f)) for f in fields},
-        "open_quantity": str(trade.open_quantity),
-        "executions": [{"execution_id": str(e), "quantity": str(q)} for e, q in contributions],
+        "open_quantity": canonical(trade.open_quantity),
+        "executions": [{"execution_id": str(e), "quantity": canonical(q)} for e, q in contributions],
     }
 
 
@@ -162,13 +163,13 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
     return {
         "ledger": {
             "sales": volume.sales,
-            "proceeds": str(volume.proceeds),
-            "dust": str(volume.dust),
-            "volume_with_dust": str(volume.volume_with_dust),
+            "proceeds": money_text(volume.proceeds),
+            "dust": money_text(volume.dust),
+            "volume_with_dust": money_text(volume.volume_with_dust),
             "recent": [{f: json_value(getattr(r, f)) for f in ledger_fields} for r in recent],
         },
         "orphaned": [
-            {"account": p.account, "symbol": p.symbol, "quantity": str(p.quantity), "status": p.status}
+            {"account": p.account, "symbol": p.symbol, "quantity": canonical(p.quantity), "status": p.status}
             for p in orphaned
         ],
     }

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from models.domain.quantities import canonical
 from models.tables import Execution
 from workers import runtime
 
@@ -65,7 +66,7 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return canonical(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, uuid.UUID):

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from models.domain.quantities import QuantityError, parse_decimal
+from models.domain.quantities import QuantityError, canonical, money_text, parse_decimal
 from models.domain.sales import quote_sale
 from tasks.exits import request_exit
 from tasks.guards import Refused
@@ -63,15 +63,15 @@ def _refused(exc: Refused) -> JSONResponse:
 
 def _quote_json(quote: Any) -> dict[str, Any]:
     return {
-        "requested": str(quote.requested),
-        "price": str(quote.price),
-        "quantity": str(quote.quantity),
-        "proceeds": str(quote.proceeds),
-        "dust": str(quote.dust),
-        "cap": str(quote.cap),
+        "requested": money_text(quote.requested),
+        "price": money_text(quote.price),
+        "quantity": canonical(quote.quantity),
+        "proceeds": money_text(quote.proceeds),
+        "dust": money_text(quote.dust),
+        "cap": money_text(quote.cap),
         "within_cap": quote.within_cap,
-        "nearest_below": None if quote.nearest_below is None else str(quote.nearest_below),
-        "nearest_above": None if quote.nearest_above is None else str(quote.nearest_above),
+        "nearest_below": None if quote.nearest_below is None else money_text(quote.nearest_below),
+        "nearest_above": None if quote.nearest_above is None else money_text(quote.nearest_above),
     }
 
 

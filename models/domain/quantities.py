@@ -64,6 +64,13 @@ def split_whole_and_fraction(quantity: Decimal) -> tuple[Decimal, Decimal]:
     return whole, remainder
 
 
+def money_text(amount: Decimal) -> str:
+    """USD as text: exact, trailing zeros dropped, but never fewer than two decimals ("90.00")."""
+    text = canonical(amount)
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
 def canonical(number: Decimal) -> str:
     """One text per value ("1.50" and "1.5" are the same quantity), without exponent notation."""
     text = format(number.normalize(), "f")

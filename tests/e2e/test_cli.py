@@ -37,9 +37,7 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def dustpan(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def dustpan(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*DUSTPAN, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -122,9 +120,7 @@ YAML_TEXT = "yaml text"  # not a variable name: the test writes it to YAML_FILE 
             "DUSTPAN_ACCUMULATION__THRESHOLD",
             id="yaml threshold 0.5",
         ),
-        pytest.param(
-            _yaml("paper: {partial_fill: 0.1}\n"), "DUSTPAN_PAPER__PARTIAL_FILL", id="yaml unknown key"
-        ),
+        pytest.param(_yaml("paper: {partial_fill: 0.1}\n"), "DUSTPAN_PAPER__PARTIAL_FILL", id="yaml unknown key"),
         pytest.param(_yaml("- paper\n"), "DUSTPAN_CONFIG", id="yaml not a mapping"),
         pytest.param({"DUSTPAN_CONFIG": "missing.yaml"}, "DUSTPAN_CONFIG", id="yaml file missing"),
         pytest.param(
@@ -139,9 +135,7 @@ YAML_TEXT = "yaml text"  # not a variable name: the test writes it to YAML_FILE 
         ),
     ],
 )
-def test_bad_setting_stops_with_one_line_naming_it(
-    workdir: Path, settings: dict[str, str], named: str
-) -> None:
+def test_bad_setting_stops_with_one_line_naming_it(workdir: Path, settings: dict[str, str], named: str) -> None:
     settings = dict(settings)
     if YAML_TEXT in settings:
         (workdir / YAML_FILE).write_text(settings.pop(YAML_TEXT))
@@ -171,9 +165,7 @@ def test_yaml_decimal_is_read_exactly(settings_env: Path) -> None:
     assert str(ratio) == "0.1"
 
 
-def test_environment_overrides_yaml_setting_by_setting(
-    settings_env: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_overrides_yaml_setting_by_setting(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings_env.write_text("paper: {partial_fill_ratio: 0.1, fail_rate: 0.3}\n")
     monkeypatch.setenv("DUSTPAN_PAPER__FAIL_RATE", "0.25")
     paper = read_settings().paper

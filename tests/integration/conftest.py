@@ -35,9 +35,7 @@ def fleet_env(database_url: str, broker_url: str, data_dir: Path, **overrides: s
 
 
 @pytest.fixture
-def make_fleet(
-    clean_database: str, broker_url: str, tmp_path: Path, log_dir: Path
-) -> Iterator[Callable[..., Fleet]]:
+def make_fleet(clean_database: str, broker_url: str, tmp_path: Path, log_dir: Path) -> Iterator[Callable[..., Fleet]]:
     fleets: list[Fleet] = []
 
     def make(**overrides: str) -> Fleet:

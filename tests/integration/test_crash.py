@@ -29,9 +29,7 @@ def _assert_books_exact(fleet: Fleet, books: Books, trade_count: int) -> None:
         )
         == []
     )
-    posts = books.rows(
-        "SELECT client_order_id, count(*) FROM paper_order_requests GROUP BY 1 HAVING count(*) > 1"
-    )
+    posts = books.rows("SELECT client_order_id, count(*) FROM paper_order_requests GROUP BY 1 HAVING count(*) > 1")
     assert posts == [], "an order was sent twice"
     assert books.value("SELECT count(*) FROM paper_orders") == books.value("SELECT count(*) FROM executions")
 
@@ -78,9 +76,7 @@ def test_worker_killed_after_the_broker_accepted_never_resends(
     worker = fleet.start_worker()
     fleet.start_beat()
     rng = random.Random(11)
-    trades = [
-        {**t, "side": "buy", "quantity": "1.25"} for s in ("KILL1", "KILL2") for t in make_trades(s, 2, rng)
-    ]
+    trades = [{**t, "side": "buy", "quantity": "1.25"} for s in ("KILL1", "KILL2") for t in make_trades(s, 2, rng)]
     with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
         post_trades(client, WEBHOOK_SECRET, trades)
 

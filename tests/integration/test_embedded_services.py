@@ -161,9 +161,7 @@ def test_two_clusters_at_once_get_different_free_ports(
     _execute(second.url, "SELECT 1")
 
 
-def test_busy_port_is_replaced_by_a_free_one(
-    tmp_path: Path, cleanup: list[EmbeddedPostgres | EmbeddedRedis]
-) -> None:
+def test_busy_port_is_replaced_by_a_free_one(tmp_path: Path, cleanup: list[EmbeddedPostgres | EmbeddedRedis]) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()

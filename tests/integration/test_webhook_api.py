@@ -72,9 +72,7 @@ def signed_headers(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | N
 
 
 def deliver(client: httpx.Client, body: bytes, headers: Headers | None = None) -> httpx.Response:
-    return client.post(
-        "/webhooks/trades", content=body, headers=signed_headers(body) if headers is None else headers
-    )
+    return client.post("/webhooks/trades", content=body, headers=signed_headers(body) if headers is None else headers)
 
 
 def assert_nothing_stored(books: Books) -> None:
@@ -184,9 +182,7 @@ def _chunks(body: bytes, size: int = 65_536) -> Iterator[bytes]:
         yield body[start : start + size]
 
 
-@pytest.mark.parametrize(
-    "chunked", [pytest.param(False, id="content-length"), pytest.param(True, id="chunked")]
-)
+@pytest.mark.parametrize("chunked", [pytest.param(False, id="content-length"), pytest.param(True, id="chunked")])
 def test_body_over_the_default_limit_is_refused_with_413_and_nothing_stored(
     client: httpx.Client, books: Books, chunked: bool
 ) -> None:
@@ -253,12 +249,8 @@ def _with_raw_quantity(number: str) -> bytes:
         pytest.param(
             body_of(trade(executed_at="2026-11-02T14:30:00")), ["trades", 0, "executed_at"], id="no time zone"
         ),
-        pytest.param(
-            body_of(trade(executed_at="2026-11-02")), ["trades", 0, "executed_at"], id="date without time"
-        ),
-        pytest.param(
-            body_of(trade(0), trade(1, quantity="0")), ["trades", 1, "quantity"], id="valid then invalid"
-        ),
+        pytest.param(body_of(trade(executed_at="2026-11-02")), ["trades", 0, "executed_at"], id="date without time"),
+        pytest.param(body_of(trade(0), trade(1, quantity="0")), ["trades", 1, "quantity"], id="valid then invalid"),
         pytest.param(body_of(), ["trades"], id="empty trades list"),
         pytest.param(body_of(*(trade(n) for n in range(1001))), ["trades"], id="1001 trades"),
         pytest.param(_raw('{"trades": "AAPL"}'), ["trades"], id="trades not a list"),
@@ -296,9 +288,7 @@ def test_invalid_payload_is_refused_whole_with_422_naming_the_field(
 # --- 202: accepted, duplicates, conflicts ----------------------------------------------------
 
 
-def test_valid_delivery_is_accepted_and_its_redelivery_counts_as_duplicates(
-    client: httpx.Client, books: Books
-) -> None:
+def test_valid_delivery_is_accepted_and_its_redelivery_counts_as_duplicates(client: httpx.Client, books: Books) -> None:
     body = body_of(trade(0), trade(1, side="sell", quantity="0.000000000000000001"), trade(2, symbol="MSFT"))
     first = deliver(client, body)
     assert first.status_code == 202, first.text
@@ -345,9 +335,7 @@ def test_several_v1_signatures_are_accepted_when_one_is_right(
     assert books.value("SELECT count(*) FROM trades") == 1
 
 
-def test_rotated_secret_accepts_old_and_new_and_refuses_others(
-    make_fleet: Callable[..., Fleet], books: Books
-) -> None:
+def test_rotated_secret_accepts_old_and_new_and_refuses_others(make_fleet: Callable[..., Fleet], books: Books) -> None:
     fleet = make_fleet(DUSTPAN_WEBHOOK_SECRET="new,old")
     fleet.start_api()
     with httpx.Client(base_url=fleet.api_url, timeout=30) as http:

@@ -50,7 +50,7 @@ def test_dust_above_the_cap_is_refused_with_the_contract_payload(uow: UnitOfWork
     assert refused.value.status == 422
     payload = refused.value.payload()
     assert set(payload) == {"error", "cap", "would_be_dust", "message"}
-    assert (payload["error"], payload["cap"], payload["would_be_dust"]) == ("dust_cap_exceeded", "2", "10.00")
+    assert (payload["error"], payload["cap"], payload["would_be_dust"]) == ("dust_cap_exceeded", "2.00", "10.00")
     assert "reduce" in payload["message"] and "split" in payload["message"]
     with uow:
         assert uow.session.scalar(select(func.count()).select_from(Execution)) == 0  # nothing written

@@ -47,9 +47,7 @@ def test_threshold_of_five_waits_for_five_shares() -> None:
 
 
 @given(st.lists(signed_quantities, min_size=1, max_size=40), st.sampled_from([D(1), D(2), D(5)]))
-def test_allocations_are_exact_and_leave_the_fractional_residual(
-    values: list[Decimal], threshold: Decimal
-) -> None:
+def test_allocations_are_exact_and_leave_the_fractional_residual(values: list[Decimal], threshold: Decimal) -> None:
     net = sum(values, D(0))
     plan = plan_execution(portions(values), threshold)
     if abs(net) < threshold:

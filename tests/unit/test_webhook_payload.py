@@ -41,9 +41,7 @@ def test_signature_from_any_active_secret_is_accepted() -> None:
         (str(NOW), "v1=deadbeef", b"{}", "does not match"),
     ],
 )
-def test_bad_signatures_are_refused(
-    timestamp: str | None, signature: str | None, payload: bytes, reason: str
-) -> None:
+def test_bad_signatures_are_refused(timestamp: str | None, signature: str | None, payload: bytes, reason: str) -> None:
     if signature == "sig":
         signature = sign("secret", str(timestamp), payload)
     assert reason in (verify_signature(["secret"], timestamp, signature, payload, NOW, 300) or "")

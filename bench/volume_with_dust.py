@@ -1,0 +1,99 @@
+"""Volume including dust over a large dust ledger: one aggregate pass (SPEC 1.8).
+
+    .venv/bin/python bench/volume_with_dust.py [--rows 1000000] [--database-url URL]
+
+Fills a fresh database with N accepted sales (executions + dust ledger rows, generated
+inside PostgreSQL), then times ``tasks.sales.ledger_volume`` (the code the API's
+``GET /dust`` runs) cold and warm, and checks its answer against the generated totals.
+Prints figures; never asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg2
+
+from models.db import UnitOfWork, dispose_engines
+from tasks.sales import ledger_volume
+from workers.cli import migrate
+
+FILL = """
+INSERT INTO executions (id, symbol, side, quantity, status, client_order_id, filled_quantity, source)
+SELECT md5(n::text)::uuid, 'SYM' || (n %% 50), 'sell', 1 + n %% 7, 'filled', 'dp-bench-' || n, 1 + n %% 7, 'sell'
+FROM generate_series(1, %(rows)s) AS n;
+INSERT INTO dust_ledger (execution_id, account, symbol, requested_notional, price, quantity, proceeds, dust)
+SELECT md5(n::text)::uuid, 'default', 'SYM' || (n %% 50),
+       (1 + n %% 7) * (10 + (n %% 997) / 100.0) + (n %% 89) / 100.0,
+       10 + (n %% 997) / 100.0, 1 + n %% 7, (1 + n %% 7) * (10 + (n %% 997) / 100.0), (n %% 89) / 100.0
+FROM generate_series(1, %(rows)s) AS n;
+ANALYZE dust_ledger;
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--database-url", help="a server where the bench may create a database")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dustpan-bench-") as tmp:
+        server = None
+        admin_url = args.database_url
+        if not admin_url:
+            from workers.embedded import EmbeddedPostgres
+
+            server = EmbeddedPostgres(Path(tmp))
+            server.start()
+            admin_url = server.url
+        try:
+            run(admin_url, args.rows, args.runs)
+        finally:
+            dispose_engines()
+            if server is not None:
+                server.stop()
+
+
+def run(admin_url: str, rows: int, runs: int) -> None:
+    name = f"dustpan_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rpartition("/")[0] + "/" + name
+    try:
+        migrate(url)
+        started = time.perf_counter()
+        with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+            cursor.execute(FILL, {"rows": rows})
+            cursor.execute("SELECT sum(requested_notional), sum(proceeds), sum(dust), version() FROM dust_ledger")
+            requested, proceeds, dust, version = cursor.fetchone()
+        print(f"postgresql            {version.split(' on ')[0]}")
+        print(f"ledger rows           {rows:,} (generated in {time.perf_counter() - started:.1f} s)")
+        timings = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            volume = ledger_volume(UnitOfWork(url))
+            timings.append(time.perf_counter() - started)
+        assert volume.sales == rows and volume.proceeds == proceeds and volume.dust == dust
+        assert volume.volume_with_dust == requested == Decimal(proceeds) + Decimal(dust)
+        print(f"volume with dust      {volume.volume_with_dust} (= sum of requested notionals)")
+        print(f"first run (cold)      {timings[0] * 1000:.0f} ms")
+        print(f"median of {runs - 1} warm    {statistics.median(timings[1:]) * 1000:.0f} ms")
+        print(f"best                  {min(timings) * 1000:.0f} ms")
+    finally:
+        dispose_engines()
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+if __name__ == "__main__":
+    main()
