@@ -8,17 +8,20 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from tasks.ingestion import store_trades
-from workers import runtime
+from tasks.ingestion import StoreResult, store_trades
+from workers import api_books, api_orders, metrics, runtime
+from workers.api_common import Operator
 from workers.webhook import PayloadError, read_trades, verify_signature
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out.")
+app.include_router(api_books.router)
+app.include_router(api_orders.router)
 
 
 @app.exception_handler(RequestValidationError)
@@ -53,10 +56,23 @@ async def _read_capped_body(request: Request, limit: int) -> bytes | None:
 
 @app.post("/webhooks/trades", status_code=202)
 async def receive_trades(request: Request) -> JSONResponse:
+    started, status, result = time.perf_counter_ns(), 500, None
+    try:
+        response, result = await _accept_trades(request)
+        status = response.status_code
+        return response
+    except OperationalError:
+        status = 503  # answered by _database_unavailable
+        raise
+    finally:
+        await run_in_threadpool(metrics.record_webhook, status, result, time.perf_counter_ns() - started)
+
+
+async def _accept_trades(request: Request) -> tuple[JSONResponse, StoreResult | None]:
     config = runtime.settings()
     body = await _read_capped_body(request, config.webhook.max_body_bytes)
     if body is None:
-        return _error(413, "payload_too_large", message=f"body exceeds {config.webhook.max_body_bytes} bytes")
+        return _error(413, "payload_too_large", message=f"body exceeds {config.webhook.max_body_bytes} bytes"), None
     refusal = verify_signature(
         config.webhook_secret,
         request.headers.get("x-dustpan-timestamp"),
@@ -66,18 +82,25 @@ async def receive_trades(request: Request) -> JSONResponse:
         config.webhook.tolerance_seconds,
     )
     if refusal:
-        return _error(401, "invalid_signature", message=refusal)
+        return _error(401, "invalid_signature", message=refusal), None
     try:
         trades = read_trades(body, config.webhook.max_trades)
     except PayloadError as exc:
-        return _error(422, "invalid_payload", details=exc.details)
+        return _error(422, "invalid_payload", details=exc.details), None
     result = await run_in_threadpool(store_trades, runtime.unit_of_work(), trades)
     # Only now, with the trades committed, is anyone told about them.
     await run_in_threadpool(runtime.wake_symbols, result.symbols)
     return JSONResponse(
         {"accepted": result.accepted, "duplicates": result.duplicates, "conflicts": result.conflicts},
         status_code=202,
-    )
+    ), result
+
+
+@app.get("/metrics")
+def prometheus_metrics(_: Operator) -> Response:
+    # An operator endpoint (SPEC 3): it names symbols and nets. Prometheus sends the bearer
+    # token with `authorization: {credentials: ...}` in its scrape config.
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 
 @app.get("/health")

@@ -1,0 +1,136 @@
+"""`GET /metrics` against a real API and worker: fleet counters from Redis, gauges from the books."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books
+from tests.support.feed import post_trades
+from tests.support.fleet import Fleet, free_port, wait_for
+from workers import metrics
+from workers.webhook import sign
+
+pytestmark = pytest.mark.integration
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]  # float-ok: parsed Prometheus samples
+
+
+def trade(trade_id: str, symbol: str, side: str, quantity: str) -> dict[str, str]:
+    return {
+        "id": trade_id,
+        "symbol": symbol,
+        "side": side,
+        "quantity": quantity,
+        "price": "231.40",
+        "executed_at": "2026-11-02T14:30:00.000001+00:00",
+    }
+
+
+def scrape(client: httpx.Client) -> Samples:
+    assert client.get("/metrics").status_code == 401  # an operator endpoint: the token is required
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:  # float-ok: a parsed sample
+    return samples.get((name, frozenset(labels.items())), 0)
+
+
+def post_refused_requests(client: httpx.Client) -> None:
+    bad = json.dumps({"trades": [trade("m-9", "AAPL", "buy", "1")]}).encode()
+    stamp = str(int(time.time()))
+    unsigned = {"X-Dustpan-Timestamp": stamp, "X-Dustpan-Signature": sign("not-the-secret", stamp, bad)}
+    assert client.post("/webhooks/trades", content=bad, headers=unsigned).status_code == 401
+    invalid = json.dumps({"trades": [trade("m-8", "AAPL", "hold", "1")]}).encode()
+    signed = {"X-Dustpan-Timestamp": stamp, "X-Dustpan-Signature": sign(WEBHOOK_SECRET, stamp, invalid)}
+    assert client.post("/webhooks/trades", content=invalid, headers=signed).status_code == 422
+    assert client.post("/webhooks/trades", content=b"x" * 2048, headers=signed).status_code == 413
+
+
+def send_task_that_fails(broker_url: str) -> None:
+    """A real failure: execution.submit cannot parse a non-UUID id and raises ValueError."""
+    sender = Celery("metrics-test", broker=broker_url)
+    try:
+        sender.send_task("execution.submit", args=["not-a-uuid"], queue="execution", routing_key="execution")
+    finally:
+        sender.close()
+
+
+def test_metrics_count_webhook_outcomes_task_retries_and_read_the_books(
+    make_fleet: Callable[..., Fleet], books: Books, broker_url: str
+) -> None:
+    # Every order request fails with a 5xx: execution.submit retries and the execution stays pending.
+    fleet = make_fleet(DUSTPAN_PAPER__FAIL_RATE="1", DUSTPAN_WEBHOOK__MAX_BODY_BYTES="1024")
+    fleet.start_api()
+    with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+        first = [
+            trade("m-1", "AAPL", "buy", "1.25"),
+            trade("m-2", "AAPL", "buy", "0.5"),
+            trade("m-3", "MSFT", "sell", "0.3"),
+        ]
+        assert post_trades(client, WEBHOOK_SECRET, first) == {"accepted": 3, "duplicates": 0, "conflicts": []}
+        again = [first[0], trade("m-2", "AAPL", "buy", "0.75"), trade("m-4", "AAPL", "buy", "0.125")]
+        assert post_trades(client, WEBHOOK_SECRET, again) == {"accepted": 1, "duplicates": 1, "conflicts": ["m-2"]}
+        post_refused_requests(client)
+
+        # All trades are stored before the worker starts: AAPL nets 1.875 in one run, one BUY 1.
+        fleet.start_worker()
+        send_task_that_fails(broker_url)
+        wait_for(
+            lambda: (
+                books.value("SELECT count(*) FROM trades WHERE status = 'received'") == 0
+                and books.value("SELECT count(*) FROM executions") == 1
+            ),
+            60,
+            "the trades to be accumulated into one execution",
+        )
+        wait_for(
+            lambda: (
+                value(scrape(client), "dustpan_task_retries_total", task="execution.submit") > 0
+                and value(scrape(client), "dustpan_task_failures_total", task="execution.submit") == 1
+            ),
+            60,
+            "execution.submit to retry and the bad task to fail",
+        )
+        samples = scrape(client)
+
+    assert value(samples, "dustpan_webhook_trades_total", outcome="accepted") == 4
+    assert value(samples, "dustpan_webhook_trades_total", outcome="duplicate") == 1
+    assert value(samples, "dustpan_webhook_trades_total", outcome="conflict") == 1
+    for status, count in {"202": 2, "401": 1, "413": 1, "422": 1}.items():
+        assert value(samples, "dustpan_webhook_responses_total", status=status) == count, status
+    assert value(samples, "dustpan_webhook_duration_seconds_count") == 5
+    assert value(samples, "dustpan_webhook_duration_seconds_bucket", le="+Inf") == 5
+    assert value(samples, "dustpan_webhook_duration_seconds_sum") > 0
+
+    assert value(samples, "dustpan_accumulator_net_quantity", symbol="AAPL") == float(Decimal("0.875"))  # float-ok
+    assert value(samples, "dustpan_accumulator_net_quantity", symbol="MSFT") == float(Decimal("-0.3"))  # float-ok
+    assert value(samples, "dustpan_executions", status="pending", source="hedge") == 1
+    others = [k for k, v in samples.items() if k[0] == "dustpan_executions" and v and ("status", "pending") not in k[1]]
+    assert others == []
+    assert value(samples, "dustpan_audit_unbalanced_symbols") == 0
+    assert value(samples, "dustpan_task_failures_total", task="ingestion.accumulate") == 0
+    assert value(samples, "dustpan_metrics_source_up", source="redis") == 1
+    assert value(samples, "dustpan_metrics_source_up", source="database") == 1
+
+
+def test_metric_writes_to_an_unreachable_redis_log_and_do_not_raise() -> None:
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)  # float-ok: seconds
+    metrics.record_webhook(202, None, 1_000_000, client=nowhere)
+    metrics.count_task_failure(sender=None, client=nowhere)
+    metrics.count_task_retry(sender=None, client=nowhere)

@@ -1,0 +1,226 @@
+"""Prometheus metrics for the whole fleet: counters kept in Redis, gauges read from the books.
+
+Counters (webhook outcomes, latency histogram, Celery task failures and retries) are written
+with HINCRBY into Redis hashes instead of per-process memory: the API may run as several
+uvicorn processes and the workers run on other hosts, so only a store that every process
+shares adds them up, and any API process can answer a scrape with the fleet's totals.
+prometheus_client's multiprocess mode would only cover processes sharing one local directory.
+Gauges (accumulator nets, executions by status, audit imbalances) are aggregated from
+PostgreSQL at scrape time. A metrics write never fails a webhook or a task: it logs and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution
+from workers import runtime
+
+if TYPE_CHECKING:
+    from tasks.ingestion import StoreResult
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RESPONSES_KEY = "dustpan:metrics:webhook_responses"  # field: HTTP status
+TRADES_KEY = "dustpan:metrics:webhook_trades"  # field: accepted | duplicate | conflict
+LATENCY_KEY = "dustpan:metrics:webhook_latency"  # fields: le:<bound> (not cumulative), sum_ns
+TASK_FAILURES_KEY = "dustpan:metrics:task_failures"  # field: task name
+TASK_RETRIES_KEY = "dustpan:metrics:task_retries"  # field: task name
+AUDIT_CACHE_KEY = "dustpan:metrics:audit_unbalanced"
+# The audit scans every trade: one run per this many seconds serves all scrapers of the fleet.
+AUDIT_CACHE_SECONDS = 30
+TRADE_OUTCOMES = ("accepted", "duplicate", "conflict")
+# Upper bounds in seconds, as exact text; observations are integer nanoseconds.
+LATENCY_BOUNDS = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10")
+_BOUNDS_NS = tuple((bound, int(Decimal(bound).scaleb(9))) for bound in LATENCY_BOUNDS)
+# Short timeouts: an unreachable Redis may cost a webhook or a task half a second, not five.
+_REDIS_TIMEOUT_SECONDS = 0.5  # float-ok: a duration
+
+
+def redis_client() -> redis.Redis:
+    return _redis_for_process(os.getpid())
+
+
+@lru_cache(maxsize=1)
+def _redis_for_process(_pid: int) -> redis.Redis:
+    return redis.Redis.from_url(
+        runtime.settings().broker_url or "",
+        socket_timeout=_REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+    )
+
+
+# --- recording -------------------------------------------------------------------------
+
+
+def latency_field(elapsed_ns: int) -> str:
+    """The hash field of the first bucket whose upper bound holds the observation."""
+    return next((f"le:{bound}" for bound, ns in _BOUNDS_NS if elapsed_ns <= ns), "le:+Inf")
+
+
+def record_webhook(status: int, result: StoreResult | None, elapsed_ns: int, client: redis.Redis | None = None) -> None:
+    """Count one webhook response, its trade outcomes and its latency, in one round trip."""
+    try:
+        pipe = (client or redis_client()).pipeline(transaction=False)
+        pipe.hincrby(RESPONSES_KEY, str(status), 1)
+        if result is not None:
+            pipe.hincrby(TRADES_KEY, "accepted", result.accepted)
+            pipe.hincrby(TRADES_KEY, "duplicate", result.duplicates)
+            pipe.hincrby(TRADES_KEY, "conflict", len(result.conflicts))
+        pipe.hincrby(LATENCY_KEY, latency_field(elapsed_ns), 1)
+        pipe.hincrby(LATENCY_KEY, "sum_ns", elapsed_ns)
+        pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        log.warning("webhook metrics not recorded (status %s): %s", status, exc)
+
+
+def _count_task_event(key: str, sender: Any, client: redis.Redis | None) -> None:
+    name = getattr(sender, "name", None) or "unknown"
+    try:
+        (client or redis_client()).hincrby(key, name, 1)
+    except Exception as exc:  # a signal handler must never raise into the task it reports on
+        log.warning("task metric %s for %s not recorded: %s", key, name, exc)
+
+
+def count_task_failure(sender: Any = None, client: redis.Redis | None = None, **_: Any) -> None:
+    """Celery ``task_failure`` handler (the sender is the task)."""
+    _count_task_event(TASK_FAILURES_KEY, sender, client)
+
+
+def count_task_retry(sender: Any = None, client: redis.Redis | None = None, **_: Any) -> None:
+    """Celery ``task_retry`` handler (the sender is the task)."""
+    _count_task_event(TASK_RETRIES_KEY, sender, client)
+
+
+# --- scraping --------------------------------------------------------------------------
+
+
+def render() -> bytes:
+    """The Prometheus text exposition of every dustpan metric, read now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ScrapeCollector(redis_client()))
+    return generate_latest(registry)
+
+
+def _sample(value: Decimal | int) -> float:
+    return float(value)  # float-ok: Prometheus samples are float64; the books stay Decimal
+
+
+class _ScrapeCollector(Collector):
+    """Reads every source once per scrape; a source that fails is reported down, not raised."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "dustpan_metrics_source_up", "1 if the source answered this scrape, else 0", labels=["source"]
+        )
+        for source, families in (("redis", self._counters), ("database", self._book_gauges)):
+            try:
+                collected = list(families())
+            except Exception as exc:  # the other source's metrics are still worth serving
+                log.warning("metrics source %s unavailable: %s", source, exc)
+                collected = []
+            up.add_metric([source], 1 if collected else 0)
+            yield from collected
+        yield up
+
+    def _counters(self) -> Iterator[Metric]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in (RESPONSES_KEY, TRADES_KEY, LATENCY_KEY, TASK_FAILURES_KEY, TASK_RETRIES_KEY):
+            pipe.hgetall(key)
+        responses, trades, latency, failures, retries = (_as_ints(h) for h in pipe.execute())
+        yield _counter("dustpan_webhook_responses", "Trade webhook responses by HTTP status", "status", responses)
+        trades = {outcome: trades.get(outcome, 0) for outcome in TRADE_OUTCOMES}
+        yield _counter("dustpan_webhook_trades", "Trades in webhooks: accepted, duplicate, conflict", "outcome", trades)
+        yield _latency_histogram(latency)
+        yield _counter("dustpan_task_failures", "Celery tasks that raised, by task name", "task", failures)
+        yield _counter("dustpan_task_retries", "Celery task retries, by task name", "task", retries)
+
+    def _book_gauges(self) -> Iterator[Metric]:
+        with runtime.unit_of_work() as uow:
+            nets = uow.session.execute(select(Accumulator.symbol, Accumulator.net_quantity)).all()
+            counts = uow.session.execute(
+                select(Execution.source, Execution.status, func.count()).group_by(Execution.source, Execution.status)
+            ).all()
+        net = GaugeMetricFamily(
+            "dustpan_accumulator_net_quantity", "Signed net quantity waiting per symbol", labels=["symbol"]
+        )
+        for symbol, quantity in sorted(nets):
+            net.add_metric([symbol], _sample(quantity))
+        yield net
+        by_status = {(source, status): 0 for source in EXECUTION_SOURCES for status in EXECUTION_STATUSES}
+        by_status.update({(source, status): n for source, status, n in counts})
+        executions = GaugeMetricFamily(
+            "dustpan_executions", "Executions by status and source", labels=["status", "source"]
+        )
+        for (source, status), n in sorted(by_status.items()):
+            executions.add_metric([status, source], _sample(n))
+        yield executions
+        yield GaugeMetricFamily(
+            "dustpan_audit_unbalanced_symbols",
+            f"Symbols failing the SPEC section 5 audit (cached up to {AUDIT_CACHE_SECONDS} s)",
+            value=_sample(self._unbalanced_symbols()),
+        )
+
+    def _unbalanced_symbols(self) -> int:
+        # Imported here: tasks.audit imports the Celery app, which imports this module.
+        from tasks.audit import audit_books
+
+        try:
+            cached = self.client.get(AUDIT_CACHE_KEY)
+        except (redis.RedisError, OSError):
+            cached = None
+        if cached is not None:
+            return int(cached)
+        config = runtime.settings().accumulation
+        report = audit_books(runtime.unit_of_work(), config.threshold, runtime.now())
+        unbalanced = sum(1 for symbol in report.symbols if not symbol.balanced)
+        try:
+            self.client.set(AUDIT_CACHE_KEY, unbalanced, ex=AUDIT_CACHE_SECONDS)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("audit result not cached: %s", exc)
+        return unbalanced
+
+
+def _as_ints(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {field.decode(): int(value) for field, value in raw.items()}
+
+
+def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(values.items()):
+        family.add_metric([value], _sample(count))
+    return family
+
+
+def _latency_histogram(fields: dict[str, int]) -> HistogramMetricFamily:
+    buckets, cumulative = [], 0
+    for bound in (*LATENCY_BOUNDS, "+Inf"):
+        cumulative += fields.get(f"le:{bound}", 0)
+        buckets.append((bound, _sample(cumulative)))
+    seconds = Decimal(fields.get("sum_ns", 0)).scaleb(-9)
+    return HistogramMetricFamily(
+        "dustpan_webhook_duration_seconds",
+        "Trade webhook handling time, every response",
+        buckets=buckets,
+        sum_value=_sample(seconds),
+    )
