@@ -35,7 +35,7 @@ NAMING = {
 TRADE_STATUSES = ("received", "accumulated", "rejected")
 EXECUTION_STATUSES = ("pending", "submitted", "partially_filled", "filled", "rejected", "cancelled")
 # hedge: nets of upstream trades; sell: notional sales; exit: position exits; dust_cleanup: a remainder closed
-EXECUTION_SOURCES = ("hedge", "sell", "exit", "dust_cleanup")
+EXECUTION_SOURCES = ("hedge", "sell", "exit", "dust_cleanup", "dust_sale", "broker_cleanup")
 PNL_REASONS = ("sell", "exit", "dust_cleanup")
 
 
@@ -202,6 +202,7 @@ class PaperOrder(Base):
     __tablename__ = "paper_orders"
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     client_order_id: Mapped[str] = mapped_column(String(128), unique=True)
+    account: Mapped[str] = mapped_column(String(64), server_default="default")
     symbol: Mapped[str] = mapped_column(String(32))
     side: Mapped[str] = mapped_column(String(4))
     qty: Mapped[Decimal]

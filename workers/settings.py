@@ -80,6 +80,27 @@ class VenueSettings(_Section):
     rules: dict[str, VenueRule] = Field(default_factory=dict, description="per-symbol overrides")
 
 
+class AccountSettings(_Section):
+    """A named broker account; unset fields fall back to the top-level DUSTPAN_BROKERAGE / ALPACA_* ones."""
+
+    brokerage: Literal["paper", "alpaca"] | None = None
+    alpaca_trading_url: str | None = None
+    alpaca_data_url: str | None = None
+    alpaca_key_id: str | None = None
+    alpaca_secret_key: str | None = None
+
+
+def _accounts(value: Any) -> Any:
+    """JSON mapping of name -> settings, or just names separated by commas."""
+    if isinstance(value, str):
+        if value.strip().startswith("{"):
+            return json.loads(value)
+        return {name: {} for name in _comma_list(value)}
+    if isinstance(value, list):
+        return {name: {} for name in value}
+    return value
+
+
 class WebhookSettings(_Section):
     tolerance_seconds: int = Field(300, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
@@ -87,8 +108,36 @@ class WebhookSettings(_Section):
 
 
 class ScheduleSettings(_Section):
+    """Beat intervals, in seconds (each job can also be run once by hand from the CLI)."""
+
     sweep_seconds: Decimal = Field(Decimal(5), gt=0)
     audit_seconds: Decimal = Field(Decimal(60), gt=0)
+    venues_seconds: Decimal = Field(Decimal(3600), gt=0)
+    positions_seconds: Decimal = Field(Decimal(300), gt=0)
+    dust_scan_seconds: Decimal = Field(Decimal(300), gt=0)
+    cleanup_seconds: Decimal = Field(Decimal(3600), gt=0)
+    normalize_seconds: Decimal = Field(Decimal(86400), gt=0)
+    balances_seconds: Decimal = Field(Decimal(60), gt=0)
+    prices_seconds: Decimal = Field(Decimal(30), gt=0)
+
+
+class BalanceSettings(_Section):
+    attempts: int = Field(3, ge=1, le=10, description="tries per fetch, transient errors only")
+    backoff_seconds: Decimal = Field(Decimal(2), gt=0, description="first wait; doubles each try (2, 4, 8)")
+    max_age_seconds: int = Field(300, ge=1, description="older than this the balance is unknown")
+
+
+class PriceSettings(_Section):
+    freeze_after_failures: int = Field(3, ge=1)
+    cooldown_seconds: int = Field(300, ge=1, description="frozen this long before one probe is allowed")
+
+
+class OperationsSettings(_Section):
+    """Dust scan, broker dust cleanup and account normalization."""
+
+    hysteresis: Decimal = Field(Decimal("0.05"), ge=0, lt=1, description="band around a notional minimum")
+    cleanup_execute: bool = Field(False, description="broker dust cleanup acts instead of a dry run")
+    normalize_execute: bool = Field(False, description="normalization acts instead of a dry run")
 
 
 class Settings(BaseSettings):
@@ -112,11 +161,17 @@ class Settings(BaseSettings):
     paper: PaperSettings = PaperSettings()
     webhook: WebhookSettings = WebhookSettings()
     dust: DustSettings = DustSettings()
+    balances: BalanceSettings = BalanceSettings()
+    prices: PriceSettings = PriceSettings()
+    operations: OperationsSettings = OperationsSettings()
     venues: VenueSettings = VenueSettings()
-    accounts: CommaList = Field(default_factory=lambda: ["default"], description="named broker accounts")
+    accounts: Annotated[dict[str, AccountSettings], NoDecode] = Field(
+        default_factory=lambda: {"default": AccountSettings()}, description="named broker accounts"
+    )
     schedule: ScheduleSettings = ScheduleSettings()
 
-    _split = field_validator("webhook_secret", "accounts", mode="before")(_comma_list)
+    _split = field_validator("webhook_secret", mode="before")(_comma_list)
+    _accounts = field_validator("accounts", mode="before")(_accounts)
 
     @field_validator("database_url")
     @classmethod
