@@ -9,6 +9,7 @@ orders that keep failing back the symbol off and then freeze it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -59,8 +60,13 @@ class SubmitResult:
 
 
 def submit_execution(
-    uow: UnitOfWork, brokerage: Brokerage, execution_id: uuid.UUID, config: ExecutionConfig, now: datetime
+    uow: UnitOfWork,
+    brokerages: Callable[[str], Brokerage],
+    execution_id: uuid.UUID,
+    config: ExecutionConfig,
+    now: datetime,
 ) -> SubmitResult:
+    """``brokerages`` gives the adapter of the execution's account."""
     with uow:
         session = uow.session
         # The row lock is held across the broker call so two workers never act on one execution.
@@ -75,7 +81,7 @@ def submit_execution(
         if session.get(SymbolFreeze, execution.symbol) is not None:
             return SubmitResult(SubmitOutcome.FROZEN)
         try:
-            order = _find_or_place_order(brokerage, execution)
+            order = _find_or_place_order(brokerages(execution.account), execution)
         except InvalidOrder as refused:
             follow_ups = _settle_refused(session, execution, str(refused), config, now)
             uow.commit()

@@ -19,7 +19,7 @@ def submit(self: Any, execution_id: str) -> str:
     try:
         result = submit_execution(
             runtime.unit_of_work(),
-            runtime.brokerage(),
+            runtime.brokerage,
             uuid.UUID(execution_id),
             runtime.execution_config(),
             runtime.now(),

@@ -75,9 +75,18 @@ def _quote_json(quote: Any) -> dict[str, Any]:
     }
 
 
+async def _price(sale: SellIn) -> Decimal:
+    if sale.account not in runtime.settings().accounts:
+        raise Refused(422, "unknown_account", f"account {sale.account!r} is not configured")
+    return await run_in_threadpool(runtime.brokerage(sale.account).latest_price, sale.symbol)
+
+
 @router.post("/sells/quote", openapi_extra=body_schema(SellIn))
 async def quote(_: Operator, sale: Annotated[SellIn, Depends(exact_body(SellIn))]) -> JSONResponse:
-    price = await run_in_threadpool(runtime.brokerage().latest_price, sale.symbol)
+    try:
+        price = await _price(sale)
+    except Refused as exc:
+        return _refused(exc)
     rules = runtime.venue_rules(sale.symbol)
     result = quote_sale(sale.notional, price, rules, runtime.settings().dust.max_dust_per_sale)
     try:
@@ -90,8 +99,8 @@ async def quote(_: Operator, sale: Annotated[SellIn, Depends(exact_body(SellIn))
 
 @router.post("/sells", status_code=202, openapi_extra=body_schema(SellIn))
 async def sell(_: Operator, sale: Annotated[SellIn, Depends(exact_body(SellIn))]) -> JSONResponse:
-    price = await run_in_threadpool(runtime.brokerage().latest_price, sale.symbol)
     try:
+        price = await _price(sale)
         placed = await run_in_threadpool(
             lambda: place_notional_sale(
                 runtime.unit_of_work(),

@@ -78,28 +78,33 @@ def venue_rules(symbol: str) -> VenueRules:
     return rules
 
 
-def brokerage() -> Brokerage:
-    return _brokerage_for_process(os.getpid())
+def brokerage(account: str = "default") -> Brokerage:
+    """The adapter of a named account (adapters are built without I/O, once per process)."""
+    return _brokerage_for_process(os.getpid(), account)
 
 
-@lru_cache(maxsize=1)
-def _brokerage_for_process(_pid: int) -> Brokerage:
+@lru_cache(maxsize=32)
+def _brokerage_for_process(_pid: int, account: str) -> Brokerage:
     config = settings()
-    if config.brokerage == "alpaca":
+    own = config.accounts.get(account)
+    if own is None:
+        raise KeyError(f"account {account!r} is not configured")
+    if (own.brokerage or config.brokerage) == "alpaca":
         from workers.brokerage.alpaca import AlpacaBrokerage
 
-        if not (config.alpaca_key_id and config.alpaca_secret_key):
-            raise SystemExit("dustpan: DUSTPAN_ALPACA_KEY_ID and DUSTPAN_ALPACA_SECRET_KEY are required")
+        key_id, secret = own.alpaca_key_id or config.alpaca_key_id, own.alpaca_secret_key or config.alpaca_secret_key
+        if not (key_id and secret):
+            raise SystemExit(f"dustpan: account {account}: DUSTPAN_ALPACA_KEY_ID and _SECRET_KEY are required")
         return AlpacaBrokerage(
-            config.alpaca_trading_url,
-            config.alpaca_key_id,
-            config.alpaca_secret_key,
+            own.alpaca_trading_url or config.alpaca_trading_url,
+            key_id,
+            secret,
             config.alpaca_timeout_seconds,
-            data_url=config.alpaca_data_url,
+            data_url=own.alpaca_data_url or config.alpaca_data_url,
         )
     from workers.brokerage.paper import PaperBrokerage
 
-    return PaperBrokerage(database_url(), config.paper)
+    return PaperBrokerage(database_url(), config.paper, account=account)
 
 
 def redis_client() -> redis.Redis:

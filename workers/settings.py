@@ -57,8 +57,10 @@ class PaperSettings(_Section):
     fail_rate: Decimal = Field(Decimal(0), ge=0, le=1, description="share of order requests answered 5xx")
     accept_delay_seconds: Decimal = Field(Decimal(0), ge=0, le=60, description="delay after accepting an order")
     default_price: Decimal = Field(Decimal(100), gt=0)
+    starting_cash: Decimal = Field(Decimal(100_000), ge=0, description="USD each paper account starts with")
+    fractionable_symbols: CommaList = Field(default_factory=list, description="traded in steps of 0.0001")
 
-    _split = field_validator("reject_symbols", mode="before")(_comma_list)
+    _split = field_validator("reject_symbols", "fractionable_symbols", mode="before")(_comma_list)
 
 
 class DustSettings(_Section):

@@ -51,8 +51,8 @@ def test_timeout_after_alpaca_accepted_is_resolved_by_lookup(uow: UnitOfWork, st
     stub.prices["AAPL"] = D("187.43")
     stub.fail_next("timeout_after_accept")
     with pytest.raises(TemporaryError):
-        submit_execution(uow, brokerage(stub), execution.id, EXECUTION, NOW)
-    submit_execution(uow, brokerage(stub), execution.id, EXECUTION, NOW)
+        submit_execution(uow, lambda _account: brokerage(stub), execution.id, EXECUTION, NOW)
+    submit_execution(uow, lambda _account: brokerage(stub), execution.id, EXECUTION, NOW)
     stored = reread(uow, execution)
     assert (stored.status, stored.filled_quantity, stored.average_price) == ("filled", 2, D("187.43"))
     assert stub.posts_per_client_order_id == {execution.client_order_id: 1}
@@ -62,7 +62,7 @@ def test_timeout_after_alpaca_accepted_is_resolved_by_lookup(uow: UnitOfWork, st
 def test_alpaca_partial_fill_then_cancel_returns_the_rest(uow: UnitOfWork, stub: AlpacaStub) -> None:
     execution = pending_execution(uow, "5.5")
     stub.partial_fill_ratio = D("0.4")
-    result = submit_execution(uow, brokerage(stub), execution.id, EXECUTION, NOW)
+    result = submit_execution(uow, lambda _account: brokerage(stub), execution.id, EXECUTION, NOW)
     stored = reread(uow, execution)
     assert (stored.status, stored.filled_quantity) == ("partially_filled", 2)
     assert len(result.follow_ups) == 1  # the 3 unfilled shares are ordered again
@@ -73,6 +73,6 @@ def test_alpaca_server_errors_leave_the_execution_pending(uow: UnitOfWork, stub:
     execution = pending_execution(uow, "1.5")
     stub.fail_next("500")
     with pytest.raises(TemporaryError):
-        submit_execution(uow, brokerage(stub), execution.id, EXECUTION, NOW)
+        submit_execution(uow, lambda _account: brokerage(stub), execution.id, EXECUTION, NOW)
     assert reread(uow, execution).status == "pending"
     assert stub.posts_per_client_order_id == {}  # the lookup failed first: nothing was sent

@@ -42,7 +42,7 @@ def fetch(uow: UnitOfWork, execution_id: object) -> Execution:
 def test_filled_order_is_recorded_and_books_balance(uow: UnitOfWork) -> None:
     broker = FakeBrokerage()
     execution = execution_for(uow, trade(1, "0.75"), trade(2, "1.5"))
-    result = submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+    result = submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     stored = fetch(uow, execution.id)
     assert result.outcome is SubmitOutcome.SETTLED
     assert (stored.status, stored.quantity, stored.filled_quantity, stored.average_price) == (
@@ -60,7 +60,7 @@ def test_order_the_broker_already_has_is_recorded_not_resent(uow: UnitOfWork) ->
     execution = execution_for(uow, trade(1, "1.2"))
     # The worker died after the broker accepted and before anything was recorded.
     broker.submit_order(_request(execution))
-    submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+    submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     assert broker.posts[execution.client_order_id] == 1
     assert fetch(uow, execution.id).status == "filled"
 
@@ -70,9 +70,9 @@ def test_timeout_after_accept_is_resolved_by_lookup_not_a_second_post(uow: UnitO
     broker.timeout_after_accept = 1
     execution = execution_for(uow, trade(1, "3.1"))
     with pytest.raises(TemporaryError):
-        submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+        submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     assert fetch(uow, execution.id).status == "pending"
-    submit_execution(uow, broker, execution.id, EXECUTION, NOW + timedelta(seconds=5))
+    submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW + timedelta(seconds=5))
     assert broker.posts[execution.client_order_id] == 1
     assert fetch(uow, execution.id).status == "filled"
 
@@ -80,8 +80,8 @@ def test_timeout_after_accept_is_resolved_by_lookup_not_a_second_post(uow: UnitO
 def test_running_twice_after_settlement_changes_nothing(uow: UnitOfWork) -> None:
     broker = FakeBrokerage(fill_ratio=D("0.5"))
     execution = execution_for(uow, trade(1, "4.25"))
-    submit_execution(uow, broker, execution.id, EXECUTION, NOW)
-    again = submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+    submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
+    again = submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     assert again.outcome is SubmitOutcome.SETTLED and again.follow_ups == []
     with uow:
         assert len(uow.session.scalars(select(ExecutionReturn)).all()) == 1
@@ -90,7 +90,7 @@ def test_running_twice_after_settlement_changes_nothing(uow: UnitOfWork) -> None
 def test_partial_fill_puts_the_unfilled_back_and_reorders_in_the_same_commit(uow: UnitOfWork) -> None:
     broker = FakeBrokerage(fill_ratio=D("0.5"))
     execution = execution_for(uow, trade(1, "4.25"))
-    result = submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+    result = submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     stored = fetch(uow, execution.id)
     assert (stored.status, stored.filled_quantity) == ("partially_filled", 2)
     [follow_up] = result.follow_ups
@@ -110,7 +110,7 @@ def test_rejections_back_off_then_freeze_the_symbol(uow: UnitOfWork) -> None:
     execution = execution_for(uow, trade(1, "2.5"))
     now = NOW
     for attempt in range(1, 4):
-        result = submit_execution(uow, broker, execution.id, EXECUTION, now)
+        result = submit_execution(uow, broker.by_account, execution.id, EXECUTION, now)
         assert fetch(uow, execution.id).status == "rejected"
         assert result.follow_ups == []  # held by the backoff: no loop
         with uow:
@@ -135,7 +135,7 @@ def test_refused_order_is_rejected_and_put_back(uow: UnitOfWork) -> None:
     broker = FakeBrokerage()
     broker.refuse_symbols.add("AAPL")
     execution = execution_for(uow, trade(1, "1.5"))
-    submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+    submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     stored = fetch(uow, execution.id)
     assert stored.status == "rejected" and "not tradable" in (stored.last_error or "")
     assert audit_books(uow, D(1), NOW).ok
@@ -147,7 +147,7 @@ def test_frozen_symbol_keeps_its_execution_pending(uow: UnitOfWork) -> None:
     with uow:
         uow.session.add(SymbolFreeze(symbol="AAPL", reason="operator", source="manual"))
         uow.commit()
-    assert submit_execution(uow, broker, execution.id, EXECUTION, NOW).outcome is SubmitOutcome.FROZEN
+    assert submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW).outcome is SubmitOutcome.FROZEN
     assert broker.posts == {} and fetch(uow, execution.id).status == "pending"
 
 
@@ -156,7 +156,7 @@ def test_broker_outage_leaves_the_execution_pending_with_the_error(uow: UnitOfWo
     broker.unavailable = 1
     execution = execution_for(uow, trade(1, "1.5"))
     with pytest.raises(TemporaryError):
-        submit_execution(uow, broker, execution.id, EXECUTION, NOW)
+        submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     stored = fetch(uow, execution.id)
     assert stored.status == "pending" and "503" in (stored.last_error or "")
     assert broker.posts == {}

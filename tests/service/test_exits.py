@@ -46,10 +46,10 @@ def test_partial_exit_below_min_value_closes_the_remainder_with_dust_cleanup_pnl
     entered(uow)
     broker = FakeBrokerage(fill_ratio=D("0.98"), price=D(24))
     exit_order = exit_all(uow)
-    result = submit_execution(uow, broker, exit_order.id, config("50"), NOW)
+    result = submit_execution(uow, broker.by_account, exit_order.id, config("50"), NOW)
     [cleanup_id] = result.follow_ups  # 2 shares worth 48 < 50
     broker.fill_ratio = D(1)
-    submit_execution(uow, broker, cleanup_id, config("50"), NOW)
+    submit_execution(uow, broker.by_account, cleanup_id, config("50"), NOW)
     with uow:
         cleanup = uow.session.get(Execution, cleanup_id)
         assert cleanup is not None
@@ -64,9 +64,9 @@ def test_partial_exit_below_min_value_closes_the_remainder_with_dust_cleanup_pnl
 def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned(uow: UnitOfWork) -> None:
     entered(uow)
     broker = FakeBrokerage(fill_ratio=D("0.98"), price=D(24))
-    [cleanup_id] = submit_execution(uow, broker, exit_all(uow).id, config("50"), NOW).follow_ups
+    [cleanup_id] = submit_execution(uow, broker.by_account, exit_all(uow).id, config("50"), NOW).follow_ups
     broker.reject_symbols.add("XYZ")
-    submit_execution(uow, broker, cleanup_id, config("50"), NOW)
+    submit_execution(uow, broker.by_account, cleanup_id, config("50"), NOW)
     remainder = position(uow)
     assert (remainder.quantity, remainder.status) == (2, "dust_orphaned")
 
@@ -74,14 +74,14 @@ def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned(uow: UnitOfWork)
 def test_min_value_zero_keeps_the_remainder(uow: UnitOfWork) -> None:
     entered(uow)
     broker = FakeBrokerage(fill_ratio=D("0.98"), price=D(24))
-    assert submit_execution(uow, broker, exit_all(uow).id, config("0"), NOW).follow_ups == []
+    assert submit_execution(uow, broker.by_account, exit_all(uow).id, config("0"), NOW).follow_ups == []
     assert (position(uow).quantity, position(uow).status) == (2, "open")
 
 
 def test_remainder_worth_more_than_the_minimum_is_kept(uow: UnitOfWork) -> None:
     entered(uow)
     broker = FakeBrokerage(fill_ratio=D("0.5"), price=D(24))
-    assert submit_execution(uow, broker, exit_all(uow).id, config("50"), NOW).follow_ups == []
+    assert submit_execution(uow, broker.by_account, exit_all(uow).id, config("50"), NOW).follow_ups == []
     assert position(uow).quantity == 50
 
 

@@ -64,7 +64,7 @@ def _settle_pending(uow: UnitOfWork, broker: FakeBrokerage) -> None:
     with uow:
         pending = uow.session.scalars(select(Execution.id).where(Execution.status == "pending")).all()
     for execution_id in pending:
-        submit_execution(uow, broker, execution_id, EXECUTION, NOW)
+        submit_execution(uow, broker.by_account, execution_id, EXECUTION, NOW)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,8 +7,11 @@ from collections import Counter
 from decimal import ROUND_DOWN, Decimal
 
 from workers.brokerage import (
+    AccountBalance,
+    Asset,
     Brokerage,
     BrokerOrder,
+    BrokerPosition,
     DuplicateClientOrderId,
     InvalidOrder,
     OrderRequest,
@@ -26,6 +29,9 @@ class FakeBrokerage(Brokerage):
         self.reject_symbols: set[str] = set()  # accepted, then status "rejected"
         self.timeout_after_accept = 0  # next N orders are stored, then the call times out
         self.unavailable = 0  # next N calls fail before reaching the book
+        self.balance = AccountBalance(Decimal(100_000), Decimal(100_000), Decimal(100_000))
+        self.positions: list[BrokerPosition] = []
+        self.assets: dict[str, Asset] = {}
 
     def submit_order(self, request: OrderRequest) -> BrokerOrder:
         self.posts[request.client_order_id] += 1
@@ -41,6 +47,10 @@ class FakeBrokerage(Brokerage):
             raise TemporaryError("read timeout")
         return order
 
+    def by_account(self, _account: str) -> FakeBrokerage:
+        """One fake far side for every account."""
+        return self
+
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         self._maybe_unavailable()
         return self.orders.get(client_order_id)
@@ -51,6 +61,23 @@ class FakeBrokerage(Brokerage):
     def latest_price(self, symbol: str) -> Decimal:
         self._maybe_unavailable()
         return self.price
+
+    def get_account(self) -> AccountBalance:
+        self._maybe_unavailable()
+        return self.balance
+
+    def list_positions(self) -> list[BrokerPosition]:
+        self._maybe_unavailable()
+        return list(self.positions)
+
+    def close_position(self, symbol: str, quantity: Decimal | None = None) -> BrokerOrder:
+        held = next((p.quantity for p in self.positions if p.symbol == symbol), Decimal(0))
+        amount = abs(held) if quantity is None else quantity
+        return self.submit_order(OrderRequest(f"close-{uuid.uuid4().hex}", symbol, "sell", amount))
+
+    def get_asset(self, symbol: str) -> Asset | None:
+        self._maybe_unavailable()
+        return self.assets.get(symbol)
 
     def ping(self) -> None:
         self._maybe_unavailable()

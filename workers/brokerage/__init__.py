@@ -1,9 +1,12 @@
 """The brokerage port and its adapters (paper, alpaca)."""
 
 from workers.brokerage.base import (
+    AccountBalance,
+    Asset,
     Brokerage,
     BrokerageError,
     BrokerOrder,
+    BrokerPosition,
     DuplicateClientOrderId,
     InsufficientFunds,
     InvalidOrder,
@@ -14,7 +17,10 @@ from workers.brokerage.base import (
 )
 
 __all__ = [
+    "AccountBalance",
+    "Asset",
     "BrokerOrder",
+    "BrokerPosition",
     "Brokerage",
     "BrokerageError",
     "DuplicateClientOrderId",

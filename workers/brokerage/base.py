@@ -64,6 +64,34 @@ class BrokerOrder:
     filled_average_price: Decimal | None
 
 
+@dataclass(frozen=True)
+class Asset:
+    """Alpaca asset data: what the venue accepts for a symbol."""
+
+    symbol: str
+    tradable: bool
+    fractionable: bool
+    min_order_size: Decimal | None
+    min_trade_increment: Decimal | None
+    price_increment: Decimal | None
+
+
+@dataclass(frozen=True)
+class BrokerPosition:
+    symbol: str
+    quantity: Decimal  # signed: negative when short
+    average_entry_price: Decimal | None
+    current_price: Decimal | None
+    market_value: Decimal | None
+
+
+@dataclass(frozen=True)
+class AccountBalance:
+    cash: Decimal
+    buying_power: Decimal
+    equity: Decimal
+
+
 class Brokerage(abc.ABC):
     """The port. Construct adapters without I/O; every method may raise a ``BrokerageError``."""
 
@@ -82,6 +110,25 @@ class Brokerage(abc.ABC):
     @abc.abstractmethod
     def latest_price(self, symbol: str) -> Decimal:
         """The last trade price of the symbol (Alpaca Market Data v2: latest trade)."""
+
+    @abc.abstractmethod
+    def get_account(self) -> AccountBalance:
+        """Cash, buying power and equity (Alpaca: GET /v2/account)."""
+
+    @abc.abstractmethod
+    def list_positions(self) -> list[BrokerPosition]:
+        """Every open position of the account (Alpaca: GET /v2/positions)."""
+
+    @abc.abstractmethod
+    def close_position(self, symbol: str, quantity: Decimal | None = None) -> BrokerOrder:
+        """Liquidate a position or part of it (Alpaca: DELETE /v2/positions/{symbol}?qty=).
+
+        The broker picks the order's client id, so dustpan's exactly-once flows sell through
+        ``submit_order`` instead; this is for operators and adapters that need it."""
+
+    @abc.abstractmethod
+    def get_asset(self, symbol: str) -> Asset | None:
+        """Asset data for the symbol, or None if the broker does not know it (GET /v2/assets/{symbol})."""
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -13,10 +13,10 @@ import time
 import uuid
 from collections.abc import Callable
 from decimal import ROUND_DOWN, Decimal
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg2
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -24,8 +24,11 @@ from sqlalchemy.orm import Session
 from models.db import engine_for
 from models.tables import Accumulator, PaperOrder, PaperOrderRequest
 from workers.brokerage.base import (
+    AccountBalance,
+    Asset,
     Brokerage,
     BrokerOrder,
+    BrokerPosition,
     DuplicateClientOrderId,
     OrderRequest,
     TemporaryError,
@@ -53,8 +56,11 @@ def _unreachable_is_temporary(method: Callable[P, R]) -> Callable[P, R]:
 
 
 class PaperBrokerage(Brokerage):
-    def __init__(self, database_url: str, settings: PaperSettings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, database_url: str, settings: PaperSettings, rng: random.Random | None = None, account: str = "default"
+    ) -> None:
         self._url = database_url
+        self._account = account
         self._settings = settings
         self._rng = rng or random.Random()
 
@@ -71,6 +77,7 @@ class PaperBrokerage(Brokerage):
                 .values(
                     id=uuid.uuid4(),
                     client_order_id=request.client_order_id,
+                    account=self._account,
                     symbol=request.symbol,
                     side=request.side,
                     qty=request.quantity,
@@ -112,6 +119,41 @@ class PaperBrokerage(Brokerage):
             return self._last_price(session, symbol)
 
     @_unreachable_is_temporary
+    def get_account(self) -> AccountBalance:
+        with self._session() as session:
+            spent = session.scalar(
+                select(func.coalesce(func.sum(_signed_fill() * PaperOrder.filled_avg_price), 0)).where(
+                    PaperOrder.account == self._account
+                )
+            )
+            cash = self._settings.starting_cash - spent
+            value = sum((p.market_value or 0 for p in self._positions(session)), Decimal(0))
+        return AccountBalance(cash=cash, buying_power=max(cash, Decimal(0)), equity=cash + value)
+
+    @_unreachable_is_temporary
+    def list_positions(self) -> list[BrokerPosition]:
+        with self._session() as session:
+            return self._positions(session)
+
+    def close_position(self, symbol: str, quantity: Decimal | None = None) -> BrokerOrder:
+        held = next((p.quantity for p in self.list_positions() if p.symbol == symbol), Decimal(0))
+        amount = abs(held) if quantity is None else quantity
+        side = "sell" if held > 0 else "buy"
+        return self.submit_order(OrderRequest(f"paper-close-{uuid.uuid4().hex}", symbol, side, amount))
+
+    def get_asset(self, symbol: str) -> Asset | None:
+        fractionable = symbol in self._settings.fractionable_symbols
+        increment = Decimal("0.0001") if fractionable else Decimal(1)
+        return Asset(
+            symbol=symbol,
+            tradable=symbol not in self._settings.reject_symbols,
+            fractionable=fractionable,
+            min_order_size=increment,
+            min_trade_increment=increment,
+            price_increment=Decimal("0.01"),
+        )
+
+    @_unreachable_is_temporary
     def ping(self) -> None:
         with self._session() as session:
             session.execute(select(1))
@@ -130,6 +172,26 @@ class PaperBrokerage(Brokerage):
         filled = (request.quantity * self._settings.partial_fill_ratio).quantize(Decimal(1), rounding=ROUND_DOWN)
         return ("filled" if filled == request.quantity else "canceled"), filled, price
 
+    def _positions(self, session: Session) -> list[BrokerPosition]:
+        rows = session.execute(
+            select(
+                PaperOrder.symbol,
+                func.sum(_signed_fill()),
+                func.sum(PaperOrder.filled_qty * PaperOrder.filled_avg_price).filter(PaperOrder.side == "buy"),
+                func.sum(PaperOrder.filled_qty).filter(PaperOrder.side == "buy"),
+            )
+            .where(PaperOrder.account == self._account)
+            .group_by(PaperOrder.symbol)
+            .having(func.sum(_signed_fill()) != 0)
+            .order_by(PaperOrder.symbol)
+        ).all()
+        positions = []
+        for symbol, quantity, bought_value, bought in rows:
+            price = self._last_price(session, symbol)
+            entry = (bought_value / bought).quantize(Decimal(1).scaleb(-18)) if bought else None
+            positions.append(BrokerPosition(symbol, quantity, entry, price, quantity * price))
+        return positions
+
     def _last_price(self, session: Session, symbol: str) -> Decimal:
         """The paper market trades at the price of the symbol's latest accumulated trade."""
         price = session.scalar(select(Accumulator.last_price).where(Accumulator.symbol == symbol))
@@ -138,6 +200,10 @@ class PaperBrokerage(Brokerage):
     @staticmethod
     def _log_request(session: Session, client_order_id: str, outcome: str) -> None:
         session.add(PaperOrderRequest(client_order_id=client_order_id, outcome=outcome))
+
+
+def _signed_fill() -> Any:
+    return case((PaperOrder.side == "buy", PaperOrder.filled_qty), else_=-PaperOrder.filled_qty)
 
 
 def _to_broker_order(row: PaperOrder) -> BrokerOrder:
