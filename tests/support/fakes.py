@@ -71,9 +71,13 @@ class FakeBrokerage(Brokerage):
         return list(self.positions)
 
     def close_position(self, symbol: str, quantity: Decimal | None = None) -> BrokerOrder:
-        held = next((p.quantity for p in self.positions if p.symbol == symbol), Decimal(0))
-        amount = abs(held) if quantity is None else quantity
-        return self.submit_order(OrderRequest(f"close-{uuid.uuid4().hex}", symbol, "sell", amount))
+        held = next((p for p in self.positions if p.symbol == symbol), None)
+        if held is None:
+            raise InvalidOrder(f"position does not exist: {symbol}")
+        amount = abs(held.quantity) if quantity is None else quantity
+        order = self.submit_order(OrderRequest(f"close-{uuid.uuid4().hex}", symbol, "sell", amount))
+        self.positions.remove(held)  # liquidated at the broker
+        return order
 
     def get_asset(self, symbol: str) -> Asset | None:
         self._maybe_unavailable()
