@@ -48,17 +48,42 @@ task_routes = {
     "execution.*": {"queue": "execution"},
     "sweep.*": {"queue": "ops"},
     "audit.*": {"queue": "ops"},
+    "dust.*": {"queue": "ops"},
 }
+
+# Exactly one Beat sends the schedule across the fleet: RedBeat keeps the schedule and its
+# last-run times in Redis behind a lock; a second Beat waits, and takes over within
+# redbeat_lock_timeout when the leader dies. Every countdown stays far below the visibility timeout.
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = broker_url
+redbeat_key_prefix = "dustpan:redbeat"
+redbeat_lock_timeout = _settings.schedule.leader_lock_seconds
+beat_max_loop_interval = max(1, min(5, redbeat_lock_timeout // 3))  # the lock is renewed every loop
+
+
+def _every(seconds: object) -> timedelta:
+    return timedelta(seconds=float(str(seconds)))  # float-ok: a duration
+
 
 beat_schedule = {
     "sweep-rewake": {
         "task": "sweep.rewake",
-        "schedule": timedelta(seconds=float(_settings.schedule.sweep_seconds)),  # float-ok: a duration
+        "schedule": _every(_settings.schedule.sweep_seconds),
         "options": {"expires": 30},
     },
     "audit-check": {
         "task": "audit.check",
-        "schedule": timedelta(seconds=float(_settings.schedule.audit_seconds)),  # float-ok: a duration
+        "schedule": _every(_settings.schedule.audit_seconds),
         "options": {"expires": 120},
+    },
+    "dust-broker-cleanup": {
+        "task": "dust.broker_cleanup",
+        "schedule": _every(_settings.schedule.cleanup_seconds),
+        "options": {"expires": 600},
+    },
+    "dust-normalize": {
+        "task": "dust.normalize",
+        "schedule": _every(_settings.schedule.normalize_seconds),
+        "options": {"expires": 3600},
     },
 }

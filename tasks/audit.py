@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from models.db import UnitOfWork
 from models.domain.quantities import ZERO, canonical
+from tasks.job_runs import recorded
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,16 @@ def _audit_symbol(row: Any, threshold: Decimal, mismatched: set[tuple[str, str]]
 
 
 @app.task(name="audit.check", ignore_result=True)
-def check() -> bool:
+@recorded("audit.check")
+def check() -> dict[str, Any]:
     from workers import runtime
 
     report = audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now())
     for symbol in report.symbols:
         if not symbol.balanced:
             log.error("audit imbalance on %s: %s", symbol.symbol, "; ".join(symbol.problems))
-    return report.ok
+    return {
+        "ok": report.ok,
+        "symbols": len(report.symbols),
+        "unbalanced": [s.symbol for s in report.symbols if not s.balanced],
+    }

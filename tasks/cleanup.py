@@ -20,6 +20,7 @@ from models.db import UnitOfWork
 from models.domain.quantities import canonical, money_text
 from models.tables import SymbolFreeze
 from tasks.guards import TradingPolicy
+from tasks.job_runs import recorded
 from workers.brokerage import Brokerage, BrokerageError, BrokerPosition
 from workers.celery_app import app
 
@@ -152,6 +153,7 @@ def _run(job: str, threshold: Decimal, execute: bool) -> dict[str, Any]:
 
 
 @app.task(name="dust.broker_cleanup")
+@recorded("dust.broker_cleanup")
 def broker_cleanup(execute: bool | None = None) -> dict[str, Any]:
     from workers import runtime
 
@@ -161,6 +163,7 @@ def broker_cleanup(execute: bool | None = None) -> dict[str, Any]:
 
 
 @app.task(name="dust.normalize")
+@recorded("dust.normalize")
 def normalize(execute: bool | None = None) -> dict[str, Any]:
     from workers import runtime
 

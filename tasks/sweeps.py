@@ -11,6 +11,7 @@ from sqlalchemy import and_, func, or_, select
 
 from models.db import UnitOfWork
 from models.tables import Accumulator, Execution, SymbolFreeze, Trade
+from tasks.job_runs import recorded
 from workers.celery_app import app
 
 
@@ -54,6 +55,7 @@ def find_stranded_work(
 
 
 @app.task(name="sweep.rewake", ignore_result=True)
+@recorded("sweep.rewake")
 def rewake() -> dict[str, int]:
     from tasks.execution_tasks import submit
     from tasks.ingestion_tasks import accumulate

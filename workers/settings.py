@@ -121,6 +121,7 @@ class ScheduleSettings(_Section):
     normalize_seconds: Decimal = Field(Decimal(86400), gt=0)
     balances_seconds: Decimal = Field(Decimal(60), gt=0)
     prices_seconds: Decimal = Field(Decimal(30), gt=0)
+    leader_lock_seconds: int = Field(30, ge=3, le=600, description="a dead Beat leader is replaced within this")
 
 
 class BalanceSettings(_Section):

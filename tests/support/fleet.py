@@ -100,7 +100,7 @@ class Fleet:
         self.api_port = free_port()
         self.api: DustpanProcess | None = None
         self.workers: list[DustpanProcess] = []
-        self.beat: DustpanProcess | None = None
+        self.beats: list[DustpanProcess] = []
 
     @property
     def api_url(self) -> str:
@@ -130,11 +130,13 @@ class Fleet:
         worker.start()
         wait_for(lambda: "ready" in worker.log_path.read_text(errors="replace"), 60, "worker to be ready again")
 
-    def start_beat(self) -> None:
-        self.beat = DustpanProcess("beat", ["beat"], self.env, self.log_dir).start()
+    def start_beat(self) -> DustpanProcess:
+        beat = DustpanProcess(f"beat{len(self.beats) + 1}", ["beat"], self.env, self.log_dir).start()
+        self.beats.append(beat)
+        return beat
 
     def stop(self) -> None:
-        for process in [self.beat, *self.workers, self.api]:
+        for process in [*self.beats, *self.workers, self.api]:
             if process is not None:
                 process.stop()
 
