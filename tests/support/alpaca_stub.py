@@ -1,8 +1,9 @@
-"""A local stand-in for the orders part of Alpaca's Trading API v2, over real HTTP.
+"""A local stand-in for Alpaca's Trading API v2 (orders, account, positions, assets), over real HTTP.
 
 Standard library only, so adapter tests exercise the real wire: sockets, timeouts, status codes
-and JSON text. Orders fill the moment they are accepted; knobs shape the fill, and
-``fail_next`` scripts infrastructure faults for the next requests, whatever their endpoint.
+and JSON text. Orders fill the moment they are accepted and move cash and positions; knobs
+shape the fill, and ``fail_next`` scripts infrastructure faults for the next requests, whatever
+their endpoint.
 
     with AlpacaStub() as stub:
         stub.prices["AAPL"] = Decimal("123.456789")
@@ -22,7 +23,7 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 FAULT_KINDS = frozenset({"500", "429", "timeout", "timeout_after_accept", "malformed"})
 _UNPROCESSABLE = 40010001  # Alpaca's code for every 422 validation error
@@ -57,6 +58,38 @@ def _text(value: Decimal) -> str:
     return format(value, "f")
 
 
+def position_json(symbol: str, qty: Decimal, avg_entry_price: Decimal, current_price: Decimal) -> dict[str, Any]:
+    """An Alpaca position object; ``qty`` is signed, and negative means short, as Alpaca sends it."""
+    return {
+        "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca-stub:{symbol}")),
+        "symbol": symbol,
+        "asset_class": "us_equity",
+        "qty": _text(qty),
+        "qty_available": _text(qty),
+        "avg_entry_price": _text(avg_entry_price),
+        "side": "long" if qty >= 0 else "short",
+        "market_value": _text(qty * current_price),
+        "cost_basis": _text(qty * avg_entry_price),
+        "unrealized_pl": _text(qty * (current_price - avg_entry_price)),
+        "current_price": _text(current_price),
+    }
+
+
+def asset_json(symbol: str) -> dict[str, Any]:
+    """A tradable, fractionable US equity; like Alpaca's, it carries no crypto-only size fields."""
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca-stub:{symbol}")),
+        "class": "us_equity",
+        "exchange": "NASDAQ",
+        "symbol": symbol,
+        "name": f"{symbol} (stub)",
+        "status": "active",
+        "tradable": True,
+        "shortable": True,
+        "fractionable": True,
+    }
+
+
 class AlpacaStub:
     """Knobs (set them any time; they are read per request):
 
@@ -64,7 +97,12 @@ class AlpacaStub:
     - ``partial_fill_ratio``: fill ``floor(qty * ratio)`` whole shares, then "canceled"
     - ``reject_symbols``: accepted with 200, status "rejected", nothing filled
     - ``unknown_symbols``: 422 ``asset "X" not found``
-    - ``buying_power``: a buy whose notional exceeds it gets 403 "insufficient buying power"
+    - ``buying_power``: a buy whose notional exceeds it gets 403 "insufficient buying power";
+      the account reports it as buying power (cash when None)
+    - ``cash``: the account's cash; every fill moves it, and equity is cash plus market values
+    - ``positions[symbol]``: Alpaca position objects (``position_json``), kept up to date by
+      fills; set one to hold a position no order made
+    - ``assets[symbol]``: fields served over ``asset_json(symbol)``; symbols not listed get 404
     - ``retry_after_seconds``: the ``Retry-After`` header sent with a scripted 429 (None: omit)
     - ``stall_seconds``: how long the timeout faults sleep; keep it above the client timeout
     """
@@ -78,6 +116,9 @@ class AlpacaStub:
         self.reject_symbols: set[str] = set()
         self.unknown_symbols: set[str] = set()
         self.buying_power: Decimal | None = None
+        self.cash = Decimal("1000000")
+        self.positions: dict[str, dict[str, Any]] = {}
+        self.assets: dict[str, dict[str, Any]] = {}
         self.retry_after_seconds: int | None = 1
         self.stall_seconds = 3.0
         self.requests: list[RecordedRequest] = []
@@ -169,7 +210,15 @@ class AlpacaStub:
             with self._lock:
                 return self._found(self.orders.get(parts.path.removeprefix("/v2/orders/")))
         if method == "GET" and parts.path == "/v2/account":
-            return _json_reply(200, self._account())
+            with self._lock:
+                return _json_reply(200, self._account())
+        if method == "GET" and parts.path == "/v2/positions":
+            with self._lock:
+                return _json_reply(200, list(self.positions.values()))
+        if method == "DELETE" and parts.path.startswith("/v2/positions/"):
+            return self._close(unquote(parts.path.removeprefix("/v2/positions/")), parse_qs(parts.query))
+        if method == "GET" and parts.path.startswith("/v2/assets/"):
+            return self._asset(unquote(parts.path.removeprefix("/v2/assets/")))
         if method == "GET" and parts.path.startswith("/v2/stocks/") and parts.path.endswith("/trades/latest"):
             symbol = parts.path.removeprefix("/v2/stocks/").removesuffix("/trades/latest")
             price = self.prices.get(symbol, self.default_price)
@@ -220,11 +269,34 @@ class AlpacaStub:
             return _error(403, 40310000, "insufficient buying power")
         return None
 
+    def _close(self, symbol: str, query: dict[str, list[str]]) -> Reply:
+        with self._lock:
+            held, _ = self._holding(symbol)
+            if held == 0:
+                return _error(404, 40410000, "position does not exist")
+            qty = _decimal_or_none(query["qty"][0]) if "qty" in query else abs(held)
+            if qty is None or qty <= 0:
+                return _error(422, _UNPROCESSABLE, "qty must be > 0")
+            if qty > abs(held):
+                available = f"requested: {_text(qty)}, available: {_text(abs(held))}"
+                return _error(403, 40310000, f"insufficient qty available for order ({available})")
+            order = self._new_order({"symbol": symbol, "qty": qty, "side": "sell" if held > 0 else "buy"})
+            self.orders[order["id"]] = order
+        return _json_reply(200, order)
+
+    def _asset(self, symbol: str) -> Reply:
+        with self._lock:
+            fields = self.assets.get(symbol)
+        if fields is None or symbol in self.unknown_symbols:
+            return _error(404, 40410000, f"asset not found for {symbol}")
+        return _json_reply(200, {**asset_json(symbol), **fields})
+
     def _new_order(self, payload: dict[str, Any]) -> dict[str, Any]:
         symbol, qty = payload["symbol"], Decimal(str(payload["qty"]))
         filled, status = self._fill(symbol, qty)
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         price = self.prices.get(symbol, self.default_price)
+        self._apply_fill(symbol, payload["side"], filled, price)
         return {
             "id": str(uuid.uuid4()),
             "client_order_id": payload.get("client_order_id") or str(uuid.uuid4()),
@@ -271,15 +343,42 @@ class AlpacaStub:
     def _find_by_client_order_id(self, client_order_id: str) -> dict[str, Any] | None:
         return next((o for o in self.orders.values() if o["client_order_id"] == client_order_id), None)
 
+    def _apply_fill(self, symbol: str, side: str, filled: Decimal, price: Decimal) -> None:
+        if filled == 0:
+            return
+        signed = filled if side == "buy" else -filled
+        self.cash -= signed * price
+        held, entry = self._holding(symbol)
+        now_held = held + signed
+        if now_held == 0:
+            self.positions.pop(symbol, None)
+            return
+        if held == 0 or (held > 0) != (now_held > 0):  # opened, or flipped from long to short
+            entry = price
+        elif (signed > 0) == (held > 0):  # added to it: the entry price is the weighted average
+            entry = (held * entry + signed * price) / now_held
+        self.positions[symbol] = position_json(symbol, now_held, entry, price)
+
+    def _holding(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """Signed quantity and entry price, read back from the position object (tests may set one)."""
+        position = self.positions.get(symbol, {})
+        qty = _decimal_or_none(position.get("qty")) or Decimal(0)
+        if position.get("side") == "short" and qty > 0:
+            qty = -qty
+        return qty, _decimal_or_none(position.get("avg_entry_price")) or Decimal(0)
+
     def _account(self) -> dict[str, Any]:
-        buying_power = _text(self.buying_power) if self.buying_power is not None else "1000000"
+        values = (_decimal_or_none(p.get("market_value")) for p in self.positions.values())
+        equity = self.cash + sum((v for v in values if v is not None), Decimal(0))
         return {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca-stub:{self.key_id}")),
             "account_number": "PA0STUB0000",
             "status": "ACTIVE",
             "currency": "USD",
-            "buying_power": buying_power,
-            "cash": buying_power,
+            "buying_power": _text(self.buying_power if self.buying_power is not None else self.cash),
+            "cash": _text(self.cash),
+            "equity": _text(equity),
+            "portfolio_value": _text(equity),
             "trading_blocked": False,
         }
 
@@ -314,6 +413,9 @@ def _handler_for(stub: AlpacaStub) -> type[BaseHTTPRequestHandler]:
             self._serve()
 
         def do_POST(self) -> None:
+            self._serve()
+
+        def do_DELETE(self) -> None:
             self._serve()
 
         def _serve(self) -> None:

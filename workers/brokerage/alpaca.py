@@ -1,22 +1,33 @@
-"""Alpaca Trading API v2 adapter: the orders part of the wire format, over one sync httpx client.
+"""Alpaca Trading API v2 adapter: orders, account, positions and assets, over one sync httpx client.
 
 Every method makes exactly one HTTP call and translates whatever goes wrong into the port's
 exception family; retrying is the caller's job, because only the caller knows whether to look
-the order up first (a timeout on ``POST /v2/orders`` says nothing about whether it was accepted).
+the order up first (a timeout on ``POST /v2/orders`` or ``DELETE /v2/positions/X`` says nothing
+about whether it was accepted). Reading the JSON bodies lives in ``alpaca_parse``.
 """
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
 
+from workers.brokerage.alpaca_parse import (
+    loads,
+    parse_account,
+    parse_asset,
+    parse_order,
+    parse_positions,
+    parse_trade_price,
+)
 from workers.brokerage.base import (
+    AccountBalance,
+    Asset,
     Brokerage,
     BrokerOrder,
+    BrokerPosition,
     DuplicateClientOrderId,
     InsufficientFunds,
     InvalidOrder,
@@ -29,7 +40,6 @@ from workers.brokerage.base import (
 # Alpaca's 422 text for a reused client_order_id; it is the only way to tell this case apart.
 _DUPLICATE_MESSAGE = "client_order_id must be unique"
 _SIDES = frozenset({"buy", "sell"})
-_STRING_FIELDS = ("id", "client_order_id", "symbol", "side", "status")
 
 
 class AlpacaBrokerage(Brokerage):
@@ -70,32 +80,48 @@ class AlpacaBrokerage(Brokerage):
         response = self._send("POST", "/v2/orders", json=body)
         if response.status_code == 404:
             _raise_for_client_error(response, f"order refused: {_error_message(response)}")
-        return _parse_order(_ok_json(response))
+        return parse_order(_ok_json(response))
 
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         response = self._send("GET", "/v2/orders:by_client_order_id", params={"client_order_id": client_order_id})
         if response.status_code == 404:
             _require_alpaca_json(response)
             return None
-        return _parse_order(_ok_json(response))
+        return parse_order(_ok_json(response))
 
     def get_order(self, order_id: str) -> BrokerOrder:
         response = self._send("GET", f"/v2/orders/{quote(order_id, safe='')}")
         if response.status_code == 404:
             # The id came from Alpaca itself, so not finding it means something is badly wrong.
             raise OperationalError(f"broker does not know order {order_id}: {_error_message(response)}")
-        return _parse_order(_ok_json(response))
+        return parse_order(_ok_json(response))
 
     def latest_price(self, symbol: str) -> Decimal:
         response = self._send("GET", f"{self._data_url}/v2/stocks/{quote(symbol, safe='')}/trades/latest")
         if response.status_code == 404:
             raise InvalidOrder(f"no market data for {symbol}: {_error_message(response)}")
-        payload = _ok_json(response)
-        trade = payload.get("trade") if isinstance(payload, dict) else None
-        price = _decimal_field(trade, "p") if isinstance(trade, dict) else None
-        if price is None or price <= 0:
-            raise OperationalError(f"malformed latest trade for {symbol} from broker: {payload!r:.200}")
-        return price
+        return parse_trade_price(_ok_json(response), symbol)
+
+    def get_account(self) -> AccountBalance:
+        return parse_account(_ok_json(self._send("GET", "/v2/account")))
+
+    def list_positions(self) -> list[BrokerPosition]:
+        return parse_positions(_ok_json(self._send("GET", "/v2/positions")))
+
+    def close_position(self, symbol: str, quantity: Decimal | None = None) -> BrokerOrder:
+        params = None if quantity is None else {"qty": _quantity_text(quantity)}
+        response = self._send("DELETE", f"/v2/positions/{quote(symbol, safe='')}", params=params)
+        if response.status_code == 404:
+            _require_alpaca_json(response)
+            raise InvalidOrder(f"no open {symbol} position to close: {_error_message(response)}")
+        return parse_order(_ok_json(response))
+
+    def get_asset(self, symbol: str) -> Asset | None:
+        response = self._send("GET", f"/v2/assets/{quote(symbol, safe='')}")
+        if response.status_code == 404:
+            _require_alpaca_json(response)  # a wrong trading_url must not read as "unknown symbol"
+            return None
+        return parse_asset(_ok_json(response))
 
     def ping(self) -> None:
         _ok_json(self._send("GET", "/v2/account"))
@@ -117,27 +143,32 @@ class AlpacaBrokerage(Brokerage):
 
 
 def _require_alpaca_json(response: httpx.Response) -> None:
-    # None tells the caller it is safe to send the order again, so only Alpaca's own JSON
-    # "order not found" counts; a bare 404 page means a wrong trading_url, not a missing order.
+    # "Not found" is a statement about the broker's state (no such order: safe to send again; no
+    # such asset or position), so only Alpaca's own JSON 404 counts; a bare 404 page means a
+    # wrong trading_url, not a missing thing.
     try:
-        payload = _loads(response.text)
+        payload = loads(response.text)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
         raise OperationalError(f"404 without an Alpaca body (is trading_url right?): {response.text[:200]}")
 
 
-def _order_body(request: OrderRequest) -> dict[str, str]:
+def _quantity_text(quantity: Decimal) -> str:
     # Fail before any I/O: a bad quantity must never reach the broker.
-    quantity = request.quantity
     if not quantity.is_finite() or quantity <= 0:
         raise InvalidOrder(f"quantity must be a positive number, got {quantity}")
+    # Fixed-point text: str() would send 1E+2, and a float would not be exact.
+    return format(quantity, "f")
+
+
+def _order_body(request: OrderRequest) -> dict[str, str]:
+    quantity = _quantity_text(request.quantity)
     if request.side not in _SIDES:
         raise InvalidOrder(f"side must be 'buy' or 'sell', got {request.side!r}")
     return {
         "symbol": request.symbol,
-        # Fixed-point text: str() would send 1E+2, and a float would not be exact.
-        "qty": format(quantity, "f"),
+        "qty": quantity,
         "side": request.side,
         "type": "market",
         "time_in_force": "day",
@@ -177,7 +208,7 @@ def _retry_after_seconds(header: str | None) -> int | None:
 def _error_message(response: httpx.Response) -> str:
     """Alpaca's ``message`` field, or the start of the raw body when it is not Alpaca JSON."""
     try:
-        payload = _loads(response.text)
+        payload = loads(response.text)
     except ValueError:
         return response.text[:200]
     if isinstance(payload, dict) and isinstance(payload.get("message"), str):
@@ -189,65 +220,9 @@ def _ok_json(response: httpx.Response) -> Any:
     if not response.is_success:
         raise OperationalError(f"unexpected HTTP status {response.status_code}")
     try:
-        return _loads(response.text)
+        return loads(response.text)
     except ValueError as exc:
         raise OperationalError(f"broker answered {response.status_code} with a non-JSON body") from exc
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-
-
-def _reject_constant(name: str) -> NoReturn:
-    # json would otherwise turn NaN/Infinity into floats behind our back.
-    raise ValueError(f"non-finite JSON constant {name}")
-
-
-def _parse_order(payload: Any) -> BrokerOrder:
-    if not isinstance(payload, dict):
-        raise OperationalError(f"malformed order from broker: expected an object, got {payload!r:.200}")
-    text = {name: _string_field(payload, name) for name in _STRING_FIELDS}
-    return BrokerOrder(
-        id=text["id"],
-        client_order_id=text["client_order_id"],
-        symbol=text["symbol"],
-        side=text["side"],
-        quantity=_required_decimal(payload, "qty"),
-        status=text["status"],
-        filled_quantity=_required_decimal(payload, "filled_qty"),
-        filled_average_price=_decimal_field(payload, "filled_avg_price"),
-    )
-
-
-def _string_field(payload: dict[str, Any], name: str) -> str:
-    value = payload.get(name)
-    if not isinstance(value, str) or not value:
-        raise OperationalError(f"malformed order from broker: {name}={value!r}")
-    return value
-
-
-def _required_decimal(payload: dict[str, Any], name: str) -> Decimal:
-    value = _decimal_field(payload, name)
-    if value is None:
-        raise OperationalError(f"malformed order from broker: {name} is missing")
-    return value
-
-
-def _decimal_field(payload: dict[str, Any], name: str) -> Decimal | None:
-    """Alpaca sends decimals as strings or null; numbers are accepted too, parsed exactly."""
-    value = payload.get(name)
-    if value is None:
-        return None
-    # bool is an int subclass, and True is not a quantity.
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise OperationalError(f"malformed order from broker: {name}={value!r}")
-    try:
-        number = Decimal(value)
-    except InvalidOperation as exc:
-        raise OperationalError(f"malformed order from broker: {name}={value!r}") from exc
-    if not number.is_finite() or number < 0:
-        raise OperationalError(f"malformed order from broker: {name}={value!r}")
-    return number
 
 
 __all__ = ["AlpacaBrokerage"]
