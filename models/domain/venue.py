@@ -14,6 +14,7 @@ class VenueRules:
     step: Decimal = ONE  # smallest increment when fractional shares are allowed
     min_quantity: Decimal = ZERO
     min_notional: Decimal = ZERO
+    tradable: bool = True  # False: the venue takes no order at all for the symbol
 
     @property
     def increment(self) -> Decimal:
@@ -29,6 +30,8 @@ class VenueRules:
 
     def refusal(self, quantity: Decimal, price: Decimal) -> str | None:
         """Why the venue would refuse this quantity at this price, or None if it accepts it."""
+        if not self.tradable:
+            return "the venue does not trade this symbol"
         if quantity <= 0:
             return "quantity is below one tradable increment"
         if quantity % self.increment != 0:
