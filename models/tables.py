@@ -36,7 +36,9 @@ TRADE_STATUSES = ("received", "accumulated", "rejected")
 EXECUTION_STATUSES = ("pending", "submitted", "partially_filled", "filled", "rejected", "cancelled")
 # hedge: nets of upstream trades; sell: notional sales; exit: position exits; dust_cleanup: a remainder closed
 EXECUTION_SOURCES = ("hedge", "sell", "exit", "dust_cleanup", "dust_sale", "broker_cleanup")
-PNL_REASONS = ("sell", "exit", "dust_cleanup")
+PNL_REASONS = ("sell", "exit", "dust_cleanup", "dust_sale", "broker_cleanup")
+# manual: an operator; rejections: orders kept failing; prices: the price feed kept failing
+FREEZE_SOURCES = ("manual", "rejections", "prices")
 
 
 class Base(DeclarativeBase):
@@ -193,7 +195,7 @@ class SymbolFreeze(Base):
     source: Mapped[str] = mapped_column(String(16))
     frozen_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
-    __table_args__ = (CheckConstraint("source IN ('auto', 'manual')", name="source"),)
+    __table_args__ = (CheckConstraint(_in("source", FREEZE_SOURCES), name="source"),)
 
 
 class PaperOrder(Base):

@@ -8,6 +8,7 @@ orders that keep failing back the symbol off and then freeze it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from models.db import UnitOfWork
 from models.domain.execution_state import ExecutionStatus, settle
 from models.domain.quantities import Side, signed
 from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
+from tasks.balances import BalanceConfig, BalanceUnknown, Sleep, require_known_balance
 from tasks.exits import settle_position_order
 from tasks.ingestion import execute_if_due
 from tasks.positions import book_fill
@@ -42,6 +44,7 @@ class SubmitOutcome(StrEnum):
     FROZEN = "frozen"  # left pending until the symbol is unfrozen
     WORKING = "working"  # the broker has it and it can still fill: poll again
     SETTLED = "settled"  # filled, partially filled, rejected or cancelled
+    WAITING_FOR_BALANCE = "waiting_for_balance"  # a buy left pending until the account's balance is known
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ExecutionConfig:
     rejection_backoff_seconds: int
     freeze_after_rejections: int
     min_position_value: Decimal = Decimal(0)  # exit remainders worth less are closed (0 disables)
+    balances: BalanceConfig = field(default_factory=BalanceConfig)  # buys wait for a balance younger than its max age
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,9 @@ def submit_execution(
     execution_id: uuid.UUID,
     config: ExecutionConfig,
     now: datetime,
+    sleep: Sleep = time.sleep,
 ) -> SubmitResult:
-    """``brokerages`` gives the adapter of the execution's account."""
+    """``brokerages`` gives the adapter of the execution's account; ``sleep`` waits between balance fetches."""
     with uow:
         session = uow.session
         # The row lock is held across the broker call so two workers never act on one execution.
@@ -81,7 +86,12 @@ def submit_execution(
         if session.get(SymbolFreeze, execution.symbol) is not None:
             return SubmitResult(SubmitOutcome.FROZEN)
         try:
-            order = _find_or_place_order(brokerages(execution.account), execution)
+            order = _find_or_place_order(session, brokerages(execution.account), execution, config, now, sleep)
+        except BalanceUnknown as waiting:
+            execution.last_error = str(waiting)
+            execution.updated_at = now
+            uow.commit()
+            return SubmitResult(SubmitOutcome.WAITING_FOR_BALANCE)
         except InvalidOrder as refused:
             follow_ups = _settle_refused(session, execution, str(refused), config, now)
             uow.commit()
@@ -96,10 +106,16 @@ def submit_execution(
         return result
 
 
-def _find_or_place_order(brokerage: Brokerage, execution: Execution) -> BrokerOrder:
+def _find_or_place_order(
+    session: Session, brokerage: Brokerage, execution: Execution, config: ExecutionConfig, now: datetime, sleep: Sleep
+) -> BrokerOrder:
     order = brokerage.get_order_by_client_order_id(execution.client_order_id)
     if order is not None:
         return order
+    if execution.side == Side.BUY.value:
+        # A buy increases exposure: never sent on a balance older than its max age (SPEC 1.5).
+        # Sells only reduce it and must go out even when the balance cannot be read.
+        require_known_balance(session, brokerage, execution.account, config.balances, now, sleep)
     execution.submit_attempts += 1
     request = OrderRequest(execution.client_order_id, execution.symbol, execution.side, execution.quantity)
     try:
@@ -211,7 +227,7 @@ def _back_off(
             .values(
                 symbol=accumulator.symbol,
                 reason=f"{failures} orders in a row failed; last: {reason}",
-                source="auto",
+                source="rejections",
                 frozen_at=now,
             )
             .on_conflict_do_nothing(index_elements=["symbol"])

@@ -111,9 +111,7 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("kind = 'aggregate' AND status IN ('dust_pending', 'dust_ready', 'selling')"),
     )
-    op.add_column(
-        "paper_orders", sa.Column("account", sa.String(length=64), server_default="default", nullable=False)
-    )
+    op.add_column("paper_orders", sa.Column("account", sa.String(length=64), server_default="default", nullable=False))
     # By hand (autogenerate does not compare CHECK constraints): dust sales and broker cleanups.
     op.drop_constraint(op.f("ck_executions_source"), "executions", type_="check")
     op.create_check_constraint(

@@ -128,7 +128,7 @@ def test_rejections_back_off_then_freeze_the_symbol(uow: UnitOfWork) -> None:
             assert retried == []
     with uow:
         freeze = uow.session.get(SymbolFreeze, "AAPL")
-        assert freeze is not None and freeze.source == "auto" and "3 orders in a row" in freeze.reason
+        assert freeze is not None and freeze.source == "rejections" and "3 orders in a row" in freeze.reason
 
 
 def test_refused_order_is_rejected_and_put_back(uow: UnitOfWork) -> None:
