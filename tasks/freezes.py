@@ -30,6 +30,8 @@ def unfreeze_symbol(uow: UnitOfWork, symbol: str, now: datetime) -> bool:
         removed = uow.session.scalar(
             delete(SymbolFreeze).where(SymbolFreeze.symbol == symbol).returning(SymbolFreeze.symbol)
         )
+        if removed is None:
+            return False  # not frozen: nothing to lift, nothing written
         uow.session.execute(
             update(Accumulator)
             .where(Accumulator.symbol == symbol)

@@ -31,14 +31,20 @@ def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
             422,
             "dust_cap_exceeded",
             f"selling {money_text(quote.requested)} USD of {symbol} would leave {money_text(quote.dust)} USD of "
-            f"dust, above the cap of {money_text(quote.cap)}; reduce the sale to {quote.nearest_below} or raise "
-            f"it to {quote.nearest_above} USD, or split it into sales whose dust fits the cap",
+            f"dust, above the cap of {money_text(quote.cap)}; {_advice(quote)}",
             cap=money_text(quote.cap),
             would_be_dust=money_text(quote.dust),
         )
     refusal = rules.refusal(quote.quantity, quote.price)
     if refusal:
         raise Refused(422, "not_tradable", f"{symbol}: {refusal} (at price {quote.price})")
+
+
+def _advice(quote: SaleQuote) -> str:
+    above = f"raise it to {money_text(quote.nearest_above)} USD" if quote.nearest_above is not None else ""
+    if quote.nearest_below is None:
+        return f"{above} or split it into sales whose dust fits the cap"
+    return f"reduce the sale to {money_text(quote.nearest_below)} USD, {above}, or split it into sales whose dust fits"
 
 
 def place_notional_sale(

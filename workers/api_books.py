@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from models.domain.quantities import canonical, money_text
@@ -15,7 +15,7 @@ from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.sales import ledger_volume
 from workers import runtime
-from workers.api_common import Operator, execution_json, json_value
+from workers.api_common import TRADE_ID_PATTERN, FreeText, Operator, execution_json, json_value
 
 router = APIRouter()
 SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$"
@@ -34,7 +34,7 @@ def _accumulator_json(row: Accumulator) -> dict[str, Any]:
 @router.get("/accumulators")
 def list_accumulators(
     _: Operator,
-    after: Annotated[str | None, Query(max_length=32, description="cursor: the last symbol seen")] = None,
+    after: Annotated[str | None, Query(pattern=SYMBOL_PATTERN, description="cursor: the last symbol seen")] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     query = select(Accumulator).order_by(Accumulator.symbol).limit(limit)
@@ -45,7 +45,7 @@ def list_accumulators(
     return {"items": items, "next": items[-1]["symbol"] if len(items) == limit else None}
 
 
-@router.get("/accumulators/{symbol}")
+@router.get("/accumulators/{symbol:path}")  # :path: symbols such as BTC/USD contain a slash
 def get_accumulator(symbol: Symbol, _: Operator) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         row = uow.session.get(Accumulator, symbol)
@@ -84,7 +84,7 @@ def list_executions(
 
 
 @router.get("/trades/{trade_id}")
-def get_trade(trade_id: Annotated[str, Path(max_length=128)], _: Operator) -> dict[str, Any]:
+def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Operator) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         trade = uow.session.get(Trade, trade_id)
         if trade is None:
@@ -126,10 +126,10 @@ def list_freezes(_: Operator) -> list[dict[str, Any]]:
 
 class FreezeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field("frozen by an operator", min_length=1, max_length=500)
+    reason: FreeText = "frozen by an operator"
 
 
-@router.post("/freezes/{symbol}", status_code=201)
+@router.post("/freezes/{symbol:path}", status_code=201)
 def freeze(symbol: Symbol, _: Operator, response: Response, body: FreezeIn | None = None) -> dict[str, Any]:
     created = freeze_symbol(runtime.unit_of_work(), symbol, (body or FreezeIn()).reason, runtime.now())
     if not created:
@@ -137,7 +137,7 @@ def freeze(symbol: Symbol, _: Operator, response: Response, body: FreezeIn | Non
     return {"symbol": symbol, "frozen": True, "created": created}
 
 
-@router.delete("/freezes/{symbol}", status_code=204)
+@router.delete("/freezes/{symbol:path}", status_code=204)
 def unfreeze(symbol: Symbol, _: Operator) -> Response:
     if not unfreeze_symbol(runtime.unit_of_work(), symbol, runtime.now()):
         raise HTTPException(404, f"{symbol} is not frozen")

@@ -12,13 +12,28 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from models.domain.quantities import canonical
 from models.tables import Execution
 from workers import runtime
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and lone surrogate halves cannot be encoded at all.
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise ValueError("must not contain control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+FreeText = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_storable_text)]
+TRADE_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # the webhook's rule for trade ids
 
 
 def require_operator(request: Request) -> None:

@@ -17,7 +17,7 @@ from tasks.guards import Refused
 from tasks.sales import check_quote, place_notional_sale
 from workers import runtime
 from workers.api_books import SYMBOL_PATTERN
-from workers.api_common import Operator, body_schema, exact_body, execution_json
+from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json
 
 router = APIRouter()
 
@@ -47,7 +47,7 @@ class ExitIn(BaseModel):
     symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
     quantity: Annotated[Decimal | None, _positive("quantity")] = None
     all: bool = False
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    reason: FreeText
     account: Annotated[str, Field(min_length=1, max_length=64)] = "default"
 
     @model_validator(mode="after")
