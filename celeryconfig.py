@@ -49,6 +49,10 @@ task_routes = {
     "sweep.*": {"queue": "ops"},
     "audit.*": {"queue": "ops"},
     "dust.*": {"queue": "ops"},
+    "venues.*": {"queue": "ops"},
+    "positions.*": {"queue": "ops"},
+    "balances.*": {"queue": "ops"},
+    "prices.*": {"queue": "ops"},
 }
 
 # Exactly one Beat sends the schedule across the fleet: RedBeat keeps the schedule and its
@@ -85,5 +89,32 @@ beat_schedule = {
         "task": "dust.normalize",
         "schedule": _every(_settings.schedule.normalize_seconds),
         "options": {"expires": 3600},
+    },
+    # A tick not started within 80% of the interval is dropped: the next one is about to come.
+    "balances-fetch": {
+        "task": "balances.fetch",
+        "schedule": _every(_settings.schedule.balances_seconds),
+        "options": {"expires": max(1, int(_settings.schedule.balances_seconds * 4 / 5))},
+    },
+    "prices-refresh": {
+        "task": "prices.refresh",
+        "schedule": _every(_settings.schedule.prices_seconds),
+        "options": {"expires": max(1, int(_settings.schedule.prices_seconds * 4 / 5))},
+    },
+    # Dust family: a tick not started within 80% of its interval is dropped, the next one is coming.
+    "venues-sync": {
+        "task": "venues.sync",
+        "schedule": _every(_settings.schedule.venues_seconds),
+        "options": {"expires": max(1, int(_settings.schedule.venues_seconds * 4 / 5))},
+    },
+    "positions-sync": {
+        "task": "positions.sync",
+        "schedule": _every(_settings.schedule.positions_seconds),
+        "options": {"expires": max(1, int(_settings.schedule.positions_seconds * 4 / 5))},
+    },
+    "dust-scan": {
+        "task": "dust.scan",
+        "schedule": _every(_settings.schedule.dust_scan_seconds),
+        "options": {"expires": max(1, int(_settings.schedule.dust_scan_seconds * 4 / 5))},
     },
 }

@@ -30,6 +30,10 @@ def submit(self: Any, execution_id: str) -> str:
         submit.delay(str(follow_up))
     if result.outcome is SubmitOutcome.WORKING:
         raise self.retry(countdown=runtime.settings().execution.poll_seconds)
+    if result.outcome is SubmitOutcome.WAITING_FOR_BALANCE:
+        # Try again after the next Beat balance fetch (the sweep re-sends pending buys too).
+        wait = min(int(runtime.settings().schedule.balances_seconds), MAX_COUNTDOWN_SECONDS)
+        raise self.retry(countdown=max(1, wait))
     return result.outcome.value
 
 

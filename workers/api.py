@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from tasks.ingestion import StoreResult, store_trades
-from workers import api_books, api_orders, metrics, runtime
+from workers import api_balances, api_books, api_orders, metrics, runtime
 from workers.api_common import Operator
 from workers.webhook import PayloadError, read_trades, verify_signature
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 app = FastAPI(title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out.")
 app.include_router(api_books.router)
 app.include_router(api_orders.router)
+app.include_router(api_balances.router)
 
 
 @app.exception_handler(RequestValidationError)

@@ -10,7 +10,19 @@ from celery.signals import task_failure, task_retry, worker_process_init
 from models.db import dispose_engines
 from workers import metrics
 
-app = Celery("dustpan", include=["tasks.ingestion_tasks", "tasks.execution_tasks", "tasks.sweeps", "tasks.audit", "tasks.cleanup"])
+app = Celery(
+    "dustpan",
+    include=[
+        "tasks.ingestion_tasks",
+        "tasks.execution_tasks",
+        "tasks.sweeps",
+        "tasks.audit",
+        "tasks.cleanup",
+        "tasks.balances_tasks",
+        "tasks.prices_tasks",
+        "tasks.dust_tasks",
+    ],
+)
 app.config_from_object("celeryconfig")
 
 

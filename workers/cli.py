@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from workers import cli_cleanup, cli_dust, cli_ops
 from workers.settings import SettingsError, get_settings, read_settings
 
 ALL_QUEUES = "ingestion,execution,ops"
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="accumulators, executions and audit")
     report.add_argument("--json", action="store_true")
+    cli_ops.add_commands(commands)
+    cli_dust.add_commands(commands)
+    cli_cleanup.add_commands(commands)
     return parser
 
 
@@ -90,6 +94,12 @@ def main(argv: list[str] | None = None) -> None:
         from workers.report import print_report
 
         print_report(as_json=args.json)
+    elif command in cli_ops.COMMANDS:
+        raise SystemExit(cli_ops.run(args))
+    elif command in cli_dust.COMMANDS:
+        raise SystemExit(cli_dust.run(args))
+    elif command in cli_cleanup.COMMANDS:
+        raise SystemExit(cli_cleanup.run(args))
 
 
 def _require_database(url: str | None) -> str:

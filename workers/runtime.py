@@ -12,9 +12,13 @@ import redis
 
 from models.db import UnitOfWork
 from models.domain.venue import VenueRules
+from models.domain.venue_sources import RuleOverride
+from tasks.balances import BalanceConfig
+from tasks.dust import DustScanConfig
 from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
+from tasks.venues import VenueConfig, venue_rules_for
 from workers.brokerage import Brokerage
 from workers.settings import Settings, get_settings
 
@@ -54,7 +58,13 @@ def execution_config() -> ExecutionConfig:
         section.rejection_backoff_seconds,
         section.freeze_after_rejections,
         settings().dust.min_position_value,
+        balance_config(),
     )
+
+
+def balance_config() -> BalanceConfig:
+    section = settings().balances
+    return BalanceConfig(section.attempts, section.backoff_seconds, section.max_age_seconds)
 
 
 def trading_policy() -> TradingPolicy:
@@ -62,20 +72,24 @@ def trading_policy() -> TradingPolicy:
     return TradingPolicy(frozenset(config.accumulation.restricted_symbols), frozenset(config.accounts))
 
 
-def venue_rules(symbol: str) -> VenueRules:
-    """The symbol's rules: the configured default (whole shares for the hedge venue) + overrides."""
+def venue_config() -> VenueConfig:
     venues = settings().venues
-    override = venues.rules.get(symbol)
-    whole_shares = venues.whole_shares if override is None or override.whole_shares is None else override.whole_shares
-    rules = VenueRules(whole_shares=whole_shares)
-    if override is not None:
-        rules = VenueRules(
-            whole_shares=whole_shares,
-            step=override.step or rules.step,
-            min_quantity=override.min_quantity or rules.min_quantity,
-            min_notional=override.min_notional or rules.min_notional,
-        )
-    return rules
+    overrides = {
+        symbol: RuleOverride(rule.whole_shares, rule.step, rule.min_quantity, rule.min_notional)
+        for symbol, rule in venues.rules.items()
+    }
+    return VenueConfig(venues.whole_shares, overrides)
+
+
+def venue_rules(symbol: str) -> VenueRules:
+    """The symbol's rules: the row ``venues.sync`` wrote from the broker's asset data (the
+    configured default when never synced), config overrides on top (``tasks.venues``)."""
+    with unit_of_work() as uow:
+        return venue_rules_for(uow.session, [symbol], venue_config())[symbol]
+
+
+def dust_scan_config() -> DustScanConfig:
+    return DustScanConfig(trading_policy(), venue_config(), settings().operations.hysteresis)
 
 
 def brokerage(account: str = "default") -> Brokerage:

@@ -64,6 +64,13 @@ def split_whole_and_fraction(quantity: Decimal) -> tuple[Decimal, Decimal]:
     return whole, remainder
 
 
+def order_increment(quantity: Decimal) -> Decimal:
+    """The finest step an order quantity is written in: 1 for whole shares, 0.001 for 0.003."""
+    exponent = quantity.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    return ONE.scaleb(min(0, exponent))
+
+
 def money_text(amount: Decimal) -> str:
     """USD as text: exact, trailing zeros dropped, but never fewer than two decimals ("90.00")."""
     text = canonical(amount)

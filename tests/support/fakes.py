@@ -6,6 +6,7 @@ import uuid
 from collections import Counter
 from decimal import ROUND_DOWN, Decimal
 
+from models.domain.quantities import order_increment
 from workers.brokerage import (
     AccountBalance,
     Asset,
@@ -95,7 +96,8 @@ class FakeBrokerage(Brokerage):
         if request.symbol in self.reject_symbols:
             status, filled = "rejected", Decimal(0)
         else:
-            filled = (request.quantity * self.fill_ratio).quantize(Decimal(1), rounding=ROUND_DOWN)
+            step = order_increment(request.quantity)
+            filled = (request.quantity * self.fill_ratio / step).to_integral_value(ROUND_DOWN) * step
             status = "filled" if filled == request.quantity else "canceled"
         return BrokerOrder(
             id=str(uuid.uuid4()),

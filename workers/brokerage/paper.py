@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.db import engine_for
+from models.domain.quantities import order_increment
 from models.tables import Accumulator, PaperOrder, PaperOrderRequest
 from workers.brokerage.base import (
     AccountBalance,
@@ -169,7 +170,9 @@ class PaperBrokerage(Brokerage):
         price = self._last_price(session, request.symbol)
         if request.symbol in self._settings.reject_symbols:
             return "rejected", Decimal(0), price
-        filled = (request.quantity * self._settings.partial_fill_ratio).quantize(Decimal(1), rounding=ROUND_DOWN)
+        # A partial fill is rounded down to the order's own step, so fractional orders fill too.
+        step = order_increment(request.quantity)
+        filled = (request.quantity * self._settings.partial_fill_ratio / step).to_integral_value(ROUND_DOWN) * step
         return ("filled" if filled == request.quantity else "canceled"), filled, price
 
     def _positions(self, session: Session) -> list[BrokerPosition]:
