@@ -82,12 +82,17 @@ def database_url(services: Services) -> str:
 
 @pytest.fixture
 def clean_database(database_url: str) -> str:
-    connection = psycopg2.connect(database_url)
+    truncate_all(database_url)
+    return database_url
+
+
+def truncate_all(url: str) -> None:
+    """Empty every table (hypothesis examples reuse one database and start from nothing)."""
+    connection = psycopg2.connect(url)
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     connection.close()
-    return database_url
 
 
 @pytest.fixture

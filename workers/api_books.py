@@ -16,9 +16,9 @@ from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.sales import ledger_volume
 from workers import runtime
 from workers.api_common import TRADE_ID_PATTERN, FreeText, Operator, execution_json, json_value
+from workers.webhook import SYMBOL_PATTERN
 
 router = APIRouter()
-SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$"
 Symbol = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 

@@ -7,45 +7,32 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from models.domain.quantities import QuantityError, canonical, money_text, parse_decimal
+from models.domain.quantities import canonical, money_text
 from models.domain.sales import quote_sale
 from tasks.exits import request_exit
 from tasks.guards import Refused
 from tasks.sales import check_quote, place_notional_sale
 from workers import runtime
-from workers.api_books import SYMBOL_PATTERN
 from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json
+from workers.webhook import SYMBOL_PATTERN, positive_decimal
 
 router = APIRouter()
-
-
-def _positive(field: str) -> Any:
-    def read(value: Any) -> Decimal:
-        try:
-            number = parse_decimal(value, field=field)
-        except QuantityError as exc:
-            raise ValueError(str(exc)) from None
-        if number <= 0:
-            raise ValueError(f"{field} must be greater than 0")
-        return number
-
-    return BeforeValidator(read)
 
 
 class SellIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
-    notional: Annotated[Decimal, _positive("notional"), Field(description="USD to sell, as a string")]
+    notional: Annotated[Decimal, positive_decimal("notional"), Field(description="USD to sell, as a string")]
     account: Annotated[str, Field(min_length=1, max_length=64)] = "default"
 
 
 class ExitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
-    quantity: Annotated[Decimal | None, _positive("quantity")] = None
+    quantity: Annotated[Decimal | None, positive_decimal("quantity")] = None
     all: bool = False
     reason: FreeText
     account: Annotated[str, Field(min_length=1, max_length=64)] = "default"

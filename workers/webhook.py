@@ -16,6 +16,7 @@ from models.domain.quantities import QuantityError, Side, parse_decimal
 from models.domain.trades import IncomingTrade
 
 SIGNATURE_SCHEME = "v1="
+SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$"  # upper case, as the brokerages spell them
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
@@ -50,7 +51,9 @@ def verify_signature(
     return None if matched else "signature does not match"
 
 
-def _exact_decimal(field: str) -> Any:
+def positive_decimal(field: str) -> Any:
+    """Validator: an exact Decimal > 0 from a string or an exactly-parsed JSON number."""
+
     def read(value: Any) -> Decimal:
         try:
             number = parse_decimal(value, field=field)
@@ -73,10 +76,10 @@ class TradeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-    symbol: Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$")]
+    symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
     side: Literal["buy", "sell"]
-    quantity: Annotated[Decimal, _exact_decimal("quantity")]
-    price: Annotated[Decimal, _exact_decimal("price")]
+    quantity: Annotated[Decimal, positive_decimal("quantity")]
+    price: Annotated[Decimal, positive_decimal("price")]
     executed_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
     def to_domain(self) -> IncomingTrade:

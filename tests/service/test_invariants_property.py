@@ -11,7 +11,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import psycopg2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -23,7 +22,7 @@ from models.tables import Contribution, Execution, Trade
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
-from tests.conftest import TABLES
+from tests.conftest import truncate_all
 from tests.support.fakes import FakeBrokerage
 
 D = Decimal
@@ -52,14 +51,6 @@ steps = st.lists(
 )
 
 
-def _truncate(url: str) -> None:
-    connection = psycopg2.connect(url)
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-    connection.close()
-
-
 def _settle_pending(uow: UnitOfWork, broker: FakeBrokerage) -> None:
     with uow:
         pending = uow.session.scalars(select(Execution.id).where(Execution.status == "pending")).all()
@@ -70,7 +61,7 @@ def _settle_pending(uow: UnitOfWork, broker: FakeBrokerage) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps)
 def test_any_webhook_sequence_keeps_the_books_exact(database_url: str, sequence: list[tuple[str, object]]) -> None:
-    _truncate(database_url)
+    truncate_all(database_url)
     uow = UnitOfWork(database_url)
     broker = FakeBrokerage()
     first_seen: dict[str, IncomingTrade] = {}

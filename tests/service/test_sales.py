@@ -16,7 +16,7 @@ from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution, Position
 from tasks.guards import Refused, TradingPolicy
 from tasks.sales import ledger_volume, place_notional_sale
-from tests.conftest import TABLES
+from tests.conftest import truncate_all
 
 D = Decimal
 NOW = datetime(2026, 4, 1, 15, 0, tzinfo=UTC)
@@ -108,8 +108,8 @@ prices = st.decimals(min_value=D("0.01"), max_value=D("5000"), places=2)
 @given(st.lists(st.tuples(amounts, prices, st.booleans()), min_size=1, max_size=15))
 def test_every_accepted_sale_keeps_requested_equal_proceeds_plus_dust(database_url: str, sales: list) -> None:  # type: ignore[type-arg]
     uow = UnitOfWork(database_url)
+    truncate_all(database_url)
     with uow:
-        uow.session.execute(__import__("sqlalchemy").text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
         uow.session.add(Position(account="default", symbol="AAPL", quantity=D(10**12), average_price=D(1)))
         uow.commit()
     accepted = []
