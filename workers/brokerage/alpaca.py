@@ -60,7 +60,7 @@ class AlpacaBrokerage(Brokerage):
         self._client = httpx.Client(
             base_url=trading_url,
             headers={"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key},
-            timeout=httpx.Timeout(float(timeout_seconds)),
+            timeout=httpx.Timeout(float(timeout_seconds)),  # float-ok: a duration
             transport=transport,
         )
         # Market Data v2 lives on its own host; paths are absolute URLs on the same client.
