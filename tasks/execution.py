@@ -8,6 +8,7 @@ orders that keep failing back the symbol off and then freeze it.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from workers.brokerage import (
     OrderRequest,
     TemporaryError,
 )
+
+log = logging.getLogger(__name__)
 
 
 class SubmitOutcome(StrEnum):
@@ -141,6 +144,16 @@ def record_broker_order(
     execution.submitted_at = execution.submitted_at or now
     execution.updated_at = now
     execution.last_error = None
+    log.info(
+        "%s %s %s: broker order %s is %s, filled %s",
+        execution.side,
+        execution.quantity,
+        execution.symbol,
+        order.id,
+        order.status,
+        order.filled_quantity,
+        extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
+    )
     if settlement.status is ExecutionStatus.SUBMITTED:
         return SubmitResult(SubmitOutcome.WORKING)
     reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
@@ -152,6 +165,14 @@ def record_broker_order(
 def _settle_refused(
     session: Session, execution: Execution, reason: str, config: ExecutionConfig, now: datetime
 ) -> list[uuid.UUID]:
+    log.warning(
+        "%s %s %s refused: %s",
+        execution.side,
+        execution.quantity,
+        execution.symbol,
+        reason,
+        extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
+    )
     execution.status = ExecutionStatus.REJECTED.value
     execution.last_error = reason
     execution.updated_at = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from typing import Any
@@ -10,31 +11,38 @@ from tasks.execution import SubmitOutcome, submit_execution
 from workers import runtime
 from workers.brokerage import RateLimited, TemporaryError
 from workers.celery_app import app
+from workers.logging_setup import log_context
+
+log = logging.getLogger(__name__)
 
 MAX_COUNTDOWN_SECONDS = 60  # far below the broker visibility timeout (celeryconfig)
 
 
 @app.task(name="execution.submit", bind=True, max_retries=None)
 def submit(self: Any, execution_id: str) -> str:
-    try:
-        result = submit_execution(
-            runtime.unit_of_work(),
-            runtime.brokerage,
-            uuid.UUID(execution_id),
-            runtime.execution_config(),
-            runtime.now(),
-        )
-    except TemporaryError as exc:
-        raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries, exc)) from None
-    for follow_up in result.follow_ups:
-        submit.delay(str(follow_up))
-    if result.outcome is SubmitOutcome.WORKING:
-        raise self.retry(countdown=runtime.settings().execution.poll_seconds)
-    if result.outcome is SubmitOutcome.WAITING_FOR_BALANCE:
-        # Try again after the next Beat balance fetch (the sweep re-sends pending buys too).
-        wait = min(int(runtime.settings().schedule.balances_seconds), MAX_COUNTDOWN_SECONDS)
-        raise self.retry(countdown=max(1, wait))
-    return result.outcome.value
+    with log_context(execution_id=execution_id):
+        try:
+            result = submit_execution(
+                runtime.unit_of_work(),
+                runtime.brokerage,
+                uuid.UUID(execution_id),
+                runtime.execution_config(),
+                runtime.now(),
+            )
+        except TemporaryError as exc:
+            delay = _retry_delay(self.request.retries, exc)
+            log.warning("broker call failed, retrying in %d s: %s", delay, exc)
+            raise self.retry(exc=exc, countdown=delay) from None
+        log.info("submit outcome: %s", result.outcome.value)
+        for follow_up in result.follow_ups:
+            submit.delay(str(follow_up))
+        if result.outcome is SubmitOutcome.WORKING:
+            raise self.retry(countdown=runtime.settings().execution.poll_seconds)
+        if result.outcome is SubmitOutcome.WAITING_FOR_BALANCE:
+            # Try again after the next Beat balance fetch (the sweep re-sends pending buys too).
+            wait = min(int(runtime.settings().schedule.balances_seconds), MAX_COUNTDOWN_SECONDS)
+            raise self.retry(countdown=max(1, wait))
+        return result.outcome.value
 
 
 def _retry_delay(retries: int, exc: TemporaryError) -> int:

@@ -87,6 +87,7 @@ class AccumulationConfig:
 class AccumulateResult:
     applied: int = 0
     rejected: int = 0
+    trade_ids: list[str] = field(default_factory=list)  # the batch claimed: applied, or rejected
     executions: list[uuid.UUID] = field(default_factory=list)
     more_waiting: bool = False
 
@@ -110,7 +111,7 @@ def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, 
         ).all()
         result.more_waiting = len(claimed) == config.batch_size
         accumulator = _lock_accumulator(session, symbol)
-        ids = [row.id for row in claimed]
+        ids = result.trade_ids = [row.id for row in claimed]
         if symbol in config.restricted_symbols:
             result.rejected = _reject_trades(session, ids, "restricted symbol: never traded")
             uow.commit()

@@ -1,12 +1,18 @@
 """Prometheus metrics for the whole fleet: counters kept in Redis, gauges read from the books.
 
-Counters (webhook outcomes, latency histogram, Celery task failures and retries) are written
-with HINCRBY into Redis hashes instead of per-process memory: the API may run as several
+Counters (webhook outcomes, latency histogram, Celery task successes, failures and retries) are
+written with HINCRBY into Redis hashes instead of per-process memory: the API may run as several
 uvicorn processes and the workers run on other hosts, so only a store that every process
 shares adds them up, and any API process can answer a scrape with the fleet's totals.
 prometheus_client's multiprocess mode would only cover processes sharing one local directory.
-Gauges (accumulator nets, executions by status, audit imbalances) are aggregated from
-PostgreSQL at scrape time. A metrics write never fails a webhook or a task: it logs and goes on.
+Gauges (accumulator nets and lag, executions by status, audit imbalances) are aggregated from
+PostgreSQL at scrape time, and queue depths are read from the broker's Redis lists.
+A metrics write never fails a webhook or a task: it logs and goes on.
+
+Flower serves worker-side metrics of its own at its ``/metrics`` (task runtimes, events and
+prefetch per worker, from the event stream); `dustpan flower` keeps that endpoint behind the
+same basic auth as the rest of Flower (workers/flower.py), so a Prometheus job scraping it
+needs the Flower credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,9 +34,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import extract, func, select
 
-from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution
+from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Trade
 from workers import runtime
 
 if TYPE_CHECKING:
@@ -41,6 +48,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESPONSES_KEY = "dustpan:metrics:webhook_responses"  # field: HTTP status
 TRADES_KEY = "dustpan:metrics:webhook_trades"  # field: accepted | duplicate | conflict
 LATENCY_KEY = "dustpan:metrics:webhook_latency"  # fields: le:<bound> (not cumulative), sum_ns
+TASK_SUCCESSES_KEY = "dustpan:metrics:task_successes"  # field: task name
 TASK_FAILURES_KEY = "dustpan:metrics:task_failures"  # field: task name
 TASK_RETRIES_KEY = "dustpan:metrics:task_retries"  # field: task name
 AUDIT_CACHE_KEY = "dustpan:metrics:audit_unbalanced"
@@ -99,6 +107,11 @@ def _count_task_event(key: str, sender: Any, client: redis.Redis | None) -> None
         log.warning("task metric %s for %s not recorded: %s", key, name, exc)
 
 
+def count_task_success(sender: Any = None, client: redis.Redis | None = None, **_: Any) -> None:
+    """Celery ``task_success`` handler (the sender is the task)."""
+    _count_task_event(TASK_SUCCESSES_KEY, sender, client)
+
+
 def count_task_failure(sender: Any = None, client: redis.Redis | None = None, **_: Any) -> None:
     """Celery ``task_failure`` handler (the sender is the task)."""
     _count_task_event(TASK_FAILURES_KEY, sender, client)
@@ -145,19 +158,41 @@ class _ScrapeCollector(Collector):
 
     def _counters(self) -> Iterator[Metric]:
         pipe = self.client.pipeline(transaction=False)
-        for key in (RESPONSES_KEY, TRADES_KEY, LATENCY_KEY, TASK_FAILURES_KEY, TASK_RETRIES_KEY):
+        for key in (RESPONSES_KEY, TRADES_KEY, LATENCY_KEY, TASK_SUCCESSES_KEY, TASK_FAILURES_KEY, TASK_RETRIES_KEY):
             pipe.hgetall(key)
-        responses, trades, latency, failures, retries = (_as_ints(h) for h in pipe.execute())
+        queues = _queue_keys()
+        for keys in queues.values():
+            for key in keys:
+                pipe.llen(key)
+        replies = pipe.execute()
+        responses, trades, latency, successes, failures, retries = (_as_ints(h) for h in replies[:6])
+        lengths = iter(replies[6:])
         yield _counter("dustpan_webhook_responses", "Trade webhook responses by HTTP status", "status", responses)
         trades = {outcome: trades.get(outcome, 0) for outcome in TRADE_OUTCOMES}
         yield _counter("dustpan_webhook_trades", "Trades in webhooks: accepted, duplicate, conflict", "outcome", trades)
         yield _latency_histogram(latency)
+        yield _counter("dustpan_task_successes", "Celery tasks that returned, by task name", "task", successes)
         yield _counter("dustpan_task_failures", "Celery tasks that raised, by task name", "task", failures)
         yield _counter("dustpan_task_retries", "Celery task retries, by task name", "task", retries)
+        depth = GaugeMetricFamily(
+            "dustpan_queue_depth",
+            "Messages waiting in the broker per queue (not yet taken by a worker)",
+            labels=["queue"],
+        )
+        for queue, keys in queues.items():
+            depth.add_metric([queue], _sample(sum(next(lengths) for _ in keys)))
+        yield depth
 
     def _book_gauges(self) -> Iterator[Metric]:
         with runtime.unit_of_work() as uow:
             nets = uow.session.execute(select(Accumulator.symbol, Accumulator.net_quantity)).all()
+            # Both ends on the database clock: received_at is its now() at insert.
+            waiting, lag = uow.session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(extract("epoch", func.now() - func.min(Trade.received_at)), 0),
+                ).where(Trade.status == "received")
+            ).one()
             counts = uow.session.execute(
                 select(Execution.source, Execution.status, func.count()).group_by(Execution.source, Execution.status)
             ).all()
@@ -167,6 +202,14 @@ class _ScrapeCollector(Collector):
         for symbol, quantity in sorted(nets):
             net.add_metric([symbol], _sample(quantity))
         yield net
+        yield GaugeMetricFamily(
+            "dustpan_accumulator_waiting_trades", "Stored trades not yet accumulated", value=_sample(waiting)
+        )
+        yield GaugeMetricFamily(
+            "dustpan_accumulator_lag_seconds",
+            "Age of the oldest trade not yet accumulated (0 if none)",
+            value=_sample(lag),
+        )
         by_status = {(source, status): 0 for source in EXECUTION_SOURCES for status in EXECUTION_STATUSES}
         by_status.update({(source, status): n for source, status, n in counts})
         executions = GaugeMetricFamily(
@@ -199,6 +242,23 @@ class _ScrapeCollector(Collector):
         except (redis.RedisError, OSError) as exc:
             log.warning("audit result not cached: %s", exc)
         return unbalanced
+
+
+def _queue_keys() -> dict[str, list[str]]:
+    """The Redis lists of each queue: kombu keeps a queue as a list named after it, plus one
+    list per priority step ("<queue>" + Channel.sep + "<step>") for messages sent with a priority."""
+    import celeryconfig  # the queue declarations; imported late, like the Celery app
+
+    options: dict[str, Any] = dict(celeryconfig.broker_transport_options)
+    prefix = str(options.get("global_keyprefix", ""))
+    steps = options.get("priority_steps", PRIORITY_STEPS)
+    return {
+        queue.name: [
+            f"{prefix}{queue.name}",
+            *(f"{prefix}{queue.name}{Channel.sep}{step}" for step in steps if step),
+        ]
+        for queue in celeryconfig.task_queues
+    }
 
 
 def _as_ints(raw: dict[bytes, bytes]) -> dict[str, int]:

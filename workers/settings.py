@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     alpaca_timeout_seconds: Decimal = Field(Decimal(10), gt=0, le=120)
     data_dir: Path = Path(".dustpan")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="api, worker and beat logs: one JSON object a line")
+    # Flower's HTTP basic auth; `dustpan flower` refuses to start without both (unless --insecure).
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
 
     accumulation: AccumulationSettings = AccumulationSettings()
     execution: ExecutionSettings = ExecutionSettings()
@@ -182,6 +186,15 @@ class Settings(BaseSettings):
         if value and not value.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value.replace("postgres://", "postgresql://", 1) if value else value
+
+    @field_validator("flower_user", "flower_password", mode="before")
+    @classmethod
+    def _flower_credential(cls, value: Any, info: ValidationInfo) -> Any:
+        # Flower splits its basic-auth option on commas, and a user name ends at the first colon.
+        forbidden = ",:" if info.field_name == "flower_user" else ","
+        if isinstance(value, str) and any(char in value for char in forbidden):
+            raise ValueError(f"must not contain {' or '.join(repr(char) for char in forbidden)}")
+        return value
 
     @field_validator("broker_url")
     @classmethod

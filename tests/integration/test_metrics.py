@@ -132,5 +132,60 @@ def test_metrics_count_webhook_outcomes_task_retries_and_read_the_books(
 def test_metric_writes_to_an_unreachable_redis_log_and_do_not_raise() -> None:
     nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)  # float-ok: seconds
     metrics.record_webhook(202, None, 1_000_000, client=nowhere)
+    metrics.count_task_success(sender=None, client=nowhere)
     metrics.count_task_failure(sender=None, client=nowhere)
     metrics.count_task_retry(sender=None, client=nowhere)
+
+
+def test_queue_depth_and_accumulator_lag_grow_without_workers_and_drain_to_zero(
+    make_fleet: Callable[..., Fleet], books: Books
+) -> None:
+    fleet = make_fleet()
+    fleet.start_api()
+    with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+        trades = [
+            trade("q-1", "AAPL", "buy", "0.5"),
+            trade("q-2", "MSFT", "buy", "0.25"),
+            trade("q-3", "AAPL", "sell", "0.1"),
+        ]
+        post_trades(client, WEBHOOK_SECRET, trades)
+        time.sleep(1.5)  # the oldest waiting trade is now over a second old
+        waiting = scrape(client)
+        # No worker runs: one wake-up message per symbol waits in the ingestion list.
+        assert value(waiting, "dustpan_queue_depth", queue="ingestion") == 2
+        assert value(waiting, "dustpan_queue_depth", queue="execution") == 0
+        assert value(waiting, "dustpan_queue_depth", queue="ops") == 0
+        assert value(waiting, "dustpan_accumulator_waiting_trades") == 3
+        assert 1 <= value(waiting, "dustpan_accumulator_lag_seconds") < 60
+
+        fleet.start_worker()
+
+        def drained() -> bool:
+            samples = scrape(client)
+            return (
+                value(samples, "dustpan_task_successes_total", task="ingestion.accumulate") == 2
+                and value(samples, "dustpan_accumulator_waiting_trades") == 0
+            )
+
+        wait_for(drained, 60, "the worker to accumulate both symbols")
+        samples = scrape(client)
+
+    for queue in ("ingestion", "execution", "ops"):
+        assert value(samples, "dustpan_queue_depth", queue=queue) == 0, queue
+    assert value(samples, "dustpan_accumulator_lag_seconds") == 0
+    assert value(samples, "dustpan_task_failures_total", task="ingestion.accumulate") == 0
+    assert books.drained()
+
+
+def test_queue_depth_counts_every_priority_list_of_a_queue(make_fleet: Callable[..., Fleet], broker_url: str) -> None:
+    sender = Celery("metrics-priority-test", broker=broker_url)
+    try:
+        for priority in (None, 5, 9):
+            options = {} if priority is None else {"priority": priority}
+            sender.send_task("sweep.rewake", queue="ops", routing_key="ops", **options)
+    finally:
+        sender.close()
+    fleet = make_fleet()
+    fleet.start_api()
+    with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+        assert value(scrape(client), "dustpan_queue_depth", queue="ops") == 3

@@ -1,0 +1,103 @@
+"""Logs for `dustpan api|worker|beat|flower`: one JSON object a line (DUSTPAN_LOG_FORMAT=json) or text.
+
+Every line carries time, level, logger and message, plus whichever of ``task_name``,
+``task_id``, ``symbol``, ``execution_id`` and ``trade_ids`` apply. They come from, in order:
+the log call's ``extra=``, the fields bound with :func:`log_context` by the task wrappers,
+and Celery's current task (or, for the worker's own "received"/"succeeded" lines, the task
+data Celery attaches to the record). Celery is kept off the root logger by answering its
+``setup_logging`` signal (workers/celery_app.py), so it never replaces these handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from celery._state import get_current_task  # what Celery's own TaskFormatter reads
+
+FIELDS = ("task_name", "task_id", "symbol", "execution_id", "trade_ids")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_context: ContextVar[Mapping[str, Any]] = ContextVar("dustpan_log_context", default=MappingProxyType({}))
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Attach these fields to every record logged inside the block (on this thread or task)."""
+    token = _context.set(MappingProxyType({**_context.get(), **fields}))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def context_fields(record: logging.LogRecord) -> dict[str, Any]:
+    bound = _context.get()
+    task = get_current_task()
+    celery_data = getattr(record, "data", None)
+    celery_data = celery_data if isinstance(celery_data, dict) else {}
+    fallbacks = {
+        "task_name": task.name if task is not None else celery_data.get("name"),
+        "task_id": task.request.id if task is not None else celery_data.get("id"),
+    }
+    fields = {}
+    for name in FIELDS:
+        value = getattr(record, name, None)
+        if value is None:
+            value = bound.get(name, fallbacks.get(name))
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **context_fields(record),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{name}={value}" for name, value in context_fields(record).items())
+        return f"{super().formatMessage(record)} [{fields}]" if fields else super().formatMessage(record)
+
+
+def logging_config(log_format: str, level: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` dict; uvicorn applies it in each of its worker processes too."""
+    formatter = "workers.logging_setup.JsonFormatter" if log_format == "json" else "workers.logging_setup.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"dustpan": {"()": formatter}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "dustpan", "stream": "ext://sys.stderr"}
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        # uvicorn's loggers otherwise keep handlers of their own and print plain text.
+        "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
+    }
+
+
+def configure(log_format: str, level: str) -> None:
+    logging.config.dictConfig(logging_config(log_format, level))
+    logging.captureWarnings(True)
