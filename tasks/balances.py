@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -24,6 +25,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from models.db import UnitOfWork
+from models.domain.quantities import money_text
 from models.tables_ops import Balance
 from workers.brokerage import AccountBalance, Brokerage, BrokerageError, RateLimited, TemporaryError
 
@@ -36,6 +38,7 @@ GATE_BUDGET_SECONDS = Decimal(3)
 # After a failed fetch the gate does not ask the broker again this soon (the sweep re-submits
 # pending buys every few seconds; the Beat fetch and the task's countdown carry on instead).
 GATE_REFETCH_AFTER = timedelta(seconds=15)
+UNKNOWN = "unknown"  # never 0: a balance that cannot be vouched for is not reported as empty
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,22 @@ class KnownBalance:
     @property
     def age_seconds(self) -> int | None:
         return None if self.age is None else self.age // timedelta(seconds=1)
+
+    def as_json(self) -> dict[str, Any]:
+        """Money as exact strings, and ``unknown`` (never 0) for a value that cannot be vouched for."""
+
+        def value(amount: Decimal | None) -> str:
+            return money_text(amount) if self.known and amount is not None else UNKNOWN
+
+        return {
+            "account": self.account,
+            "known": self.known,
+            "cash": value(self.cash),
+            "buying_power": value(self.buying_power),
+            "equity": value(self.equity),
+            "age_seconds": self.age_seconds,  # of the last values read; null if never fetched
+            "last_error": self.last_error,
+        }
 
     def why_unknown(self, max_age: timedelta) -> str:
         seen = "never fetched" if self.age is None else f"last fetched {self.age_seconds} s ago"

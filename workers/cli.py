@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from workers import cli_cleanup, cli_dust, cli_ops
-from workers.settings import SettingsError, get_settings, read_settings
+from workers.settings import Settings, SettingsError, get_settings, read_settings
 
 ALL_QUEUES = "ingestion,execution,ops"
 
@@ -45,13 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     flower = commands.add_parser("flower", help="Flower, the Celery monitor")
     flower.add_argument("--port", type=int, default=5555)
     flower.add_argument("--address", default="127.0.0.1")
+    flower.add_argument(
+        "--insecure", action="store_true", help="run without DUSTPAN_FLOWER_USER/_PASSWORD: no authentication at all"
+    )
 
     commands.add_parser("migrate", help="Alembic upgrade to head")
 
     audit = commands.add_parser("audit", help="check the invariants; exit 1 on any imbalance")
     audit.add_argument("--json", action="store_true")
 
-    report = commands.add_parser("report", help="accumulators, executions and audit")
+    report = commands.add_parser("report", help="accumulators, executions, dust, freezes, balances and audit")
     report.add_argument("--json", action="store_true")
     cli_ops.add_commands(commands)
     cli_dust.add_commands(commands)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "beat":
         _run_beat(settings.data_dir)
     elif command == "flower":
-        _run_flower(args.address, args.port)
+        _run_flower(args.address, args.port, args.insecure)
     elif command == "audit":
         raise SystemExit(_audit(as_json=args.json))
     elif command == "report":
@@ -128,44 +131,69 @@ def migrate(database_url: str) -> None:
 def _serve_api(host: str, port: int, workers: int) -> None:
     import uvicorn
 
+    from workers.logging_setup import logging_config
+
     _require_services()
     settings = get_settings()
     if not settings.webhook_secret or not settings.api_token:
         raise SystemExit("dustpan: DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API")
-    uvicorn.run("workers.api:app", host=host, port=port, workers=workers, log_level="warning", access_log=False)
+    uvicorn.run(
+        "workers.api:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=logging_config(settings.log_format, settings.log_level),
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def _start_logging() -> Settings:
+    """Before Celery starts, so that its start-up warnings are log lines too (it then keeps these handlers)."""
+    from workers.logging_setup import configure
+
+    settings = get_settings()
+    configure(settings.log_format, settings.log_level)
+    return settings
 
 
 def _run_worker(queues: str, concurrency: int, name: str | None) -> None:
     _require_services()
+    settings = _start_logging()
     from workers.celery_app import app
 
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
-    app.worker_main(["worker", "--loglevel=INFO", "-Q", queues, "-c", str(concurrency), "-n", node, "--without-gossip"])
+    # JSON logs: --quiet drops the start-up banner Celery prints to stdout, so every line is JSON.
+    # Task events stay on (celeryconfig): Flower needs them.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    level = f"--loglevel={settings.log_level}"
+    app.worker_main([*quiet, "worker", level, "-Q", queues, "-c", str(concurrency), "-n", node, "--without-gossip"])
 
 
 def _run_beat(data_dir: Path) -> None:
     _require_services()
+    settings = _start_logging()
     from workers.celery_app import app
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    app.Beat(loglevel="INFO", schedule=str(data_dir / "celerybeat-schedule")).run()
+    quiet = settings.log_format == "json"  # no banner on stdout between the JSON lines
+    app.Beat(loglevel=settings.log_level, schedule=str(data_dir / "celerybeat-schedule"), quiet=quiet).run()
 
 
-def _run_flower(address: str, port: int) -> None:
+def _run_flower(address: str, port: int, insecure: bool) -> None:
+    settings = get_settings()
+    user, password = settings.flower_user, settings.flower_password
+    if not (user and password) and not insecure:
+        print(
+            "dustpan: DUSTPAN_FLOWER_USER and DUSTPAN_FLOWER_PASSWORD must be set for Flower"
+            " (or pass --insecure to run it without authentication)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     _require_services()
-    os.execv(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "flower",
-            f"--address={address}",
-            f"--port={port}",
-        ],
-    )
+    from workers.flower import run_flower
+
+    run_flower(address, port, (user, password.get_secret_value()) if user and password else None)
 
 
 def _audit(as_json: bool) -> int:

@@ -22,18 +22,20 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tasks.cleanup import close_small_positions
     from workers import runtime
+    from workers.console import spinner
 
     config = runtime.settings()
     threshold = config.dust.broker_cleanup_usd if args.command == "cleanup" else config.dust.normalize_usd
-    summary = close_small_positions(
-        runtime.unit_of_work(),
-        runtime.brokerage,
-        list(config.accounts),
-        runtime.trading_policy(),
-        job="broker_cleanup" if args.command == "cleanup" else "normalize",
-        threshold_usd=threshold,
-        execute=args.execute,
-    ).as_json()
+    with spinner(f"{args.command}: positions below {threshold} USD" + ("" if args.execute else " (dry run)")):
+        summary = close_small_positions(
+            runtime.unit_of_work(),
+            runtime.brokerage,
+            list(config.accounts),
+            runtime.trading_policy(),
+            job="broker_cleanup" if args.command == "cleanup" else "normalize",
+            threshold_usd=threshold,
+            execute=args.execute,
+        ).as_json()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

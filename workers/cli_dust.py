@@ -20,15 +20,20 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here: `dustpan up` and the other commands should not load Celery's tasks.
     from tasks import dust_tasks
+    from workers.console import spinner
 
     if args.command == "scan":
-        summary = dust_tasks.scan_once(args.execute)
+        with spinner("scanning lots for dust" + ("" if args.execute else " (dry run)")):
+            summary = dust_tasks.scan_once(args.execute)
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
             print_scan(summary)
         return 0
-    summary = {"venues": dust_tasks.sync_venues_once(), "positions": dust_tasks.sync_positions_once()}
+    with spinner("syncing venue rules"):
+        venues = dust_tasks.sync_venues_once()
+    with spinner("syncing broker positions into lots"):
+        summary = {"venues": venues, "positions": dust_tasks.sync_positions_once()}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

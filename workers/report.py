@@ -1,103 +1,221 @@
-"""`dustpan report` / `dustpan audit`: readable tables (or JSON) of what the books say."""
+"""`dustpan report` / `audit` / `freezes` / `balances`: what the books say, as tables or as JSON.
+
+`collect()` reads everything into one JSON-ready dict (decimals as exact strings); the tables
+are drawn from that same dict, so `--json` and the tables can never disagree.
+"""
 
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from models.domain.quantities import canonical
-from models.tables import Accumulator, Execution, SymbolFreeze, Trade
-from tasks.audit import AuditReport, audit_books
+from models.domain.quantities import canonical, money_text
+from models.tables import Accumulator, Execution, Position, SymbolFreeze, Trade
+from models.tables_ops import Lot
 from workers import runtime
+from workers.console import table, table_console
+
+if TYPE_CHECKING:
+    from tasks.audit import AuditReport
+
+Json = dict[str, Any]
 
 
-def collect() -> dict[str, object]:
+def collect() -> Json:
+    """Every section of the report; the audit runs last, in its own snapshot."""
+    from tasks.audit import audit_books  # imports the Celery app: only when a report is asked for
+    from tasks.sales import ledger_volume
+
+    volume = ledger_volume(runtime.unit_of_work())
     with runtime.unit_of_work() as uow:
         session = uow.session
-        accumulators = session.scalars(select(Accumulator).order_by(Accumulator.symbol)).all()
-        executions = session.execute(
-            select(
-                Execution.symbol,
-                Execution.side,
-                Execution.status,
-                func.count(),
-                func.sum(Execution.quantity),
-                func.sum(Execution.filled_quantity),
-            )
-            .group_by(Execution.symbol, Execution.side, Execution.status)
-            .order_by(Execution.symbol, Execution.side, Execution.status)
-        ).all()
-        trades = session.execute(select(Trade.status, func.count()).group_by(Trade.status)).all()
-        freezes = session.execute(select(SymbolFreeze.symbol, SymbolFreeze.reason, SymbolFreeze.source)).all()
-    return {
-        "trades": {status: count for status, count in trades},
-        "accumulators": [
-            {"symbol": a.symbol, "net_quantity": str(a.net_quantity), "updated_at": a.updated_at.isoformat()}
-            for a in accumulators
-        ],
-        "executions": [
-            {"symbol": s, "side": side, "status": st, "count": n, "quantity": str(q), "filled": str(f)}
-            for s, side, st, n, q, f in executions
-        ],
-        "freezes": [{"symbol": s, "reason": r, "source": src} for s, r, src in freezes],
-    }
+        data: Json = {
+            "trades": {s: n for s, n in session.execute(select(Trade.status, func.count()).group_by(Trade.status))},
+            "accumulators": _accumulators(session),
+            "executions": _executions(session),
+            "dust": {
+                "ledger": {
+                    "sales": volume.sales,
+                    "proceeds": money_text(volume.proceeds),
+                    "dust": money_text(volume.dust),
+                    "volume_with_dust": money_text(volume.volume_with_dust),
+                },
+                "aggregates": _dust_aggregates(session),
+                "orphaned": _orphaned(session),
+            },
+            "freezes": freezes_json(session),
+        }
+    data["balances"] = balances_json()
+    threshold = runtime.settings().accumulation.threshold
+    data["audit"] = audit_books(runtime.unit_of_work(), threshold, runtime.now()).as_json()
+    return data
+
+
+def _accumulators(session: Session) -> list[Json]:
+    rows = session.scalars(select(Accumulator).order_by(Accumulator.symbol)).all()
+    return [
+        {"symbol": a.symbol, "net_quantity": canonical(a.net_quantity), "updated_at": a.updated_at.isoformat()}
+        for a in rows
+    ]
+
+
+def _executions(session: Session) -> list[Json]:
+    rows = session.execute(
+        select(
+            Execution.symbol,
+            Execution.side,
+            Execution.status,
+            func.count(),
+            func.sum(Execution.quantity),
+            func.sum(Execution.filled_quantity),
+        )
+        .group_by(Execution.symbol, Execution.side, Execution.status)
+        .order_by(Execution.symbol, Execution.side, Execution.status)
+    ).all()
+    return [
+        {"symbol": s, "side": side, "status": st, "count": n, "quantity": canonical(q), "filled": canonical(f)}
+        for s, side, st, n, q, f in rows
+    ]
+
+
+def _dust_aggregates(session: Session) -> list[Json]:
+    """Dust aggregates (lots of kind ``aggregate``) by status and symbol."""
+    rows = session.execute(
+        select(Lot.status, Lot.symbol, func.count(), func.sum(Lot.quantity))
+        .where(Lot.kind == "aggregate")
+        .group_by(Lot.status, Lot.symbol)
+        .order_by(Lot.status, Lot.symbol)
+    ).all()
+    return [
+        {"status": status, "symbol": symbol, "aggregates": n, "quantity": canonical(quantity)}
+        for status, symbol, n, quantity in rows
+    ]
+
+
+def _orphaned(session: Session) -> list[Json]:
+    """Exit remainders whose closing order failed (``dust_orphaned``), left for the cleanup job."""
+    rows = session.scalars(
+        select(Position).where(Position.status == "dust_orphaned").order_by(Position.account, Position.symbol)
+    ).all()
+    return [
+        {
+            "account": p.account,
+            "symbol": p.symbol,
+            "quantity": canonical(p.quantity),
+            "updated_at": p.updated_at.isoformat(),
+        }
+        for p in rows
+    ]
+
+
+def freezes_json(session: Session) -> list[Json]:
+    rows = session.scalars(select(SymbolFreeze).order_by(SymbolFreeze.symbol)).all()
+    return [
+        {"symbol": r.symbol, "source": r.source, "reason": r.reason, "since": r.frozen_at.isoformat()} for r in rows
+    ]
+
+
+def balances_json() -> Json:
+    from tasks.balances import known_balances
+
+    config = runtime.balance_config()
+    balances = known_balances(runtime.unit_of_work(), runtime.settings().accounts, config.max_age, runtime.now())
+    return {"max_age_seconds": config.max_age_seconds, "items": [b.as_json() for b in balances]}
+
+
+# --- printing --------------------------------------------------------------------------------
 
 
 def print_report(as_json: bool = False) -> None:
     data = collect()
-    report = audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now())
     if as_json:
-        print(json.dumps({**data, "audit": report.as_json()}, indent=2))
+        print(json.dumps(data, indent=2))
         return
-    console = Console()
+    console = table_console()
     trades = data["trades"]
-    assert isinstance(trades, dict)
-    console.print("Trades: " + ", ".join(f"{status} {count}" for status, count in sorted(trades.items())))
-    table = Table(title="Accumulators (residual net per symbol)")
-    table.add_column("symbol")
-    table.add_column("net quantity", justify="right")
-    for row in data["accumulators"]:  # type: ignore[attr-defined]
-        table.add_row(row["symbol"], canonical(Decimal(row["net_quantity"])))
-    console.print(table)
-    table = Table(title="Executions")
-    for column in ("symbol", "side", "status", "orders", "shares", "filled"):
-        table.add_column(column, justify="right" if column in ("orders", "shares", "filled") else "left")
-    for row in data["executions"]:  # type: ignore[attr-defined]
-        table.add_row(
-            row["symbol"],
-            row["side"],
-            row["status"],
-            str(row["count"]),
-            _whole(row["quantity"]),
-            _whole(row["filled"]),
-        )
-    console.print(table)
-    if data["freezes"]:
-        console.print("Frozen: " + ", ".join(f"{f['symbol']} ({f['reason']})" for f in data["freezes"]))  # type: ignore[attr-defined]
-    print_audit(report, console)
+    console.print("Trades: " + (", ".join(f"{status} {n}" for status, n in sorted(trades.items())) or "none"))
+    print_accumulators(data["accumulators"], console)
+    print_executions(data["executions"], console)
+    print_dust(data["dust"], console)
+    print_freezes(data["freezes"], console)
+    print_balances(data["balances"], console)
+    print_audit_json(data["audit"], console)
+
+
+def print_accumulators(rows: list[Json], console: Console) -> None:
+    accumulators = table(
+        "Accumulators (residual net per symbol)", ("symbol", "net quantity", "updated"), ["net quantity"]
+    )
+    for row in rows:
+        accumulators.add_row(row["symbol"], row["net_quantity"], _seconds(row["updated_at"]))
+    console.print(accumulators if rows else "Accumulators: none yet")
+
+
+def print_executions(rows: list[Json], console: Console) -> None:
+    numbers = ("orders", "shares", "filled")
+    executions = table("Executions by symbol, side and status", ("symbol", "side", "status", *numbers), numbers)
+    for row in rows:
+        executions.add_row(row["symbol"], row["side"], row["status"], str(row["count"]), row["quantity"], row["filled"])
+    console.print(executions if rows else "Executions: none yet")
+
+
+def print_dust(dust: Json, console: Console) -> None:
+    money = ("sales", "proceeds", "dust", "volume with dust")
+    ledger = table("Dust ledger of notional sales (USD)", money, money)
+    entry = dust["ledger"]
+    ledger.add_row(str(entry["sales"]), entry["proceeds"], entry["dust"], entry["volume_with_dust"])
+    console.print(ledger)
+    aggregates = table(
+        "Dust aggregates by status", ("status", "symbol", "aggregates", "quantity"), ("aggregates", "quantity")
+    )
+    for row in dust["aggregates"]:
+        aggregates.add_row(row["status"], row["symbol"], str(row["aggregates"]), row["quantity"])
+    console.print(aggregates if dust["aggregates"] else "Dust aggregates: none")
+    orphaned = table("Orphaned remainders (dust_orphaned)", ("account", "symbol", "quantity", "since"), ["quantity"])
+    for row in dust["orphaned"]:
+        orphaned.add_row(row["account"], row["symbol"], row["quantity"], _seconds(row["updated_at"]))
+    console.print(orphaned if dust["orphaned"] else "Orphaned remainders: none")
+
+
+def print_freezes(rows: list[Json], console: Console) -> None:
+    freezes = table("Frozen symbols", ("symbol", "source", "reason", "since"))
+    for row in rows:
+        freezes.add_row(row["symbol"], row["source"], escape(row["reason"]), _seconds(row["since"]))
+    console.print(freezes if rows else "no frozen symbols")
+
+
+def print_balances(balances: Json, console: Console) -> None:
+    money = ("cash", "buying power", "equity")
+    title = f"Balances (unknown when older than {balances['max_age_seconds']} s)"
+    shown = table(title, ("account", *money, "age", "last error"), (*money, "age"))
+    for b in balances["items"]:
+        age = "unknown" if b["age_seconds"] is None else f"{b['age_seconds']} s"
+        shown.add_row(b["account"], b["cash"], b["buying_power"], b["equity"], age, escape(b["last_error"] or ""))
+    console.print(shown)
 
 
 def print_audit(report: AuditReport, console: Console | None = None) -> None:
-    console = console or Console()
-    table = Table(title="Audit: trades = executed + in flight + residual")
-    for column in ("symbol", "trades total", "executed", "in flight", "residual", "balanced"):
-        table.add_column(column, justify="left" if column == "symbol" else "right")
-    for s in report.symbols:
-        table.add_row(
-            s.symbol,
-            canonical(s.trades_total),
-            canonical(s.executed_total),
-            canonical(s.in_flight_total),
-            canonical(s.residual),
-            "yes" if s.balanced else "[red]NO: " + "; ".join(s.problems) + "[/red]",
+    print_audit_json(report.as_json(), console or table_console())
+
+
+def print_audit_json(audit: Json, console: Console) -> None:
+    numbers = ("trades total", "executed", "in flight", "residual")
+    shown = table("Audit: trades = executed + in flight + residual", ("symbol", *numbers, "balanced"), numbers)
+    for s in audit["symbols"]:
+        balanced = "yes" if s["balanced"] else "[red]NO: " + escape("; ".join(s["problems"])) + "[/red]"
+        shown.add_row(
+            s["symbol"], s["trades_total"], s["executed_total"], s["in_flight_total"], s["residual"], balanced
         )
-    console.print(table)
-    console.print("[green]audit ok[/green]" if report.ok else "[red]audit found imbalances[/red]")
+    console.print(shown)
+    console.print("[green]audit ok[/green]" if audit["ok"] else "[red]audit found imbalances[/red]")
 
 
-def _whole(text: str) -> str:
-    return canonical(Decimal(text))
+def _seconds(iso: str) -> str:
+    """An ISO timestamp without its sub-second digits (the JSON keeps them)."""
+    return datetime.fromisoformat(iso).isoformat(timespec="seconds")

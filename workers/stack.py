@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING
 from workers.settings import SERVICES_FILE, Settings
 
 if TYPE_CHECKING:
+    from rich.live import Live
+
     from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
 SECRETS_FILE = "secrets.json"
+STATUS_EVERY_TERMINAL_SECONDS = 2
+STATUS_EVERY_PIPE_SECONDS = 10
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Stack(AbstractContextManager["Stack"]):
         ]
         if self.flower:
             self.children.append(Child("flower", [*dustpan, "flower"]))
+            self._say(f"flower   http://127.0.0.1:5555  (user and password in {self.data_dir / SECRETS_FILE})")
         for child in self.children:
             child.start(self.env, self.data_dir / "logs")
         self._say(f"api      {self.api_url}  (logs in {self.data_dir / 'logs'})")
@@ -106,6 +111,10 @@ class Stack(AbstractContextManager["Stack"]):
             (self.data_dir / SERVICES_FILE).unlink(missing_ok=True)
         for service in reversed(self._services):
             service.stop()
+
+    @property
+    def restarts(self) -> int:
+        return sum(child.restarts for child in self.children)
 
     def keep_alive(self) -> None:
         """Restart a child that died (after a short pause, so a crash loop does not spin)."""
@@ -159,13 +168,25 @@ class Stack(AbstractContextManager["Stack"]):
         """Generated once per data dir when unset, so a local stack is never open by default."""
         path = self.data_dir / SECRETS_FILE
         stored = json.loads(path.read_text()) if path.exists() else {}
-        if not stored:
-            stored = {"webhook_secret": secrets.token_hex(32), "api_token": secrets.token_urlsafe(32)}
+        generated = {
+            "webhook_secret": secrets.token_hex(32),
+            "api_token": secrets.token_urlsafe(32),
+            "flower_user": "dustpan",
+            "flower_password": secrets.token_urlsafe(24),
+        }
+        if set(generated) - set(stored):  # first run, or a data dir from before Flower had a password
+            stored = {**generated, **stored}
             path.write_text(json.dumps(stored))
             path.chmod(0o600)
         return {
             "DUSTPAN_WEBHOOK_SECRET": ",".join(self.settings.webhook_secret) or stored["webhook_secret"],
             "DUSTPAN_API_TOKEN": self.settings.api_token or stored["api_token"],
+            "DUSTPAN_FLOWER_USER": self.settings.flower_user or stored["flower_user"],
+            "DUSTPAN_FLOWER_PASSWORD": (
+                self.settings.flower_password.get_secret_value()
+                if self.settings.flower_password
+                else stored["flower_password"]
+            ),
         }
 
     def _run(self, command: list[str]) -> None:
@@ -188,6 +209,55 @@ def run_up(settings: Settings, host: str, port: int, flower: bool) -> None:
     with Stack(settings, host=host, port=port, flower=flower) as stack:
         stack.wait_until_healthy()
         print("dustpan is up; Ctrl-C stops it.", flush=True)
-        while not stop:
-            stack.keep_alive()
-            time.sleep(0.5)
+        with StatusDisplay(stack) as status:
+            while not stop:
+                stack.keep_alive()
+                status.refresh()
+                time.sleep(0.5)
+
+
+class StatusDisplay(AbstractContextManager["StatusDisplay"]):
+    """The status line: redrawn in place every 2 s on a terminal, printed every 10 s into a pipe or log."""
+
+    def __init__(self, stack: Stack) -> None:
+        from rich.console import Console
+
+        from workers.up_status import StatusReader
+
+        self.stack = stack
+        env = stack.env
+        self.reader = StatusReader(
+            env["DUSTPAN_DATABASE_URL"], env["DUSTPAN_BROKER_URL"], stack.settings.accumulation.threshold
+        )
+        self.console = Console()
+        self.every = STATUS_EVERY_TERMINAL_SECONDS if self.console.is_terminal else STATUS_EVERY_PIPE_SECONDS
+        self.live: Live | None = None
+        self._due = time.monotonic()
+
+    def __enter__(self) -> StatusDisplay:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            # redirect_stdout: the supervisor's own messages (a restart) print above the line.
+            self.live = Live(console=self.console, auto_refresh=False, transient=True, redirect_stdout=True)
+            self.live.start()
+        return self
+
+    def refresh(self) -> None:
+        if time.monotonic() < self._due:
+            return
+        line = self.reader.line(self.every, self.stack.restarts)
+        self._due = time.monotonic() + self.every
+        if self.live is not None:
+            from rich.text import Text
+
+            self.live.update(Text(line), refresh=True)
+        else:
+            print(line, flush=True)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.live is not None:
+            self.live.stop()
+        self.reader.close()
