@@ -28,7 +28,7 @@ def accumulate(self: Any, symbol: str) -> None:
         for execution_id in result.executions:
             submit.delay(str(execution_id))
         if result.more_waiting:
-            accumulate.delay(symbol)
+            runtime.enqueue_accumulate(symbol)
 
 
 def _log_result(result: AccumulateResult) -> None:

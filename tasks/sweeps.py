@@ -58,7 +58,6 @@ def find_stranded_work(
 @recorded("sweep.rewake")
 def rewake() -> dict[str, int]:
     from tasks.execution_tasks import submit
-    from tasks.ingestion_tasks import accumulate
     from workers import runtime
 
     config = runtime.settings()
@@ -70,7 +69,7 @@ def rewake() -> dict[str, int]:
         timedelta(seconds=config.execution.submitted_stale_seconds),
     )
     for symbol in work.symbols:
-        accumulate.delay(symbol)
+        runtime.enqueue_accumulate(symbol)
     for execution_id in work.executions:
         submit.delay(str(execution_id))
     return {"symbols": len(work.symbols), "executions": len(work.executions)}

@@ -130,6 +130,17 @@ def _redis_for_process(_pid: int) -> redis.Redis:
     return redis.Redis.from_url(settings().broker_url or "", socket_timeout=5, socket_connect_timeout=5)
 
 
+def ingestion_queue(symbol: str) -> str:
+    """A hot symbol may have its own queue (accumulation.queues), so a burst never delays the others."""
+    return settings().accumulation.queues.get(symbol, "ingestion")
+
+
+def enqueue_accumulate(symbol: str) -> None:
+    from tasks.ingestion_tasks import accumulate
+
+    accumulate.apply_async((symbol,), queue=ingestion_queue(symbol))
+
+
 def wake_symbols(symbols: list[str]) -> None:
     """Ask for an accumulate run per symbol, at most one queued at a time per symbol.
 
@@ -137,13 +148,12 @@ def wake_symbols(symbols: list[str]) -> None:
     sweep finds them. The task clears the flag before it claims trades, so trades committed
     after its claim raise a new flag and a new run.
     """
-    from tasks.ingestion_tasks import accumulate
 
     client = redis_client()
     for symbol in symbols:
         try:
             if client.set(WAKE_KEY.format(symbol=symbol), 1, nx=True, ex=WAKE_TTL_SECONDS):
-                accumulate.delay(symbol)
+                enqueue_accumulate(symbol)
         except (redis.RedisError, OSError) as exc:
             log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
             return

@@ -39,6 +39,9 @@ class AccumulationSettings(_Section):
     threshold: Decimal = Field(Decimal(1), ge=1, description="whole shares that trigger an execution")
     batch_size: int = Field(2000, ge=1, le=100_000, description="trades applied per transaction")
     restricted_symbols: CommaList = Field(default_factory=list)
+    queues: dict[str, Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]] = Field(
+        default_factory=dict, description="symbol -> its own ingestion queue (hot symbols); others use 'ingestion'"
+    )
 
     _split = field_validator("restricted_symbols", mode="before")(_comma_list)
 
