@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg2
 from sqlalchemy import event
 
+from bench._servers import postgres_server
 from models.db import UnitOfWork, dispose_engines, engine_for
 from tasks.dust import DustScanConfig, ScanReport, scan_dust
 from tasks.guards import TradingPolicy
@@ -70,28 +70,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="fresh databases to run the three cycles in")
     parser.add_argument("--database-url", help="a server where the bench may create a database")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="dustpan-bench-") as tmp:
-        server = None
-        admin_url = args.database_url
-        if not admin_url:
-            from workers.embedded import EmbeddedPostgres
-
-            server = EmbeddedPostgres(Path(tmp))
-            server.start()
-            admin_url = server.url
-        try:
-            sizes = (args.lots, args.accounts, args.symbols)
-            timings = [run(admin_url, *sizes, verbose=i == 0) for i in range(args.repeat)]
-            for cycle, what in enumerate(CYCLES):
-                runs = [t[cycle] * 1000 for t in timings]
-                print(
-                    f"cycle {cycle + 1} ({what}){'':<{30 - len(what)}}best {min(runs):5.0f} ms, "
-                    f"median {statistics.median(runs):5.0f} ms over {len(runs)} fresh databases"
-                )
-        finally:
-            dispose_engines()
-            if server is not None:
-                server.stop()
+    with postgres_server(args.database_url) as admin_url:
+        sizes = (args.lots, args.accounts, args.symbols)
+        timings = [run(admin_url, *sizes, verbose=i == 0) for i in range(args.repeat)]
+        for cycle, what in enumerate(CYCLES):
+            runs = [t[cycle] * 1000 for t in timings]
+            print(
+                f"cycle {cycle + 1} ({what}){'':<{30 - len(what)}}best {min(runs):5.0f} ms, "
+                f"median {statistics.median(runs):5.0f} ms over {len(runs)} fresh databases"
+            )
 
 
 CYCLES = ("aggregate the dust", "sell what cycle 1 made ready", "nothing new")

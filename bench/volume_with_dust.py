@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg2
 
+from bench._servers import postgres_server
 from models.db import UnitOfWork, dispose_engines
 from tasks.sales import ledger_volume
 from workers.cli import migrate
@@ -46,21 +46,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--database-url", help="a server where the bench may create a database")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="dustpan-bench-") as tmp:
-        server = None
-        admin_url = args.database_url
-        if not admin_url:
-            from workers.embedded import EmbeddedPostgres
-
-            server = EmbeddedPostgres(Path(tmp))
-            server.start()
-            admin_url = server.url
-        try:
-            run(admin_url, args.rows, args.runs)
-        finally:
-            dispose_engines()
-            if server is not None:
-                server.stop()
+    with postgres_server(args.database_url) as admin_url:
+        run(admin_url, args.rows, args.runs)
 
 
 def run(admin_url: str, rows: int, runs: int) -> None:
