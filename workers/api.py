@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from models.domain.trades import IncomingTrade
 from tasks.ingestion import StoreResult, store_trades
 from workers import api_balances, api_books, api_orders, metrics, runtime
 from workers.api_common import Operator
@@ -88,13 +89,20 @@ async def _accept_trades(request: Request) -> tuple[JSONResponse, StoreResult | 
         trades = read_trades(body, config.webhook.max_trades)
     except PayloadError as exc:
         return _error(422, "invalid_payload", details=exc.details), None
-    result = await run_in_threadpool(store_trades, runtime.unit_of_work(), trades)
-    # Only now, with the trades committed, is anyone told about them.
-    await run_in_threadpool(runtime.wake_symbols, result.symbols)
+    result = await run_in_threadpool(_store_and_wake, trades)
     return JSONResponse(
         {"accepted": result.accepted, "duplicates": result.duplicates, "conflicts": result.conflicts},
         status_code=202,
     ), result
+
+
+def _store_and_wake(trades: list[IncomingTrade]) -> StoreResult:
+    # One trip to the thread pool for both: each trip costs the event loop as much as the
+    # handler's own work on a one-trade webhook.
+    result = store_trades(runtime.unit_of_work(), trades)
+    # Only now, with the trades committed, is anyone told about them.
+    runtime.wake_symbols(result.symbols)
+    return result
 
 
 @app.get("/metrics")

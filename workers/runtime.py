@@ -25,6 +25,11 @@ from workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 WAKE_KEY = "dustpan:wake:{symbol}"
 WAKE_TTL_SECONDS = 30
+# A webhook's wake runs the accumulate task this much later: under a trickle of one-trade
+# webhooks the trades of this window are applied by one run (and net into one execution)
+# instead of one run per trade. It adds at most this much to a trade's wait; it loses nothing
+# (see wake_symbols).
+WAKE_DELAY_SECONDS = 0.1  # float-ok: a duration
 
 
 def now() -> datetime:
@@ -135,10 +140,10 @@ def ingestion_queue(symbol: str) -> str:
     return settings().accumulation.queues.get(symbol, "ingestion")
 
 
-def enqueue_accumulate(symbol: str) -> None:
+def enqueue_accumulate(symbol: str, countdown: float | None = None) -> None:  # float-ok: a duration
     from tasks.ingestion_tasks import accumulate
 
-    accumulate.apply_async((symbol,), queue=ingestion_queue(symbol))
+    accumulate.apply_async((symbol,), queue=ingestion_queue(symbol), countdown=countdown)
 
 
 def wake_symbols(symbols: list[str]) -> None:
@@ -146,14 +151,15 @@ def wake_symbols(symbols: list[str]) -> None:
 
     A hint only: if Redis or the enqueue fails, the trades are already committed and the
     sweep finds them. The task clears the flag before it claims trades, so trades committed
-    after its claim raise a new flag and a new run.
+    after its claim raise a new flag and a new run; the delay only postpones that claim, so
+    every trade committed before it is in it.
     """
 
     client = redis_client()
     for symbol in symbols:
         try:
             if client.set(WAKE_KEY.format(symbol=symbol), 1, nx=True, ex=WAKE_TTL_SECONDS):
-                enqueue_accumulate(symbol)
+                enqueue_accumulate(symbol, countdown=WAKE_DELAY_SECONDS)
         except (redis.RedisError, OSError) as exc:
             log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
             return
