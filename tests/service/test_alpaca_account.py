@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub, position_json
 from workers.brokerage.alpaca import AlpacaBrokerage
 from workers.brokerage.base import (
@@ -23,19 +24,7 @@ from workers.brokerage.base import (
 )
 
 D = Decimal
-TIMEOUT = D("0.5")
-
-
-@pytest.fixture
-def stub() -> Iterator[AlpacaStub]:
-    with AlpacaStub() as running:
-        yield running
-
-
-@pytest.fixture
-def broker(stub: AlpacaStub) -> Iterator[AlpacaBrokerage]:
-    with AlpacaBrokerage(stub.url, stub.key_id, stub.secret_key, TIMEOUT) as adapter:
-        yield adapter
+TIMEOUT = ALPACA_TIMEOUT
 
 
 def buy(broker: AlpacaBrokerage, symbol: str, quantity: str, client_order_id: str = "coid-1") -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
 import pytest
 
+from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub
 from workers.brokerage import DuplicateClientOrderId
 from workers.brokerage.alpaca import AlpacaBrokerage
@@ -23,19 +23,7 @@ from workers.brokerage.base import (
     TemporaryError,
 )
 
-TIMEOUT = Decimal("0.5")
-
-
-@pytest.fixture
-def stub() -> Iterator[AlpacaStub]:
-    with AlpacaStub() as running:
-        yield running
-
-
-@pytest.fixture
-def broker(stub: AlpacaStub) -> Iterator[AlpacaBrokerage]:
-    with AlpacaBrokerage(stub.url, stub.key_id, stub.secret_key, TIMEOUT) as adapter:
-        yield adapter
+TIMEOUT = ALPACA_TIMEOUT
 
 
 def order(client_order_id: str = "coid-1", symbol: str = "AAPL", quantity: str = "3") -> OrderRequest:

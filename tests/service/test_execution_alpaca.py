@@ -15,6 +15,7 @@ from models.tables import Execution
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
+from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub
 from workers.brokerage import TemporaryError
 from workers.brokerage.alpaca import AlpacaBrokerage
@@ -36,14 +37,8 @@ def reread(uow: UnitOfWork, execution: Execution) -> Execution:
         return uow.session.scalars(select(Execution).where(Execution.id == execution.id)).one()
 
 
-@pytest.fixture
-def stub() -> AlpacaStub:
-    with AlpacaStub() as running:
-        yield running  # type: ignore[misc]
-
-
 def brokerage(stub: AlpacaStub) -> AlpacaBrokerage:
-    return AlpacaBrokerage(stub.url, stub.key_id, stub.secret_key, D("0.5"))
+    return AlpacaBrokerage(stub.url, stub.key_id, stub.secret_key, ALPACA_TIMEOUT)
 
 
 def test_timeout_after_alpaca_accepted_is_resolved_by_lookup(uow: UnitOfWork, stub: AlpacaStub) -> None:
