@@ -12,9 +12,16 @@ _settings = get_settings()
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
-# Redis redelivers an unacknowledged message after the visibility timeout: it must exceed
-# the longest task (time limits below) and any countdown, or a running task is delivered twice.
-broker_transport_options = {"visibility_timeout": 600}
+# Redis redelivers an unacknowledged message (its worker was SIGKILLed, or lost Redis before
+# the ack) once it is visibility_timeout old. kombu's default is an hour, looked for every
+# 100 s; here each worker looks every restore interval, so such messages come back within
+# about a minute. The timeout must exceed the longest delivery (time limits and countdowns
+# below, derived from it), or a running task is delivered twice.
+broker_transport_options = {
+    "visibility_timeout": _settings.celery.visibility_timeout_seconds,
+    "unacked_restore_interval": _settings.celery.restore_interval_seconds,
+    "unacked_restore_throttle": 1,  # scan on every interval, not every 10th
+}
 result_backend = None
 task_ignore_result = True
 
@@ -29,8 +36,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure_or_timeout = True
 worker_prefetch_multiplier = 1
-task_time_limit = 300
-task_soft_time_limit = 240
+task_time_limit = _settings.celery.hard_time_limit_seconds
+task_soft_time_limit = _settings.celery.soft_time_limit_seconds
 worker_max_tasks_per_child = 10_000
 
 # Flower and `celery events` need task events.

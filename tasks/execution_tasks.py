@@ -15,8 +15,6 @@ from workers.logging_setup import log_context
 
 log = logging.getLogger(__name__)
 
-MAX_COUNTDOWN_SECONDS = 60  # far below the broker visibility timeout (celeryconfig)
-
 
 @app.task(name="execution.submit", bind=True, max_retries=None)
 def submit(self: Any, execution_id: str) -> str:
@@ -37,10 +35,10 @@ def submit(self: Any, execution_id: str) -> str:
         for follow_up in result.follow_ups:
             submit.delay(str(follow_up))
         if result.outcome is SubmitOutcome.WORKING:
-            raise self.retry(countdown=runtime.settings().execution.poll_seconds)
+            raise self.retry(countdown=min(runtime.settings().execution.poll_seconds, _max_countdown()))
         if result.outcome is SubmitOutcome.WAITING_FOR_BALANCE:
             # Try again after the next Beat balance fetch (the sweep re-sends pending buys too).
-            wait = min(int(runtime.settings().schedule.balances_seconds), MAX_COUNTDOWN_SECONDS)
+            wait = min(int(runtime.settings().schedule.balances_seconds), _max_countdown())
             raise self.retry(countdown=max(1, wait))
         return result.outcome.value
 
@@ -48,5 +46,12 @@ def submit(self: Any, execution_id: str) -> str:
 def _retry_delay(retries: int, exc: TemporaryError) -> int:
     """Exponential backoff with full jitter, capped; honour a broker's Retry-After."""
     retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-    ceiling = min(MAX_COUNTDOWN_SECONDS, 2 ** min(retries + 1, 6))
-    return min(MAX_COUNTDOWN_SECONDS, max(retry_after or 0, random.randint(1, ceiling)))
+    cap = _max_countdown()
+    ceiling = min(cap, 2 ** min(retries + 1, 6))
+    return min(cap, max(retry_after or 0, random.randint(1, ceiling)))
+
+
+def _max_countdown() -> int:
+    # A countdown is spent holding an unacknowledged message: it must stay below the
+    # broker visibility timeout, or the waiting retry is delivered a second time.
+    return runtime.settings().celery.max_countdown_seconds

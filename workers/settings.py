@@ -127,6 +127,31 @@ class ScheduleSettings(_Section):
     leader_lock_seconds: int = Field(30, ge=3, le=600, description="a dead Beat leader is replaced within this")
 
 
+class CelerySettings(_Section):
+    """How fast the Redis broker gives back a message whose worker died before acknowledging it.
+
+    Every task is acknowledged late; a dead main process leaves its messages unacknowledged,
+    and kombu restores them once they are ``visibility_timeout_seconds`` old. The timeout
+    must outlast any delivery that is still alive, so the task time limits and retry
+    countdowns are derived from it: countdown + hard limit stay below the timeout.
+    """
+
+    visibility_timeout_seconds: int = Field(60, ge=20, le=3600, description="unacked messages come back after this")
+    restore_interval_seconds: int = Field(1, ge=1, le=60, description="how often each worker looks for them")
+
+    @property
+    def hard_time_limit_seconds(self) -> int:
+        return self.visibility_timeout_seconds * 3 // 4
+
+    @property
+    def soft_time_limit_seconds(self) -> int:
+        return self.hard_time_limit_seconds * 9 // 10
+
+    @property
+    def max_countdown_seconds(self) -> int:
+        return self.visibility_timeout_seconds - self.hard_time_limit_seconds - 1
+
+
 class BalanceSettings(_Section):
     attempts: int = Field(3, ge=1, le=10, description="tries per fetch, transient errors only")
     backoff_seconds: Decimal = Field(Decimal(2), gt=0, description="first wait; doubles each try (2, 4, 8)")
@@ -179,6 +204,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"default": AccountSettings()}, description="named broker accounts"
     )
     schedule: ScheduleSettings = ScheduleSettings()
+    celery: CelerySettings = CelerySettings()
 
     _split = field_validator("webhook_secret", mode="before")(_comma_list)
     _accounts = field_validator("accounts", mode="before")(_accounts)

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import redis
 
 from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books
 from tests.support.feed import make_trades, post_trades
@@ -93,3 +94,24 @@ def test_worker_killed_after_the_broker_accepted_never_resends(
         wait_for(lambda: _killed_mid_task(worker), 10, "the worker to report the lost child")
     _assert_books_exact(fleet, books, len(trades))
     assert books.value("SELECT count(*) FROM executions WHERE status = 'filled'") == 2
+
+
+def test_a_dead_workers_unacknowledged_message_comes_back_without_any_sweep(make_fleet, books: Books) -> None:  # type: ignore[no-untyped-def]
+    # No Beat, so no sweep: the only way back for the message the dead worker held is kombu
+    # restoring it from Redis's unacked hash once it is older than the visibility timeout.
+    fleet = make_fleet(DUSTPAN_PAPER__ACCEPT_DELAY_SECONDS="30", DUSTPAN_CELERY__VISIBILITY_TIMEOUT_SECONDS="20")
+    fleet.start_api()
+    dying = fleet.start_worker()
+    trades = [{**t, "side": "buy", "quantity": "2"} for t in make_trades("RESTORE", 1, random.Random(5))]
+    with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
+        post_trades(client, WEBHOOK_SECRET, trades)
+    wait_for(lambda: books.value("SELECT count(*) FROM paper_orders") == 1, 60, "the broker to accept the order")
+    dying.kill()
+    broker = redis.Redis.from_url(fleet.env["DUSTPAN_BROKER_URL"])
+    assert broker.hlen("unacked") == 1, "the dead worker's message should wait in the unacked hash"
+
+    fleet.start_worker()
+    wait_for(lambda: books.value("SELECT status FROM executions") == "filled", 90, "the restored message to run")
+    assert broker.hlen("unacked") == 0
+    assert books.value("SELECT count(*) FROM paper_order_requests") == 1, "the order was sent again"
+    assert books.value("SELECT filled_quantity FROM executions") == 2
