@@ -3,10 +3,19 @@
 Measures trades/s from the first webhook sent until the last trade is committed as
 ``accumulated``, for two shapes on ONE hot symbol: many trades per webhook and one trade
 per webhook. Each shape runs on a freshly truncated database against the real API and
-real Celery workers (``python -m workers.cli ...``), as a user runs them.
+real Celery workers (``python -m workers.cli ...``), as a user runs them. In the same run,
+on the same machine and servers, it measures two ceilings and prints each figure as a ratio:
+
+(a) a no-op Celery task (``bench/noop_app.py``): tasks/s through the same broker, with
+    workers started by the same code, in the same number, concurrency and pool;
+(b) PostgreSQL alone (``bench/_pg_ceiling.py``): the same webhook INSERTs and accumulation
+    statements issued directly with psycopg2 from as many connections as webhook clients.
+
+Targets on a 2-core machine: >= 10,000 trades/s at 100 trades per webhook, >= 1,000 trades/s
+(and at least the no-op task rate) at 1 trade per webhook, worker RSS <= 200 MB.
 
     python bench/ingest_throughput.py [--trades N] [--single-trades N] [--clients C]
-        [--workers W] [--concurrency K] [--database-url URL --broker-url URL]
+        [--workers W] [--concurrency K] [--noop-tasks N] [--database-url URL --broker-url URL]
 
 Without URLs it starts an embedded PostgreSQL (fsync on) and Redis in a temporary
 directory. With URLs it creates (and drops) a database of its own on that server.
@@ -17,45 +26,52 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import re
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support is not installed; it lives next to bench/
 
 import httpx  # noqa: E402
-import psutil  # noqa: E402
-import psycopg2  # noqa: E402
-import redis  # noqa: E402
-from psycopg2 import sql  # noqa: E402
 
+from bench._measure import (  # noqa: E402
+    BenchError,
+    Books,
+    CpuRoles,
+    PeakRss,
+    code_version,
+    fleet_roles,
+    machine,
+    note_code_change,
+    percentile,
+    print_log_tails,
+    settle,
+)
+from bench._noop_ceiling import NoopCeiling, run_noop_ceiling  # noqa: E402
+from bench._pg_ceiling import PgCeiling, run_pg_ceiling  # noqa: E402
+from bench._servers import fleet_env, fleet_services  # noqa: E402
+from bench._webhook_client import ClosedLoopRun, Trades, post_closed_loop  # noqa: E402
 from tests.support.feed import make_trades, post_trades  # noqa: E402
 from tests.support.fleet import Fleet, wait_for  # noqa: E402
-from workers.cli import migrate  # noqa: E402
 
 WEBHOOK_SECRET = "bench-webhook-secret"
 API_TOKEN = "bench-api-token"
 POLL_SECONDS = 0.05
-
-
-class BenchError(Exception):
-    """Something broke: the run's figures would mean nothing."""
+FLEET_QUEUES = ("ingestion", "execution", "ops")
+TARGET_BATCHED = 10_000  # trades/s at 100 trades per webhook, 2 cores
+TARGET_SINGLE = 1_000  # trades/s at 1 trade per webhook, and at least the no-op task rate
+TARGET_RSS_MB = 200
 
 
 @dataclass
@@ -64,6 +80,14 @@ class Shape:
     symbol: str
     trades: int
     per_request: int
+
+    def batches(self, seed: int) -> list[Trades]:
+        trades = make_trades(self.symbol, self.trades, random.Random(seed), prefix=f"{self.symbol}-{seed}")
+        return [trades[i : i + self.per_request] for i in range(0, len(trades), self.per_request)]
+
+    @property
+    def target(self) -> int:
+        return TARGET_SINGLE if self.per_request == 1 else TARGET_BATCHED
 
 
 @dataclass
@@ -77,203 +101,66 @@ class Result:
     executions: int = 0
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per role, first post to accumulated
     tasks: Counter[str] = field(default_factory=Counter)  # Celery tasks that succeeded meanwhile
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    pg: PgCeiling | None = None
 
     @property
     def trades_per_second(self) -> float:
         return self.shape.trades / self.accumulated_seconds
 
-    def latency(self, percentile: int) -> float:
-        ordered = sorted(self.latencies_ms)
-        rank = max(1, -(-percentile * len(ordered) // 100))  # nearest rank
-        return ordered[rank - 1]
-
-
-class Books:
-    """One autocommit connection for setup and polling.
-
-    Autocommit, so that between statements the bench holds no snapshot and no lock (TRUNCATE
-    and the workers never wait for it); one connection, so that polling does not fork a
-    PostgreSQL backend 20 times a second and bill it to the server.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._connection: Any = None
-
-    def value(self, query: str) -> Any:
-        if self._connection is None or self._connection.closed:
-            self._connection = psycopg2.connect(self.url)
-            self._connection.autocommit = True
-        with self._connection.cursor() as cursor:
-            cursor.execute(query)
-            row = cursor.fetchone()
-            return None if row is None else row[0]
-
-    def accumulated(self) -> int:
-        return int(self.value("SELECT count(*) FROM trades WHERE status = 'accumulated'"))
-
-    def truncate_all(self) -> None:
-        tables = self.value(
-            "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables"
-            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-        )
-        if tables:
-            self.value(f"TRUNCATE {tables} RESTART IDENTITY CASCADE; SELECT 1")
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-
-
-# -- services -------------------------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    database_url: str
-    broker_url: str
-    durability: str
-    server_pids: dict[str, int]  # embedded servers only: their CPU is reported too
-
-
-@contextmanager
-def services(args: argparse.Namespace, scratch: Path) -> Iterator[Services]:
-    pids: dict[str, int] = {}
-    with ExitStack() as stack:
-        admin_url = args.database_url
-        if not admin_url:
-            from workers.embedded import EmbeddedPostgres
-
-            postgres = EmbeddedPostgres(scratch / "pg", fsync=not args.no_fsync)
-            stack.callback(postgres.stop)
-            postgres.start()
-            admin_url = postgres.url
-            pids["postgres"] = postgres.pid or 0
-        broker_url = args.broker_url
-        if not broker_url:
-            from workers.embedded import EmbeddedRedis
-
-            redis_server = EmbeddedRedis(scratch / "redis", persist=True)
-            stack.callback(redis_server.stop)
-            redis_server.start()
-            broker_url = redis_server.url
-            pids["redis"] = redis_server.pid or 0
-        database_url = _create_database(admin_url, f"dustpan_bench_{uuid.uuid4().hex[:8]}")
-        stack.callback(_drop_database, admin_url, database_url)
-        migrate(database_url)
-        durability = _durability(database_url, embedded=not args.database_url)
-        yield Services(database_url, broker_url, durability, pids)
-
-
-def _admin_cursor_run(admin_url: str, statement: sql.Composable) -> None:
-    connection = psycopg2.connect(admin_url)
-    connection.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
-def _create_database(admin_url: str, name: str) -> str:
-    _admin_cursor_run(admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return f"{admin_url.rpartition('/')[0]}/{name}"
-
-
-def _drop_database(admin_url: str, database_url: str) -> None:
-    name = sql.Identifier(database_url.rpartition("/")[2])
-    _admin_cursor_run(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-
-
-def _durability(database_url: str, embedded: bool) -> str:
-    books = Books(database_url)
-    names = ("fsync", "synchronous_commit", "full_page_writes")
-    try:
-        settings = ", ".join(f"{name}={books.value(f'SHOW {name}')}" for name in names)
-    finally:
-        books.close()
-    return f"{'embedded' if embedded else 'given server'}, {settings}"
-
-
-def fleet_env(found: Services, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUSTPAN_")}
-    env.update(
-        {
-            "DUSTPAN_DATABASE_URL": found.database_url,
-            "DUSTPAN_BROKER_URL": found.broker_url,
-            "DUSTPAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "DUSTPAN_API_TOKEN": API_TOKEN,
-            "DUSTPAN_DATA_DIR": str(data_dir),
-        }
-    )
-    return env
-
 
 # -- one shape ------------------------------------------------------------------------------
 
 
-def run_shape(
-    fleet: Fleet, books: Books, shape: Shape, clients: int, timeout: float, seed: int, roles: CpuRoles
-) -> Result:
-    settle(books, fleet.env["DUSTPAN_BROKER_URL"])
+def run_shape(fleet: Fleet, books: Books, shape: Shape, args: argparse.Namespace, cpu: CpuRoles) -> Result:
+    settle(books, fleet.env["DUSTPAN_BROKER_URL"], FLEET_QUEUES)
     books.truncate_all()
-    trades = make_trades(shape.symbol, shape.trades, random.Random(seed), prefix=f"{shape.symbol}-{seed}")
-    batches = [trades[i : i + shape.per_request] for i in range(0, len(trades), shape.per_request)]
-    shares = [batches[i::clients] for i in range(clients)]
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    finished = [0.0] * clients
-    stop = threading.Event()
-
-    def post_share(n: int) -> None:
-        with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
-            for batch in shares[n]:
-                if stop.is_set():
-                    return
-                sent = time.perf_counter()
-                answer = post_trades(client, WEBHOOK_SECRET, batch)
-                latencies[n].append((time.perf_counter() - sent) * 1000)
-                if answer["accepted"] != len(batch):
-                    raise BenchError(f"webhook accepted {answer['accepted']} of {len(batch)}: {answer}")
-        finished[n] = time.perf_counter()
-
-    pool = ThreadPoolExecutor(clients, thread_name_prefix="client")
-    try:
+    batches = shape.batches(args.seed)
+    shares = [batches[i :: args.clients] for i in range(args.clients)]
+    assert fleet.api is not None
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="clients") as pool,
+        PeakRss(fleet.api.pid, [w.pid for w in fleet.workers]) as rss,
+    ):
         log_offsets = _log_offsets(fleet)
-        cpu_before = roles.snapshot()
+        cpu_before = cpu.snapshot()
         start = time.perf_counter()
-        futures = [pool.submit(post_share, n) for n in range(clients)]
-        done_at = _wait_accumulated(books, shape.trades, futures, start + timeout)
-        cpu_after = roles.snapshot()
-        tasks = _tasks_succeeded(fleet, log_offsets)
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        clients = pool.submit(post_closed_loop, fleet.api_url, WEBHOOK_SECRET, shares)
+        done_at = _wait_accumulated(books, shape.trades, clients, start + args.timeout)
+        cpu_after = cpu.snapshot()
+        run = clients.result()
     return Result(
         shape,
         requests=len(batches),
-        clients=clients,
-        posted_seconds=max(finished) - start,
+        clients=args.clients,
+        posted_seconds=run.finished - start,
         accumulated_seconds=done_at - start,
-        latencies_ms=[ms for share in latencies for ms in share],
+        latencies_ms=run.latencies_ms,
         executions=int(books.value("SELECT count(*) FROM executions")),
         cpu_seconds={role: cpu_after[role] - cpu_before[role] for role in cpu_before},
-        tasks=tasks,
+        tasks=_tasks_succeeded(fleet, log_offsets),
+        peak_rss_mb=dict(rss.peaks),
     )
 
 
-def _wait_accumulated(books: Books, expected: int, futures: list[Future[None]], deadline: float) -> float:
+def run_pg(fleet: Fleet, books: Books, shape: Shape, args: argparse.Namespace) -> PgCeiling:
+    """Ceiling (b) for the shape: the same trades, straight into a truncated database."""
+    settle(books, fleet.env["DUSTPAN_BROKER_URL"], FLEET_QUEUES)
+    books.truncate_all()
+    ceiling = run_pg_ceiling(books.url, shape.symbol, shape.batches(args.seed), args.clients)
+    books.truncate_all()
+    return ceiling
+
+
+def _wait_accumulated(books: Books, expected: int, clients: Future[ClosedLoopRun], deadline: float) -> float:
     """The moment the poll first saw every trade accumulated; raises if a client failed or time ran out."""
     count = 0
     while time.perf_counter() < deadline:
-        for future in futures:
-            if future.done() and future.exception() is not None:
-                raise BenchError(f"a webhook client failed: {future.exception()!r}")
+        if clients.done() and clients.exception() is not None:
+            raise BenchError(f"a webhook client failed: {clients.exception()!r}")
         count = books.accumulated()
         if count >= expected:
-            now = time.perf_counter()
-            for future in futures:
-                future.result()  # every client has finished: the last trade is stored
-            return now
+            return time.perf_counter()
         time.sleep(POLL_SECONDS)
     raise BenchError(f"only {count} of {expected} trades accumulated before the timeout")
 
@@ -295,150 +182,101 @@ def _tasks_succeeded(fleet: Fleet, offsets: dict[Path, int]) -> Counter[str]:
     return counts
 
 
-def settle(books: Books, broker_url: str, timeout: float = 60) -> None:
-    """Let the previous run's executions reach the broker, so TRUNCATE pulls no rows from under a task."""
-    broker = redis.Redis.from_url(broker_url)
-
-    def idle() -> bool:
-        queued = sum(int(broker.llen(queue)) for queue in ("ingestion", "execution", "ops"))
-        unacked = int(broker.hlen("unacked"))  # kombu's Redis transport: delivered, not yet acked
-        in_flight = books.value("SELECT count(*) FROM executions WHERE status IN ('pending', 'submitted')")
-        return queued + unacked + int(in_flight) == 0
-
-    try:
-        wait_for(idle, timeout, "the previous run's tasks to finish", interval=0.2)
-    except AssertionError as exc:
-        print(f"note: {exc}; going on", file=sys.stderr)
-    finally:
-        broker.close()
-
-
 def warm_up(fleet: Fleet, books: Books, shapes: list[Shape]) -> None:
-    """Imports, connection pools, statement caches and first task runs, outside the measurement."""
-    books.truncate_all()
-    sent = 0
-    with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
-        for shape in shapes:
-            for n in range(10):
-                prefix = f"WARM-{shape.per_request}-{n}"
-                post_trades(client, WEBHOOK_SECRET, make_trades("WARM", shape.per_request, random.Random(n), prefix))
-                sent += shape.per_request
-    wait_for(lambda: books.accumulated() == sent, 120, "the warm-up trades to be accumulated")
+    """Imports, connection pools, statement caches and first task runs, outside the measurement.
 
-
-# -- CPU accounting -----------------------------------------------------------------------
-
-
-class CpuRoles:
-    """CPU seconds (user + system) per role, each role a set of process trees.
-
-    A process's own time plus the time of children it has reaped (PostgreSQL backends
-    that exited, replaced pool processes), plus its live descendants: a difference of two
-    snapshots is the CPU the role burnt in between, wherever it ran.
+    One batch goes through ``post_trades`` (the tests' and the demo's signed post), the rest
+    through the bench's own client: both must be accepted the same way.
     """
-
-    def __init__(self, roles: dict[str, list[int]]) -> None:
-        self.roles = roles
-
-    def snapshot(self) -> dict[str, float]:
-        return {role: sum(_tree_cpu(pid) for pid in pids) for role, pids in self.roles.items()}
-
-
-def _tree_cpu(pid: int) -> float:
-    if pid == os.getpid():  # the clients and the poller; children here are the fleet, counted apart
-        times = os.times()
-        return times.user + times.system
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for member in members:
-        try:
-            t = member.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
-def cpu_roles(fleet: Fleet, found: Services) -> CpuRoles:
-    roles = {"api": [fleet.api.pid] if fleet.api else [], "workers": [w.pid for w in fleet.workers]}
-    roles.update({name: [pid] for name, pid in found.server_pids.items() if pid})
-    roles["bench clients"] = [os.getpid()]
-    return CpuRoles(roles)
+    books.truncate_all()
+    batches = [
+        make_trades("WARM", shape.per_request, random.Random(n), f"WARM-{shape.per_request}-{n}")
+        for shape in shapes
+        for n in range(10)
+    ]
+    with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
+        answer = post_trades(client, WEBHOOK_SECRET, batches[0])
+        if answer["accepted"] != len(batches[0]):
+            raise BenchError(f"warm-up webhook refused: {answer}")
+    post_closed_loop(fleet.api_url, WEBHOOK_SECRET, [batches[1:]])
+    sent = sum(len(batch) for batch in batches)
+    wait_for(lambda: books.accumulated() == sent, 120, "the warm-up trades to be accumulated")
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def machine(books: Books, found: Services) -> list[tuple[str, str]]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    broker = redis.Redis.from_url(found.broker_url)
-    try:
-        redis_version = str(broker.info("server").get("redis_version", "?"))
-    finally:
-        broker.close()
-    return [
-        ("nproc", f"{len(os.sched_getaffinity(0))} ({cpu})"),
-        ("python", f"{platform.python_version()} ({platform.platform()})"),
-        ("postgresql", str(books.value("SELECT version()"))),
-        ("postgresql durability", found.durability),
-        ("redis", redis_version),
-    ]
+def _ratio(value: float, ceiling: float) -> str:
+    return f"{value / ceiling:.2f}x" if ceiling else "-"
 
 
-def _other_tasks(tasks: Counter[str]) -> str:
-    others = sum(n for name, n in tasks.items() if name != "ingestion.accumulate")
-    return f"{others:,}"
-
-
-def _cpu_cell(role: str) -> Callable[[Result], str]:
-    return lambda r: f"{r.cpu_seconds[role]:.1f}"
-
-
-def print_results(results: list[Result], args: argparse.Namespace) -> None:
+def print_results(results: list[Result], noop: NoopCeiling | None, args: argparse.Namespace) -> None:
+    cores = len(os.sched_getaffinity(0))
     rows: list[tuple[str, Callable[[Result], str]]] = [
         ("trades", lambda r: f"{r.shape.trades:,}"),
         ("trades per request", lambda r: f"{r.shape.per_request}"),
         ("requests", lambda r: f"{r.requests:,}"),
-        ("clients", lambda r: f"{r.clients}"),
+        ("client connections", lambda r: f"{r.clients}"),
         ("seconds to all posted", lambda r: f"{r.posted_seconds:.2f}"),
         ("seconds to all accumulated", lambda r: f"{r.accumulated_seconds:.2f}"),
         ("trades/s end to end", lambda r: f"{r.trades_per_second:,.0f}"),
         ("requests/s while posting", lambda r: f"{r.requests / r.posted_seconds:,.0f}"),
-        ("webhook latency p50 (ms)", lambda r: f"{r.latency(50):.1f}"),
-        ("webhook latency p99 (ms)", lambda r: f"{r.latency(99):.1f}"),
+        ("webhook latency p50 (ms)", lambda r: f"{percentile(r.latencies_ms, 50):.1f}"),
+        ("webhook latency p99 (ms)", lambda r: f"{percentile(r.latencies_ms, 99):.1f}"),
         ("executions created", lambda r: f"{r.executions:,}"),
         ("accumulate tasks run", lambda r: f"{r.tasks['ingestion.accumulate']:,}"),
-        (
-            "trades per accumulate run",
-            lambda r: f"{r.shape.trades / max(1, r.tasks['ingestion.accumulate']):,.1f}",
-        ),
-        ("other tasks run", lambda r: _other_tasks(r.tasks)),
+        ("trades per accumulate run", lambda r: f"{r.shape.trades / max(1, r.tasks['ingestion.accumulate']):,.1f}"),
+        ("other tasks run", lambda r: f"{sum(n for t, n in r.tasks.items() if t != 'ingestion.accumulate'):,}"),
     ]
-    cores = len(os.sched_getaffinity(0))
     for role in results[0].cpu_seconds:
-        rows.append((f"CPU s: {role}", _cpu_cell(role)))
+        rows.append((f"CPU s: {role}", lambda r, role=role: f"{r.cpu_seconds[role]:.1f}"))  # type: ignore[misc]
     rows.append(
         (
             f"CPU busy, roles above ({cores} cores)",
             lambda r: f"{sum(r.cpu_seconds.values()) / (r.accumulated_seconds * cores):.0%}",
         )
     )
+    for kind in ("api", "worker main", "pool child"):
+        rows.append((f"peak RSS MB: {kind}", lambda r, kind=kind: f"{r.peak_rss_mb[kind]:.0f}"))  # type: ignore[misc]
+    rows += _ceiling_rows(noop)
     fleet = f"API x1, {args.workers} worker(s) x concurrency {args.concurrency}"
-    print(f"\nfleet: {fleet}, {args.clients} client threads, one hot symbol per shape")
-    print(f"\n{'':32}" + "".join(f"{r.shape.name:>16}" for r in results))
+    print(f"\nfleet: {fleet}, {args.clients} client connections (asyncio, keep-alive), one hot symbol per shape")
+    if noop is not None:
+        cpu = ", ".join(f"{role} {seconds:.1f}" for role, seconds in noop.cpu_seconds.items())
+        rss = ", ".join(f"{kind} {mb:.0f}" for kind, mb in noop.peak_rss_mb.items())
+        print(
+            f"ceiling (a), no-op Celery task: {noop.tasks:,} tasks from {noop.producers} producer threads to"
+            f" {noop.workers} worker(s) x concurrency {noop.concurrency}\n"
+            f"    all published in {noop.published_seconds:.2f} s, all run in {noop.ran_seconds:.2f} s"
+            f" = {noop.tasks_per_second:,.0f} tasks/s; CPU s: {cpu}; peak RSS MB: {rss}"
+        )
+    print(f"\n{'':40}" + "".join(f"{r.shape.name:>16}" for r in results))
     for label, cell in rows:
-        print(f"{label:32}" + "".join(f"{cell(r):>16}" for r in results))
+        print(f"{label:40}" + "".join(f"{cell(r):>16}" for r in results))
+    worst = max(max(r.peak_rss_mb["worker main"], r.peak_rss_mb["pool child"]) for r in results)
+    print(f"\nworker peak RSS {worst:.0f} MB (target <= {TARGET_RSS_MB} MB per process)")
+
+
+def _ceiling_rows(noop: NoopCeiling | None) -> list[tuple[str, Callable[[Result], str]]]:
+    rows: list[tuple[str, Callable[[Result], str]]] = []
+    if noop is not None:
+        rows += [
+            ("ceiling (a): no-op Celery tasks/s", lambda r: f"{noop.tasks_per_second:,.0f}"),
+            ("end to end trades/s / (a)", lambda r: _ratio(r.trades_per_second, noop.tasks_per_second)),
+            (
+                "end to end requests/s / (a)",
+                lambda r: _ratio(r.requests / r.accumulated_seconds, noop.tasks_per_second),
+            ),
+        ]
+    rows += [
+        ("ceiling (b): PostgreSQL direct trades/s", lambda r: f"{r.pg.trades_per_second:,.0f}" if r.pg else "-"),
+        ("  (b) webhook INSERTs alone, trades/s", lambda r: f"{r.pg.inserted_per_second:,.0f}" if r.pg else "-"),
+        ("  (b) accumulate runs / executions", lambda r: f"{r.pg.accumulate_runs}/{r.pg.executions}" if r.pg else "-"),
+        ("end to end trades/s / (b)", lambda r: _ratio(r.trades_per_second, r.pg.trades_per_second) if r.pg else "-"),
+        ("target trades/s", lambda r: f">= {r.shape.target:,}"),
+        ("end to end trades/s / target", lambda r: _ratio(r.trades_per_second, r.shape.target)),
+    ]
+    return rows
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -450,9 +288,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--trades", type=int, default=20_000, help="trades in the batched run")
     parser.add_argument("--batch", type=int, default=100, help="trades per webhook in the batched run")
     parser.add_argument("--single-trades", type=int, default=3_000, help="trades in the 1-per-webhook run")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (threads)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent webhook connections (and PostgreSQL ones)")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
+    parser.add_argument("--noop-tasks", type=int, default=5_000, help="tasks in the no-op Celery ceiling")
+    parser.add_argument("--no-ceilings", action="store_true", help="end-to-end figures only")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per shape before giving up")
     parser.add_argument("--seed", type=int, default=20261121)
     parser.add_argument(
@@ -468,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("trades", "batch", "single_trades", "clients", "workers", "concurrency"):
+    for name in ("trades", "batch", "single_trades", "clients", "workers", "concurrency", "noop_tasks"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if bool(args.database_url) != bool(args.broker_url):
@@ -480,30 +320,48 @@ def main(argv: list[str] | None = None) -> int:
     ]
     scratch = Path(tempfile.mkdtemp(prefix="dustpan-bench-"))
     try:
-        with services(args, scratch) as found:
+        with fleet_services(scratch, args.database_url, args.broker_url, fsync=not args.no_fsync) as found:
             logs = scratch / "logs"
             logs.mkdir()
-            fleet = Fleet(fleet_env(found, scratch / "data"), logs)
+            fleet = Fleet(fleet_env(found, scratch / "data", WEBHOOK_SECRET, API_TOKEN), logs)
             books = Books(found.database_url)
             try:
+                code = code_version()
                 print(f"starting API and {args.workers} worker(s) (logs in {logs}) ...", flush=True)
                 fleet.start_api()
                 for _ in range(args.workers):
                     fleet.start_worker(concurrency=args.concurrency)
                 warm_up(fleet, books, shapes)
-                roles = cpu_roles(fleet, found)
-                for label, value in machine(books, found):
+                cpu = CpuRoles(fleet_roles(fleet, found.server_pids))
+                for label, value in machine(books, found.broker_url, found.durability):
                     print(f"{label:22} {value}")
                 results = []
                 for shape in shapes:
                     print(f"running {shape.name}: {shape.trades:,} trades on {shape.symbol} ...", flush=True)
-                    results.append(run_shape(fleet, books, shape, args.clients, args.timeout, args.seed, roles))
-                print_results(results, args)
+                    results.append(run_shape(fleet, books, shape, args, cpu))
+                    if not args.no_ceilings:
+                        print(f"  ceiling (b): the same SQL straight into PostgreSQL ({shape.name}) ...", flush=True)
+                        results[-1].pg = run_pg(fleet, books, shape, args)
+                noop = None
+                if not args.no_ceilings:
+                    print(f"ceiling (a): {args.noop_tasks:,} no-op Celery tasks ...", flush=True)
+                    noop = run_noop_ceiling(
+                        fleet.env,
+                        logs,
+                        found.server_pids,
+                        args.noop_tasks,
+                        args.clients,
+                        args.workers,
+                        args.concurrency,
+                        args.timeout,
+                    )
+                print_results(results, noop, args)
+                note_code_change(code)
             except Exception as exc:
                 if not isinstance(exc, BenchError | AssertionError):
                     traceback.print_exc()
                 print(f"\nbench failed: {exc}", file=sys.stderr)
-                _print_log_tails(fleet)
+                print_log_tails([fleet.api, *fleet.workers])
                 return 1
             finally:
                 books.close()
@@ -514,12 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
-
-
-def _print_log_tails(fleet: Fleet) -> None:
-    for process in [fleet.api, *fleet.workers]:
-        if process is not None:
-            print(f"--- {process.name} log (tail) ---\n{process.log_tail(20)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

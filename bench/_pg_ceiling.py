@@ -1,0 +1,223 @@
+"""Ceiling (b): PostgreSQL alone doing the ingestion's SQL, issued directly with psycopg2.
+
+Per webhook, one transaction: the statement ``tasks.ingestion.store_trades`` runs (its own
+text, the array INSERT ... ON CONFLICT DO NOTHING RETURNING id, rows in id order), then
+COMMIT, from as many connections as the bench has webhook clients. Meanwhile one connection
+does what ``accumulate_symbol`` does, batched the way the app batches (up to
+``accumulation.batch_size`` trades a run, the next run ``WAKE_DELAY_SECONDS`` after a short
+one): claim the waiting trades (FOR UPDATE SKIP LOCKED), lock the accumulator row, mark the
+trades accumulated, and when the net reaches the threshold read the open portions, plan the
+execution (``models.domain.accumulation.plan_execution``), insert it, take from the trades and
+insert the contributions; then update the accumulator and COMMIT. No HTTP, no Celery, no ORM,
+no Redis; the orders are not submitted (the end-to-end run's ``execution.submit`` tasks are
+extra work this ceiling does not do).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg2
+from psycopg2.extras import execute_values
+
+from bench._measure import BenchError
+from models.domain.accumulation import Portion, plan_execution
+from models.domain.quantities import ZERO
+from tasks.ingestion import _INSERT_TRADES, _TAKE_FROM_TRADES, _trade_columns, client_order_id_for
+from workers.runtime import WAKE_DELAY_SECONDS
+from workers.settings import AccumulationSettings
+from workers.webhook import read_trades
+
+
+def _psycopg2_text(statement: Any) -> str:
+    """The SQLAlchemy ``text()`` the app runs, with its :name parameters in psycopg2's spelling."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", str(statement.text))
+
+
+INSERT_TRADES = _psycopg2_text(_INSERT_TRADES)
+TAKE_FROM_TRADES = _psycopg2_text(_TAKE_FROM_TRADES)
+CLAIM = (
+    "SELECT id, side, quantity, price FROM trades WHERE symbol = %s AND status = 'received'"
+    " ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+LOCK_ACCUMULATOR = (
+    "INSERT INTO accumulators (symbol) VALUES (%s) ON CONFLICT (symbol) DO NOTHING;"
+    " SELECT net_quantity, hold_until FROM accumulators WHERE symbol = %s FOR UPDATE"
+)
+MARK_ACCUMULATED = (
+    "UPDATE trades SET status = 'accumulated', accumulated_at = %s,"
+    " open_quantity = CASE WHEN side = 'buy' THEN quantity ELSE -quantity END WHERE id IN %s"
+)
+OPEN_RETURNS = "SELECT id, open_quantity FROM execution_returns WHERE symbol = %s AND open_quantity <> 0 ORDER BY id"
+OPEN_TRADES = "SELECT id, open_quantity FROM trades WHERE symbol = %s AND open_quantity <> 0 ORDER BY seq"
+INSERT_EXECUTION = (
+    "INSERT INTO executions (id, symbol, side, quantity, client_order_id, created_at, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+INSERT_CONTRIBUTIONS = "INSERT INTO contributions (execution_id, trade_id, return_id, quantity) VALUES %s"
+UPDATE_ACCUMULATOR = "UPDATE accumulators SET net_quantity = %s, last_price = %s, updated_at = %s WHERE symbol = %s"
+
+
+@dataclass
+class PgCeiling:
+    trades: int
+    per_transaction: int
+    connections: int
+    inserted_seconds: float  # first INSERT to the last webhook transaction committed
+    accumulated_seconds: float  # first INSERT to the last trade accumulated
+    accumulate_runs: int
+    executions: int
+
+    @property
+    def trades_per_second(self) -> float:
+        return self.trades / self.accumulated_seconds
+
+    @property
+    def inserted_per_second(self) -> float:
+        return self.trades / self.inserted_seconds
+
+
+def run_pg_ceiling(url: str, symbol: str, batches: list[list[dict[str, str]]], connections: int) -> PgCeiling:
+    """``batches`` are webhook bodies' trades; the database must hold none of them yet."""
+    # Parsed as the API parses them, columns built as store_trades builds them, before the clock starts.
+    columns = []
+    for batch in batches:
+        incoming = read_trades(json.dumps({"trades": batch}).encode(), len(batch))
+        columns.append(_trade_columns(sorted(incoming, key=lambda trade: trade.id)))
+    total = sum(len(batch) for batch in batches)
+    shares = [columns[n::connections] for n in range(connections)]
+    failures: list[BaseException] = []
+    inserted_at = [0.0] * connections
+    accumulator = _Accumulator(url, symbol, total)
+
+    def insert_share(n: int) -> None:
+        try:
+            connection = psycopg2.connect(url)
+            try:
+                with connection.cursor() as cursor:
+                    for params in shares[n]:
+                        cursor.execute(INSERT_TRADES, params)
+                        if len(cursor.fetchall()) != len(params["ids"]):
+                            raise BenchError("the PostgreSQL ceiling found trades already stored")
+                        connection.commit()
+            finally:
+                connection.close()
+            inserted_at[n] = time.perf_counter()
+        except BaseException as exc:  # reported by the caller's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=insert_share, args=(n,), name=f"pg-insert-{n}") for n in range(connections)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    accumulated_at = accumulator.run(failures)
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise BenchError(f"PostgreSQL ceiling failed: {failures[0]!r}")
+    return PgCeiling(
+        total,
+        len(batches[0]),
+        connections,
+        max(inserted_at) - start,
+        accumulated_at - start,
+        accumulator.runs,
+        accumulator.executions,
+    )
+
+
+class _Accumulator:
+    """accumulate_symbol's statements on one connection, until every trade is accumulated."""
+
+    def __init__(self, url: str, symbol: str, expected: int) -> None:
+        self.url, self.symbol, self.expected = url, symbol, expected
+        settings = AccumulationSettings()
+        self.batch_size, self.threshold = settings.batch_size, settings.threshold
+        self.runs = self.executions = 0
+
+    def run(self, failures: list[BaseException], timeout: float = 600) -> float:
+        connection = psycopg2.connect(self.url)
+        deadline = time.perf_counter() + timeout
+        applied = 0
+        try:
+            while applied < self.expected:
+                if failures:
+                    raise BenchError(f"PostgreSQL ceiling failed: {failures[0]!r}")
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"PostgreSQL ceiling: {applied} of {self.expected} accumulated before the timeout")
+                time.sleep(WAKE_DELAY_SECONDS)  # a webhook's wake runs the task this much later
+                claimed = self.batch_size
+                while claimed == self.batch_size:  # a full batch: the task enqueues itself again at once
+                    claimed = self._accumulate_once(connection)
+                    applied += claimed
+            return time.perf_counter()
+        finally:
+            connection.close()
+
+    def _accumulate_once(self, connection: Any) -> int:
+        now = datetime.now(UTC)
+        with connection.cursor() as cursor:
+            cursor.execute(CLAIM, (self.symbol, self.batch_size))
+            claimed = cursor.fetchall()
+            cursor.execute(LOCK_ACCUMULATOR, (self.symbol, self.symbol))
+            net, hold_until = cursor.fetchone()
+            last_price = None
+            if claimed:
+                cursor.execute(MARK_ACCUMULATED, (now, tuple(row[0] for row in claimed)))
+                net += sum((q if side == "buy" else -q for _, side, q, _ in claimed), ZERO)
+                last_price = claimed[-1][3]
+            if abs(net) >= self.threshold and (hold_until is None or hold_until <= now):
+                net -= self._execute(cursor, now)
+            cursor.execute(UPDATE_ACCUMULATOR, (net, last_price, now, self.symbol))
+        connection.commit()
+        self.runs += 1
+        return len(claimed)
+
+    def _execute(self, cursor: Any, now: datetime) -> Decimal:
+        """The execution the net calls for; its signed quantity (0 when frozen or nothing to take)."""
+        cursor.execute("SELECT symbol FROM symbol_freezes WHERE symbol = %s", (self.symbol,))
+        if cursor.fetchone() is not None:
+            return ZERO
+        cursor.execute(OPEN_RETURNS, (self.symbol,))
+        portions = [Portion("return", str(ref), quantity) for ref, quantity in cursor.fetchall()]
+        cursor.execute(OPEN_TRADES, (self.symbol,))
+        portions += [Portion("trade", ref, quantity) for ref, quantity in cursor.fetchall()]
+        plan = plan_execution(portions, self.threshold)
+        if plan is None:
+            return ZERO
+        execution_id = uuid.uuid4()
+        cursor.execute(
+            INSERT_EXECUTION,
+            (
+                str(execution_id),
+                self.symbol,
+                plan.side.value,
+                plan.quantity,
+                client_order_id_for(execution_id),
+                now,
+                now,
+            ),
+        )
+        takes = [(a.portion.ref, a.taken) for a in plan.allocations if a.portion.kind == "trade"]
+        if takes:
+            cursor.execute(TAKE_FROM_TRADES, {"refs": [r for r, _ in takes], "taken": [t for _, t in takes]})
+        rows = [
+            (
+                str(execution_id),
+                a.portion.ref if a.portion.kind == "trade" else None,
+                int(a.portion.ref) if a.portion.kind == "return" else None,
+                a.taken,
+            )
+            for a in plan.allocations
+        ]
+        execute_values(cursor, INSERT_CONTRIBUTIONS, rows)
+        self.executions += 1
+        return plan.signed_quantity

@@ -1,0 +1,307 @@
+"""Webhook -> broker latency at a steady trickle: from the 202 to the order arriving at the brokerage.
+
+    python bench/webhook_to_broker_latency.py [--rate 200] [--seconds 30] [--symbols 10]
+        [--workers W] [--concurrency K] [--database-url URL --broker-url URL]
+
+The real API and real Celery workers (``tests/support/fleet.py``) with ``DUSTPAN_BROKERAGE=alpaca``
+pointed at ``tests/support/alpaca_stub.AlpacaStub``, served from this process, which notes the
+moment each order request reaches it. Webhooks leave open loop, on a fixed schedule whatever the
+answers do: ``--rate`` requests/s of one trade each, for ``--seconds``, round robin over
+``--symbols`` symbols (LAT00, LAT01, ...).
+
+Quantities: every trade BUYs exactly 1 share (threshold 1). So each accumulate run turns all
+it claimed for a symbol into one execution of that many shares, no fractional residual waits
+for later trades, and every trade is in an order: the figure is the pipeline's own latency, not
+how long a fraction waits for the next trade.
+
+Each order is mapped to its trades through the database (contributions -> execution ->
+``client_order_id`` ``dp-<execution uuid>``); its latency is the stub's receive time of the
+POST /v2/orders minus the latest 202 of its trades. Prints p50/p99 with a breakdown (202 ->
+accumulate run start, the ``accumulated_at`` the task stamps before it claims; -> the submit
+task's order lookup at the broker; -> the order POST), webhook latency, CPU per role and
+peak RSS. Target: p99 <= 100 ms. Prints figures; never asserts on time. Exits non-zero only
+if something broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support lives next to bench/
+
+import httpx
+
+from bench._measure import (
+    BenchError,
+    Books,
+    CpuRoles,
+    PeakRss,
+    code_version,
+    fleet_roles,
+    machine,
+    note_code_change,
+    percentile,
+    print_log_tails,
+    settle,
+)
+from bench._servers import fleet_env, fleet_services
+from bench._webhook_client import OpenLoopRun, Trades, post_open_loop
+from tests.support.alpaca_stub import AlpacaStub
+from tests.support.feed import post_trades
+from tests.support.fleet import Fleet, wait_for
+from workers.runtime import WAKE_DELAY_SECONDS
+
+WEBHOOK_SECRET = "bench-webhook-secret"
+API_TOKEN = "bench-api-token"
+FLEET_QUEUES = ("ingestion", "execution", "ops")
+TARGET_P99_MS = 100
+TARGET_RSS_MB = 200
+
+
+class TimedAlpacaStub(AlpacaStub):
+    """The stub, noting when (time.perf_counter) each order's lookup and POST first reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cash = self.cash * 1000  # every trade buys; never run out of money
+        self.posted_at: dict[str, float] = {}
+        self.looked_up_at: dict[str, float] = {}
+        self._times = threading.Lock()
+
+    def handle(self, method: str, path: str, headers: Any, body: str) -> Any:
+        received = time.perf_counter()
+        parts = urlsplit(path)
+        if method == "POST" and parts.path == "/v2/orders":
+            self._note(self.posted_at, _client_order_id(body), received)
+        elif method == "GET" and parts.path == "/v2/orders:by_client_order_id":
+            self._note(self.looked_up_at, parse_qs(parts.query).get("client_order_id", [""])[0], received)
+        return super().handle(method, path, headers, body)
+
+    def _note(self, times: dict[str, float], client_order_id: str, at: float) -> None:
+        with self._times:
+            times.setdefault(client_order_id, at)
+
+
+def _client_order_id(body: str) -> str:
+    try:
+        return str(json.loads(body).get("client_order_id", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def paced_trades(rate: int, seconds: int, symbols: int, prefix: str) -> list[Trades]:
+    start = datetime.now(UTC)
+    return [
+        [
+            {
+                "id": f"{prefix}-{n}",
+                "symbol": f"LAT{n % symbols:02d}",
+                "side": "buy",
+                "quantity": "1",
+                "price": "100.00",
+                "executed_at": (start + timedelta(microseconds=n)).isoformat(),
+            }
+        ]
+        for n in range(rate * seconds)
+    ]
+
+
+@dataclass
+class Order:
+    client_order_id: str
+    last_answer: float  # perf_counter of the latest 202 among its trades
+    accumulated: float  # perf_counter of the accumulate run's start
+    looked_up: float
+    posted: float
+    trades: int
+
+
+def orders_from_books(books: Books, answered: dict[str, float], stub: TimedAlpacaStub, clock: float) -> list[Order]:
+    """``answered``: each trade's 202 (perf_counter); ``clock``: time.time() - time.perf_counter(), to put
+    the database's timestamps on the bench's clock."""
+    rows = books.rows(
+        "SELECT e.client_order_id, c.trade_id, t.accumulated_at FROM contributions c"
+        " JOIN executions e ON e.id = c.execution_id JOIN trades t ON t.id = c.trade_id"
+    )
+    by_order: dict[str, list[tuple[str, datetime]]] = {}
+    for client_order_id, trade_id, accumulated_at in rows:
+        by_order.setdefault(client_order_id, []).append((trade_id, accumulated_at))
+    orders = []
+    for client_order_id, trades in by_order.items():
+        if client_order_id not in stub.posted_at:
+            raise BenchError(f"order {client_order_id} is in the books but never reached the broker")
+        orders.append(
+            Order(
+                client_order_id,
+                max(answered[trade_id] for trade_id, _ in trades),
+                max(at.timestamp() for _, at in trades) - clock,
+                stub.looked_up_at.get(client_order_id, stub.posted_at[client_order_id]),
+                stub.posted_at[client_order_id],
+                len(trades),
+            )
+        )
+    return orders
+
+
+def run_trickle(fleet: Fleet, books: Books, stub: TimedAlpacaStub, args: argparse.Namespace, cpu: CpuRoles) -> None:
+    settle(books, fleet.env["DUSTPAN_BROKER_URL"], FLEET_QUEUES)
+    books.truncate_all()
+    requests = paced_trades(args.rate, args.seconds, args.symbols, f"LAT-{int(time.time())}")
+    assert fleet.api is not None
+    clock = time.time() - time.perf_counter()
+    with ThreadPoolExecutor(1) as pool, PeakRss(fleet.api.pid, [w.pid for w in fleet.workers]) as rss:
+        cpu_before = cpu.snapshot()
+        start = time.perf_counter()
+        clients = pool.submit(post_open_loop, fleet.api_url, WEBHOOK_SECRET, requests, args.rate, args.connections)
+        run = clients.result(timeout=args.seconds + args.timeout)
+        sent_seconds = time.perf_counter() - start
+        cpu_after = cpu.snapshot()
+        wait_for(lambda: books.accumulated() == len(requests), args.timeout, "every trade to be accumulated")
+        settle(books, fleet.env["DUSTPAN_BROKER_URL"], FLEET_QUEUES, timeout=args.timeout)
+    answered = {trades[0]["id"]: answer.answered for answer, trades in zip(run.answers, requests, strict=True)}
+    orders = orders_from_books(books, answered, stub, clock)
+    in_orders = sum(order.trades for order in orders)
+    if in_orders != len(requests):
+        raise BenchError(f"{in_orders} of {len(requests)} trades are in an order")
+    busy = sum(cpu_after[r] - cpu_before[r] for r in cpu_before) / (sent_seconds * len(os.sched_getaffinity(0)))
+    print_figures(args, run, orders, sent_seconds, busy, cpu_before, cpu_after, rss.peaks)
+
+
+def _ms(values: list[float]) -> str:
+    p50, p99, top = (percentile(values, 50) * 1000, percentile(values, 99) * 1000, max(values) * 1000)
+    return f"p50 {p50:7.1f}   p99 {p99:7.1f}   max {top:7.1f}"
+
+
+def print_figures(
+    args: argparse.Namespace,
+    run: OpenLoopRun,
+    orders: list[Order],
+    seconds: float,
+    busy: float,
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+    peaks: dict[str, float],
+) -> None:
+    requests = len(run.answers)
+    latency = [o.posted - o.last_answer for o in orders]
+    webhook = [a.answered - a.sent for a in run.answers]
+    print(
+        f"\n{requests:,} webhooks of 1 trade in {seconds:.1f} s ({requests / seconds:,.0f}/s, asked {args.rate}/s),"
+        f" {run.connections} connection(s); sends behind schedule p99 {percentile(run.late_ms, 99):.1f} ms"
+    )
+    print(
+        f"{len(orders):,} orders at the broker, {requests / len(orders):.1f} trades per order;"
+        f" wake delay (workers/runtime.py WAKE_DELAY_SECONDS) {WAKE_DELAY_SECONDS * 1000:.0f} ms\n"
+    )
+    print(f"{'webhook request -> 202':44}{_ms(webhook)}   ms")
+    print(f"{'202 -> order at the broker (per order)':44}{_ms(latency)}   ms   target p99 <= {TARGET_P99_MS}")
+    print(f"{'  202 -> accumulate run start':44}{_ms([o.accumulated - o.last_answer for o in orders])}   ms")
+    print(f"{'  accumulate run start -> order lookup':44}{_ms([o.looked_up - o.accumulated for o in orders])}   ms")
+    print(f"{'  order lookup -> order POST':44}{_ms([o.posted - o.looked_up for o in orders])}   ms")
+    p99 = percentile(latency, 99) * 1000
+    print(f"\np99 / target: {p99 / TARGET_P99_MS:.2f}x ({p99:.1f} ms vs {TARGET_P99_MS} ms)")
+    cpu = ", ".join(f"{role} {cpu_after[role] - cpu_before[role]:.1f}" for role in cpu_before)
+    print(f"CPU s while sending: {cpu}; {busy:.0%} of the machine")
+    api_ms = (cpu_after["api"] - cpu_before["api"]) / requests * 1000
+    print(f"API CPU per webhook: {api_ms:.2f} ms (at most {1000 / api_ms:,.0f} webhooks/s on one core)")
+    if requests / seconds < 0.95 * args.rate or percentile(run.late_ms, 99) > 100:
+        print(
+            f"note: the fleet did not keep up with {args.rate}/s here; requests waited for a free connection"
+            " and the 202s came late, so the figures above include that backlog"
+        )
+    rss = ", ".join(f"{kind} {mb:.0f}" for kind, mb in peaks.items())
+    print(f"peak RSS MB: {rss} (worker target <= {TARGET_RSS_MB} MB per process)")
+
+
+def warm_up(fleet: Fleet, books: Books, args: argparse.Namespace) -> None:
+    """Imports, pools, the broker connection and the balance the buy gate caches, outside the measurement."""
+    requests = paced_trades(20, 1, args.symbols, "WARM")
+    with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
+        answer = post_trades(client, WEBHOOK_SECRET, requests[0])
+        if answer["accepted"] != 1:
+            raise BenchError(f"warm-up webhook refused: {answer}")
+    post_open_loop(fleet.api_url, WEBHOOK_SECRET, requests[1:], 20, args.connections)
+    wait_for(lambda: books.accumulated() == len(requests), 120, "the warm-up trades to be accumulated")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, default=200, help="webhooks (of 1 trade) per second")
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32, help="most webhook connections open at once")
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the books to settle")
+    parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
+    parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+    args = parser.parse_args(argv)
+    for name in ("rate", "seconds", "symbols", "connections", "workers", "concurrency"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up as on Ctrl-C
+    scratch = Path(tempfile.mkdtemp(prefix="dustpan-bench-"))
+    stub = TimedAlpacaStub()
+    try:
+        with fleet_services(scratch, args.database_url, args.broker_url) as found, stub:
+            logs = scratch / "logs"
+            logs.mkdir()
+            env = fleet_env(found, scratch / "data", WEBHOOK_SECRET, API_TOKEN)
+            env.update(
+                {
+                    "DUSTPAN_BROKERAGE": "alpaca",
+                    "DUSTPAN_ALPACA_TRADING_URL": stub.url,
+                    "DUSTPAN_ALPACA_DATA_URL": stub.url,
+                    "DUSTPAN_ALPACA_KEY_ID": stub.key_id,
+                    "DUSTPAN_ALPACA_SECRET_KEY": stub.secret_key,
+                }
+            )
+            fleet = Fleet(env, logs)
+            books = Books(found.database_url)
+            try:
+                code = code_version()
+                print(f"starting API and {args.workers} worker(s) (logs in {logs}) ...", flush=True)
+                fleet.start_api()
+                for _ in range(args.workers):
+                    fleet.start_worker(concurrency=args.concurrency)
+                warm_up(fleet, books, args)
+                for label, value in machine(books, found.broker_url, found.durability):
+                    print(f"{label:22} {value}")
+                print(f"fleet: API x1, {args.workers} worker(s) x concurrency {args.concurrency}, Alpaca stub")
+                print(f"sending {args.rate}/s for {args.seconds} s over {args.symbols} symbols ...", flush=True)
+                run_trickle(fleet, books, stub, args, CpuRoles(fleet_roles(fleet, found.server_pids)))
+                note_code_change(code)
+            except Exception as exc:
+                if not isinstance(exc, BenchError | AssertionError):
+                    traceback.print_exc()
+                print(f"\nbench failed: {exc}", file=sys.stderr)
+                print_log_tails([fleet.api, *fleet.workers])
+                return 1
+            finally:
+                books.close()
+                fleet.stop()
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
