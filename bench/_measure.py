@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
@@ -247,6 +248,25 @@ def note_code_change(started_with: str) -> None:
     now = code_version()
     if now != started_with:
         print(f"note: the product code changed during the run (started on {started_with}, now {now})")
+
+
+# Celery's own INFO line for every task run (celery.app.trace.LOG_SUCCESS).
+TASK_SUCCEEDED = re.compile(r"Task ([\w.]+)\[[^\]]+\] succeeded in ([0-9.e+-]+)s")
+
+
+def log_offsets_of(fleet: Fleet) -> dict[Path, int]:
+    return {w.log_path: w.log_path.stat().st_size if w.log_path.exists() else 0 for w in fleet.workers}
+
+
+def task_run_seconds(fleet: Fleet, offsets: dict[Path, int]) -> dict[str, list[float]]:
+    """Run time of every task that succeeded since ``offsets``, by task name, from the workers' logs."""
+    runs: dict[str, list[float]] = {}
+    for path, offset in offsets.items():
+        with path.open("rb") as log:
+            log.seek(offset)
+            for name, seconds in TASK_SUCCEEDED.findall(log.read().decode(errors="replace")):
+                runs.setdefault(name, []).append(float(seconds))
+    return runs
 
 
 def print_log_tails(processes: Iterable[DustpanProcess | None]) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -52,11 +51,13 @@ from bench._measure import (  # noqa: E402
     PeakRss,
     code_version,
     fleet_roles,
+    log_offsets_of,
     machine,
     note_code_change,
     percentile,
     print_log_tails,
     settle,
+    task_run_seconds,
 )
 from bench._noop_ceiling import NoopCeiling, run_noop_ceiling  # noqa: E402
 from bench._pg_ceiling import PgCeiling, run_pg_ceiling  # noqa: E402
@@ -122,7 +123,7 @@ def run_shape(fleet: Fleet, books: Books, shape: Shape, args: argparse.Namespace
         ThreadPoolExecutor(1, thread_name_prefix="clients") as pool,
         PeakRss(fleet.api.pid, [w.pid for w in fleet.workers]) as rss,
     ):
-        log_offsets = _log_offsets(fleet)
+        log_offsets = log_offsets_of(fleet)
         cpu_before = cpu.snapshot()
         start = time.perf_counter()
         clients = pool.submit(post_closed_loop, fleet.api_url, WEBHOOK_SECRET, shares)
@@ -138,7 +139,7 @@ def run_shape(fleet: Fleet, books: Books, shape: Shape, args: argparse.Namespace
         latencies_ms=run.latencies_ms,
         executions=int(books.value("SELECT count(*) FROM executions")),
         cpu_seconds={role: cpu_after[role] - cpu_before[role] for role in cpu_before},
-        tasks=_tasks_succeeded(fleet, log_offsets),
+        tasks=Counter({name: len(runs) for name, runs in task_run_seconds(fleet, log_offsets).items()}),
         peak_rss_mb=dict(rss.peaks),
     )
 
@@ -163,23 +164,6 @@ def _wait_accumulated(books: Books, expected: int, clients: Future[ClosedLoopRun
             return time.perf_counter()
         time.sleep(POLL_SECONDS)
     raise BenchError(f"only {count} of {expected} trades accumulated before the timeout")
-
-
-# Celery's own INFO line for every task run (celery.app.trace.LOG_SUCCESS).
-TASK_SUCCEEDED = re.compile(r"Task ([\w.]+)\[[^\]]+\] succeeded")
-
-
-def _log_offsets(fleet: Fleet) -> dict[Path, int]:
-    return {w.log_path: w.log_path.stat().st_size if w.log_path.exists() else 0 for w in fleet.workers}
-
-
-def _tasks_succeeded(fleet: Fleet, offsets: dict[Path, int]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for path, offset in offsets.items():
-        with path.open("rb") as log:
-            log.seek(offset)
-            counts.update(TASK_SUCCEEDED.findall(log.read().decode(errors="replace")))
-    return counts
 
 
 def warm_up(fleet: Fleet, books: Books, shapes: list[Shape]) -> None:

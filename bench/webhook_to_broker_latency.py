@@ -17,8 +17,9 @@ how long a fraction waits for the next trade.
 Each order is mapped to its trades through the database (contributions -> execution ->
 ``client_order_id`` ``dp-<execution uuid>``); its latency is the stub's receive time of the
 POST /v2/orders minus the latest 202 of its trades. Prints p50/p99 with a breakdown (202 ->
-accumulate run start, the ``accumulated_at`` the task stamps before it claims; -> the submit
-task's order lookup at the broker; -> the order POST), webhook latency, CPU per role and
+accumulate run start, the ``accumulated_at`` the task stamps before it claims; -> its log line
+"execution <id> created", written after its commit; -> the submit task's order lookup at the
+broker; -> the order POST), webhook latency, CPU per role and
 peak RSS. Target: p99 <= 100 ms. Prints figures; never asserts on time. Exits non-zero only
 if something broke.
 """
@@ -35,6 +36,7 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,14 +55,17 @@ from bench._measure import (
     PeakRss,
     code_version,
     fleet_roles,
+    log_offsets_of,
     machine,
     note_code_change,
     percentile,
     print_log_tails,
     settle,
+    task_run_seconds,
 )
 from bench._servers import fleet_env, fleet_services
 from bench._webhook_client import OpenLoopRun, Trades, post_open_loop
+from tasks.ingestion import client_order_id_for
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, wait_for
@@ -126,14 +131,17 @@ class Order:
     client_order_id: str
     last_answer: float  # perf_counter of the latest 202 among its trades
     accumulated: float  # perf_counter of the accumulate run's start
+    committed: float | None  # when the accumulate task logged the execution created (after its commit)
     looked_up: float
     posted: float
     trades: int
 
 
-def orders_from_books(books: Books, answered: dict[str, float], stub: TimedAlpacaStub, clock: float) -> list[Order]:
-    """``answered``: each trade's 202 (perf_counter); ``clock``: time.time() - time.perf_counter(), to put
-    the database's timestamps on the bench's clock."""
+def orders_from_books(
+    books: Books, answered: dict[str, float], stub: TimedAlpacaStub, committed: dict[str, float], clock: float
+) -> list[Order]:
+    """``answered``: each trade's 202 (perf_counter); ``committed``: by client order id, from the worker
+    logs; ``clock``: time.time() - time.perf_counter(), to put the database's timestamps on the bench's clock."""
     rows = books.rows(
         "SELECT e.client_order_id, c.trade_id, t.accumulated_at FROM contributions c"
         " JOIN executions e ON e.id = c.execution_id JOIN trades t ON t.id = c.trade_id"
@@ -150,6 +158,7 @@ def orders_from_books(books: Books, answered: dict[str, float], stub: TimedAlpac
                 client_order_id,
                 max(answered[trade_id] for trade_id, _ in trades),
                 max(at.timestamp() for _, at in trades) - clock,
+                committed.get(client_order_id),
                 stub.looked_up_at.get(client_order_id, stub.posted_at[client_order_id]),
                 stub.posted_at[client_order_id],
                 len(trades),
@@ -158,12 +167,38 @@ def orders_from_books(books: Books, answered: dict[str, float], stub: TimedAlpac
     return orders
 
 
-def run_trickle(fleet: Fleet, books: Books, stub: TimedAlpacaStub, args: argparse.Namespace, cpu: CpuRoles) -> None:
+def committed_from_logs(fleet: Fleet, clock: float) -> dict[str, float]:
+    """When each accumulate task logged "execution <id> created" (JSON logs; nothing with text logs)."""
+    found: dict[str, float] = {}
+    for worker in fleet.workers:
+        for line in worker.log_path.read_text(errors="replace").splitlines():
+            if not line.startswith("{") or '"execution_id"' not in line or " created" not in line:
+                continue
+            entry = json.loads(line)
+            if str(entry.get("message", "")).endswith(" created"):
+                execution = uuid.UUID(entry["execution_id"])
+                found[client_order_id_for(execution)] = datetime.fromisoformat(entry["time"]).timestamp() - clock
+    return found
+
+
+@dataclass
+class Trickle:
+    run: OpenLoopRun
+    orders: list[Order]
+    sent_seconds: float
+    cpu_seconds: dict[str, float]  # per role, while sending
+    peak_rss_mb: dict[str, float]
+    task_runs: dict[str, list[float]]  # run seconds by task name, until the books settled
+    settled_seconds: float  # first send until the books settled
+
+
+def run_trickle(fleet: Fleet, books: Books, stub: TimedAlpacaStub, args: argparse.Namespace, cpu: CpuRoles) -> Trickle:
     settle(books, fleet.env["DUSTPAN_BROKER_URL"], FLEET_QUEUES)
     books.truncate_all()
     requests = paced_trades(args.rate, args.seconds, args.symbols, f"LAT-{int(time.time())}")
     assert fleet.api is not None
     clock = time.time() - time.perf_counter()
+    offsets = log_offsets_of(fleet)
     with ThreadPoolExecutor(1) as pool, PeakRss(fleet.api.pid, [w.pid for w in fleet.workers]) as rss:
         cpu_before = cpu.snapshot()
         start = time.perf_counter()
@@ -173,58 +208,67 @@ def run_trickle(fleet: Fleet, books: Books, stub: TimedAlpacaStub, args: argpars
         cpu_after = cpu.snapshot()
         wait_for(lambda: books.accumulated() == len(requests), args.timeout, "every trade to be accumulated")
         settle(books, fleet.env["DUSTPAN_BROKER_URL"], FLEET_QUEUES, timeout=args.timeout)
+        settled_seconds = time.perf_counter() - start
     answered = {trades[0]["id"]: answer.answered for answer, trades in zip(run.answers, requests, strict=True)}
-    orders = orders_from_books(books, answered, stub, clock)
+    orders = orders_from_books(books, answered, stub, committed_from_logs(fleet, clock), clock)
     in_orders = sum(order.trades for order in orders)
     if in_orders != len(requests):
         raise BenchError(f"{in_orders} of {len(requests)} trades are in an order")
-    busy = sum(cpu_after[r] - cpu_before[r] for r in cpu_before) / (sent_seconds * len(os.sched_getaffinity(0)))
-    print_figures(args, run, orders, sent_seconds, busy, cpu_before, cpu_after, rss.peaks)
+    return Trickle(
+        run,
+        orders,
+        sent_seconds,
+        {role: cpu_after[role] - cpu_before[role] for role in cpu_before},
+        dict(rss.peaks),
+        task_run_seconds(fleet, offsets),
+        settled_seconds,
+    )
 
 
-def _ms(values: list[float]) -> str:
-    p50, p99, top = (percentile(values, 50) * 1000, percentile(values, 99) * 1000, max(values) * 1000)
-    return f"p50 {p50:7.1f}   p99 {p99:7.1f}   max {top:7.1f}"
+def _row(label: str, seconds: list[float], suffix: str = "") -> None:
+    p50, p99, top = (percentile(seconds, 50) * 1000, percentile(seconds, 99) * 1000, max(seconds) * 1000)
+    print(f"{label:44}p50 {p50:7.1f}   p99 {p99:7.1f}   max {top:7.1f}   ms{suffix}")
 
 
-def print_figures(
-    args: argparse.Namespace,
-    run: OpenLoopRun,
-    orders: list[Order],
-    seconds: float,
-    busy: float,
-    cpu_before: dict[str, float],
-    cpu_after: dict[str, float],
-    peaks: dict[str, float],
-) -> None:
-    requests = len(run.answers)
+def print_figures(args: argparse.Namespace, t: Trickle) -> None:
+    requests, orders, late = len(t.run.answers), t.orders, t.run.late_ms
     latency = [o.posted - o.last_answer for o in orders]
-    webhook = [a.answered - a.sent for a in run.answers]
     print(
-        f"\n{requests:,} webhooks of 1 trade in {seconds:.1f} s ({requests / seconds:,.0f}/s, asked {args.rate}/s),"
-        f" {run.connections} connection(s); sends behind schedule p99 {percentile(run.late_ms, 99):.1f} ms"
+        f"\n{requests:,} webhooks of 1 trade in {t.sent_seconds:.1f} s ({requests / t.sent_seconds:,.0f}/s, asked"
+        f" {args.rate}/s), {t.run.connections} connection(s); sends behind schedule p99 {percentile(late, 99):.1f} ms"
     )
     print(
         f"{len(orders):,} orders at the broker, {requests / len(orders):.1f} trades per order;"
         f" wake delay (workers/runtime.py WAKE_DELAY_SECONDS) {WAKE_DELAY_SECONDS * 1000:.0f} ms\n"
     )
-    print(f"{'webhook request -> 202':44}{_ms(webhook)}   ms")
-    print(f"{'202 -> order at the broker (per order)':44}{_ms(latency)}   ms   target p99 <= {TARGET_P99_MS}")
-    print(f"{'  202 -> accumulate run start':44}{_ms([o.accumulated - o.last_answer for o in orders])}   ms")
-    print(f"{'  accumulate run start -> order lookup':44}{_ms([o.looked_up - o.accumulated for o in orders])}   ms")
-    print(f"{'  order lookup -> order POST':44}{_ms([o.posted - o.looked_up for o in orders])}   ms")
+    _row("webhook request -> 202", [a.answered - a.sent for a in t.run.answers])
+    _row("202 -> order at the broker (per order)", latency, f"   target p99 <= {TARGET_P99_MS}")
+    _row("  202 -> accumulate run start", [o.accumulated - o.last_answer for o in orders])
+    logged = [(o, o.committed) for o in orders if o.committed is not None]
+    if len(logged) == len(orders):
+        _row("  accumulate run start -> execution logged", [at - o.accumulated for o, at in logged])
+        _row("  execution logged -> order lookup", [o.looked_up - at for o, at in logged])
+    else:  # text logs: no per-execution commit time
+        _row("  accumulate run start -> order lookup", [o.looked_up - o.accumulated for o in orders])
+    _row("  order lookup -> order POST", [o.posted - o.looked_up for o in orders])
+    for name, runs in sorted(t.task_runs.items()):
+        _row(f"task run time: {name} (x{len(runs)})", runs)
     p99 = percentile(latency, 99) * 1000
     print(f"\np99 / target: {p99 / TARGET_P99_MS:.2f}x ({p99:.1f} ms vs {TARGET_P99_MS} ms)")
-    cpu = ", ".join(f"{role} {cpu_after[role] - cpu_before[role]:.1f}" for role in cpu_before)
-    print(f"CPU s while sending: {cpu}; {busy:.0%} of the machine")
-    api_ms = (cpu_after["api"] - cpu_before["api"]) / requests * 1000
+    pool = args.workers * args.concurrency
+    busy = sum(sum(runs) for runs in t.task_runs.values()) / (pool * t.settled_seconds)
+    print(f"pool processes busy running tasks: {busy:.0%} of {pool} over {t.settled_seconds:.1f} s (send + settle)")
+    cores = len(os.sched_getaffinity(0))
+    cpu = ", ".join(f"{role} {seconds:.1f}" for role, seconds in t.cpu_seconds.items())
+    print(f"CPU s while sending: {cpu}; {sum(t.cpu_seconds.values()) / (t.sent_seconds * cores):.0%} of the machine")
+    api_ms = t.cpu_seconds["api"] / requests * 1000
     print(f"API CPU per webhook: {api_ms:.2f} ms (at most {1000 / api_ms:,.0f} webhooks/s on one core)")
-    if requests / seconds < 0.95 * args.rate or percentile(run.late_ms, 99) > 100:
+    if requests / t.sent_seconds < 0.95 * args.rate or percentile(late, 99) > 100:
         print(
             f"note: the fleet did not keep up with {args.rate}/s here; requests waited for a free connection"
             " and the 202s came late, so the figures above include that backlog"
         )
-    rss = ", ".join(f"{kind} {mb:.0f}" for kind, mb in peaks.items())
+    rss = ", ".join(f"{kind} {mb:.0f}" for kind, mb in t.peak_rss_mb.items())
     print(f"peak RSS MB: {rss} (worker target <= {TARGET_RSS_MB} MB per process)")
 
 
@@ -284,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{label:22} {value}")
                 print(f"fleet: API x1, {args.workers} worker(s) x concurrency {args.concurrency}, Alpaca stub")
                 print(f"sending {args.rate}/s for {args.seconds} s over {args.symbols} symbols ...", flush=True)
-                run_trickle(fleet, books, stub, args, CpuRoles(fleet_roles(fleet, found.server_pids)))
+                cpu = CpuRoles(fleet_roles(fleet, found.server_pids))
+                print_figures(args, run_trickle(fleet, books, stub, args, cpu))
                 note_code_change(code)
             except Exception as exc:
                 if not isinstance(exc, BenchError | AssertionError):
