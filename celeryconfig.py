@@ -77,10 +77,11 @@ def _every(seconds: object) -> timedelta:
 
 
 beat_schedule = {
+    # A sweep not started within its interval is dropped: the next one is about to come.
     "sweep-rewake": {
         "task": "sweep.rewake",
         "schedule": _every(_settings.schedule.sweep_seconds),
-        "options": {"expires": 30},
+        "options": {"expires": max(1, int(_settings.schedule.sweep_seconds))},
     },
     "audit-check": {
         "task": "audit.check",

@@ -14,6 +14,10 @@ from models.tables import Accumulator, Execution, SymbolFreeze, Trade
 from tasks.job_runs import recorded
 from workers.celery_app import app
 
+# Oldest first, at most this many per tick: a backlog is worked off over several ticks
+# instead of one tick publishing for longer than its time limit.
+RESEND_PER_SWEEP = 500
+
 
 @dataclass(frozen=True)
 class StrandedWork:
@@ -44,12 +48,15 @@ def find_stranded_work(
             )
         ).all()
         executions = session.scalars(
-            select(Execution.id).where(
+            select(Execution.id)
+            .where(
                 or_(
                     and_(Execution.status == "pending", Execution.updated_at < now - pending_stale),
                     and_(Execution.status == "submitted", Execution.updated_at < now - submitted_stale),
                 )
             )
+            .order_by(Execution.updated_at)
+            .limit(RESEND_PER_SWEEP)
         ).all()
     return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
 
@@ -57,7 +64,6 @@ def find_stranded_work(
 @app.task(name="sweep.rewake", ignore_result=True)
 @recorded("sweep.rewake")
 def rewake() -> dict[str, int]:
-    from tasks.execution_tasks import submit
     from workers import runtime
 
     config = runtime.settings()
@@ -68,8 +74,5 @@ def rewake() -> dict[str, int]:
         timedelta(seconds=config.execution.pending_stale_seconds),
         timedelta(seconds=config.execution.submitted_stale_seconds),
     )
-    for symbol in work.symbols:
-        runtime.enqueue_accumulate(symbol)
-    for execution_id in work.executions:
-        submit.delay(str(execution_id))
-    return {"symbols": len(work.symbols), "executions": len(work.executions)}
+    resent = runtime.resend_stale(work.symbols, work.executions, config.execution.pending_stale_seconds)
+    return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -180,3 +182,28 @@ def submit_after_commit(execution_id: uuid.UUID) -> None:
         submit.delay(str(execution_id))
     except Exception as exc:  # kombu raises several families; none of them may fail the request
         log.warning("execution %s not enqueued (the sweep will pick it up): %s", execution_id, exc)
+
+
+RESEND_KEY = "dustpan:resend:{kind}:{name}"
+
+
+def resend_stale(symbols: list[str], execution_ids: list[uuid.UUID], hold_seconds: int) -> int:
+    """Re-enqueue the accumulate runs and submits of work the sweep found stranded, each at most
+    once per ``hold_seconds``: a deep queue makes everything in it look stranded, and a message
+    per sweep tick for each would only deepen it. Returns how many messages were sent."""
+    from tasks.execution_tasks import submit
+
+    work: list[tuple[str, str, Callable[[], object]]] = [
+        *(("accumulate", symbol, functools.partial(enqueue_accumulate, symbol)) for symbol in symbols),
+        *(("submit", e.hex, functools.partial(submit.delay, str(e))) for e in execution_ids),
+    ]
+    client, sent = redis_client(), 0
+    for kind, name, send in work:
+        try:
+            if client.set(RESEND_KEY.format(kind=kind, name=name), 1, nx=True, ex=hold_seconds):
+                send()
+                sent += 1
+        except Exception as exc:  # kombu and redis raise several families; the next tick tries again
+            log.warning("stranded work not re-sent (the next sweep tries again): %s", exc)
+            break
+    return sent
