@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,6 +72,7 @@ FLEET_QUEUES = ("ingestion", "execution", "ops")
 TARGET_BATCHED = 10_000  # trades/s at 100 trades per webhook, 2 cores
 TARGET_SINGLE = 1_000  # trades/s at 1 trade per webhook, and at least the no-op task rate
 TARGET_RSS_MB = 200
+ACCUMULATE = "ingestion.accumulate"
 
 
 @dataclass
@@ -101,13 +101,17 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     executions: int = 0
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per role, first post to accumulated
-    tasks: Counter[str] = field(default_factory=Counter)  # Celery tasks that succeeded meanwhile
+    task_runs: dict[str, list[float]] = field(default_factory=dict)  # run seconds of the tasks that succeeded
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     pg: PgCeiling | None = None
 
     @property
     def trades_per_second(self) -> float:
         return self.shape.trades / self.accumulated_seconds
+
+    @property
+    def accumulate_runs(self) -> list[float]:
+        return self.task_runs.get(ACCUMULATE, [])
 
 
 # -- one shape ------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def run_shape(fleet: Fleet, books: Books, shape: Shape, args: argparse.Namespace
         latencies_ms=run.latencies_ms,
         executions=int(books.value("SELECT count(*) FROM executions")),
         cpu_seconds={role: cpu_after[role] - cpu_before[role] for role in cpu_before},
-        tasks=Counter({name: len(runs) for name, runs in task_run_seconds(fleet, log_offsets).items()}),
+        task_runs=task_run_seconds(fleet, log_offsets),
         peak_rss_mb=dict(rss.peaks),
     )
 
@@ -190,6 +194,10 @@ def warm_up(fleet: Fleet, books: Books, shapes: list[Shape]) -> None:
 # -- report ---------------------------------------------------------------------------------
 
 
+def _p50_max(seconds: list[float]) -> str:
+    return f"{percentile(seconds, 50) * 1000:.0f} / {max(seconds, default=0) * 1000:.0f}"
+
+
 def _ratio(value: float, ceiling: float) -> str:
     return f"{value / ceiling:.2f}x" if ceiling else "-"
 
@@ -208,9 +216,10 @@ def print_results(results: list[Result], noop: NoopCeiling | None, args: argpars
         ("webhook latency p50 (ms)", lambda r: f"{percentile(r.latencies_ms, 50):.1f}"),
         ("webhook latency p99 (ms)", lambda r: f"{percentile(r.latencies_ms, 99):.1f}"),
         ("executions created", lambda r: f"{r.executions:,}"),
-        ("accumulate tasks run", lambda r: f"{r.tasks['ingestion.accumulate']:,}"),
-        ("trades per accumulate run", lambda r: f"{r.shape.trades / max(1, r.tasks['ingestion.accumulate']):,.1f}"),
-        ("other tasks run", lambda r: f"{sum(n for t, n in r.tasks.items() if t != 'ingestion.accumulate'):,}"),
+        ("accumulate tasks run", lambda r: f"{len(r.accumulate_runs):,}"),
+        ("trades per accumulate run", lambda r: f"{r.shape.trades / max(1, len(r.accumulate_runs)):,.1f}"),
+        ("accumulate run p50 / max (ms)", lambda r: _p50_max(r.accumulate_runs)),
+        ("other tasks run", lambda r: f"{sum(len(v) for t, v in r.task_runs.items() if t != ACCUMULATE):,}"),
     ]
     for role in results[0].cpu_seconds:
         rows.append((f"CPU s: {role}", lambda r, role=role: f"{r.cpu_seconds[role]:.1f}"))  # type: ignore[misc]
