@@ -4,8 +4,8 @@ Per webhook, one transaction: the statement ``tasks.ingestion.store_trades`` run
 text, the array INSERT ... ON CONFLICT DO NOTHING RETURNING id, rows in id order), then
 COMMIT, from as many connections as the bench has webhook clients. Meanwhile one connection
 does what ``accumulate_symbol`` does, batched the way the app batches (up to
-``accumulation.batch_size`` trades a run, the next run ``WAKE_DELAY_SECONDS`` after a short
-one): claim the waiting trades (FOR UPDATE SKIP LOCKED), lock the accumulator row, mark the
+``accumulation.batch_size`` trades a run, polling every ``IDLE_POLL_SECONDS`` when idle where
+the app is woken): claim the waiting trades (FOR UPDATE SKIP LOCKED), lock the accumulator row, mark the
 trades accumulated, and when the net reaches the threshold read the open portions, plan the
 execution (``models.domain.accumulation.plan_execution``), insert it, take from the trades and
 insert the contributions; then update the accumulator and COMMIT. No HTTP, no Celery, no ORM,
@@ -32,7 +32,6 @@ from bench._measure import BenchError
 from models.domain.accumulation import Portion, plan_execution
 from models.domain.quantities import ZERO
 from tasks.ingestion import _INSERT_TRADES, _TAKE_FROM_TRADES, _trade_columns, client_order_id_for
-from workers.runtime import WAKE_DELAY_SECONDS
 from workers.settings import AccumulationSettings
 from workers.webhook import read_trades
 
@@ -64,6 +63,9 @@ INSERT_EXECUTION = (
 )
 INSERT_CONTRIBUTIONS = "INSERT INTO contributions (execution_id, trade_id, return_id, quantity) VALUES %s"
 UPDATE_ACCUMULATOR = "UPDATE accumulators SET net_quantity = %s, last_price = %s, updated_at = %s WHERE symbol = %s"
+
+
+IDLE_POLL_SECONDS = 0.005  # float-ok: seconds
 
 
 @dataclass
@@ -153,7 +155,7 @@ class _Accumulator:
                     raise BenchError(f"PostgreSQL ceiling failed: {failures[0]!r}")
                 if time.perf_counter() > deadline:
                     raise BenchError(f"PostgreSQL ceiling: {applied} of {self.expected} accumulated before the timeout")
-                time.sleep(WAKE_DELAY_SECONDS)  # a webhook's wake runs the task this much later
+                time.sleep(IDLE_POLL_SECONDS)
                 claimed = self.batch_size
                 while claimed == self.batch_size:  # a full batch: the task enqueues itself again at once
                     claimed = self._accumulate_once(connection)

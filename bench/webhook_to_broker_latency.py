@@ -69,7 +69,6 @@ from tasks.ingestion import client_order_id_for
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, wait_for
-from workers.runtime import WAKE_DELAY_SECONDS
 
 WEBHOOK_SECRET = "bench-webhook-secret"
 API_TOKEN = "bench-api-token"
@@ -237,10 +236,7 @@ def print_figures(args: argparse.Namespace, t: Trickle) -> None:
         f"\n{requests:,} webhooks of 1 trade in {t.sent_seconds:.1f} s ({requests / t.sent_seconds:,.0f}/s, asked"
         f" {args.rate}/s), {t.run.connections} connection(s); sends behind schedule p99 {percentile(late, 99):.1f} ms"
     )
-    print(
-        f"{len(orders):,} orders at the broker, {requests / len(orders):.1f} trades per order;"
-        f" wake delay (workers/runtime.py WAKE_DELAY_SECONDS) {WAKE_DELAY_SECONDS * 1000:.0f} ms\n"
-    )
+    print(f"{len(orders):,} orders at the broker, {requests / len(orders):.1f} trades per order\n")
     _row("webhook request -> 202", [a.answered - a.sent for a in t.run.answers])
     _row("202 -> order at the broker (per order)", latency, f"   target p99 <= {TARGET_P99_MS}")
     _row("  202 -> accumulate run start", [o.accumulated - o.last_answer for o in orders])

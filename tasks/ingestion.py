@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import case, select, text, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -101,18 +102,33 @@ class AccumulateResult:
     trade_ids: list[str] = field(default_factory=list)  # the batch claimed: applied, or rejected
     executions: list[uuid.UUID] = field(default_factory=list)
     more_waiting: bool = False
+    busy: bool = False  # another run of this symbol was under way: nothing was done
 
 
-def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, now: datetime) -> AccumulateResult:
+def accumulate_symbol(
+    uow: UnitOfWork,
+    symbol: str,
+    config: AccumulationConfig,
+    now: datetime,
+    before_claim: Callable[[], None] = lambda: None,
+) -> AccumulateResult:
     """Apply one batch of the symbol's waiting trades and create the execution the net calls for.
 
     Everything happens in one transaction: trades claimed, net updated, execution and its
     contributions written. Redelivery is harmless: claimed trades are no longer waiting.
+    One run per symbol at a time: a second run returns ``busy`` at once instead of holding a
+    pool process while it queues on the accumulator row; the caller makes sure the running
+    one (or a next one) sees what the second was woken for. ``before_claim`` runs once this
+    run is the symbol's only one, just before it claims.
     """
     result = AccumulateResult()
     with uow:
         session = uow.session
-        # SKIP LOCKED: concurrent workers on the same symbol take disjoint batches instead of queueing.
+        if not session.scalar(select(func.pg_try_advisory_xact_lock(accumulate_lock_key(symbol)))):
+            result.busy = True
+            return result
+        before_claim()
+        # SKIP LOCKED: a trade another transaction holds is left for the next run, never waited on.
         claimed = session.execute(
             select(Trade.id, Trade.side, Trade.quantity, Trade.price)
             .where(Trade.symbol == symbol, Trade.status == "received")
@@ -138,6 +154,12 @@ def accumulate_symbol(uow: UnitOfWork, symbol: str, config: AccumulationConfig, 
         result.executions += execute_if_due(session, accumulator, config.threshold, now)
         uow.commit()
     return result
+
+
+def accumulate_lock_key(symbol: str) -> int:
+    """The symbol's advisory lock key for accumulate runs (64 bits: collisions are not a concern)."""
+    digest = hashlib.sha256(f"dustpan:accumulate:{symbol}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _lock_accumulator(session: Session, symbol: str) -> Accumulator:

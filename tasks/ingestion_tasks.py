@@ -19,15 +19,25 @@ TRADE_IDS_PER_LINE = 100
 @app.task(name="ingestion.accumulate", bind=True, max_retries=None)
 def accumulate(self: Any, symbol: str) -> None:
     with log_context(symbol=symbol):
-        runtime.clear_wake(symbol)
-        result = accumulate_symbol(runtime.unit_of_work(), symbol, runtime.accumulation_config(), runtime.now())
+        # The wake flag is cleared just before the claim: a trade committed after it raises the
+        # flag again. A run that finds another one under way leaves the flag raised, and the
+        # one under way, once committed, sees the flag and asks for a next run.
+        result = accumulate_symbol(
+            runtime.unit_of_work(),
+            symbol,
+            runtime.accumulation_config(),
+            runtime.now(),
+            before_claim=lambda: runtime.clear_wake(symbol),
+        )
+        if result.busy:
+            return
         _log_result(result)
         # Enqueue only after commit; a message lost here is found again by the sweep.
         from tasks.execution_tasks import submit
 
         for execution_id in result.executions:
             submit.delay(str(execution_id))
-        if result.more_waiting:
+        if result.more_waiting or runtime.wake_raised(symbol):
             runtime.enqueue_accumulate(symbol)
 
 

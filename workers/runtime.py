@@ -27,11 +27,6 @@ from workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 WAKE_KEY = "dustpan:wake:{symbol}"
 WAKE_TTL_SECONDS = 30
-# A webhook's wake runs the accumulate task this much later: under a trickle of one-trade
-# webhooks the trades of this window are applied by one run (and net into one execution)
-# instead of one run per trade. It adds at most this much to a trade's wait; it loses nothing
-# (see wake_symbols).
-WAKE_DELAY_SECONDS = 0.1  # float-ok: a duration
 
 
 def now() -> datetime:
@@ -152,19 +147,30 @@ def wake_symbols(symbols: list[str]) -> None:
     """Ask for an accumulate run per symbol, at most one queued at a time per symbol.
 
     A hint only: if Redis or the enqueue fails, the trades are already committed and the
-    sweep finds them. The task clears the flag before it claims trades, so trades committed
-    after its claim raise a new flag and a new run; the delay only postpones that claim, so
-    every trade committed before it is in it.
+    sweep finds them. The task clears the flag just before it claims trades, so trades
+    committed after its claim raise a new flag; a run that finds another under way leaves the
+    flag raised, and the run under way asks for a next one when it sees it (ingestion_tasks).
     """
 
     client = redis_client()
     for symbol in symbols:
         try:
             if client.set(WAKE_KEY.format(symbol=symbol), 1, nx=True, ex=WAKE_TTL_SECONDS):
-                enqueue_accumulate(symbol, countdown=WAKE_DELAY_SECONDS)
+                # No delay: trades arriving while a run is under way raise the flag again,
+                # and that run asks for the next one, which takes them all in one claim.
+                enqueue_accumulate(symbol)
         except (redis.RedisError, OSError) as exc:
             log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
             return
+
+
+def wake_raised(symbol: str) -> bool:
+    """Whether a trade arrived since the last claim (a Redis failure says no: the sweep has it)."""
+    try:
+        return bool(redis_client().exists(WAKE_KEY.format(symbol=symbol)))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("wake flag for %s not read (the sweep will pick it up): %s", symbol, exc)
+        return False
 
 
 def clear_wake(symbol: str) -> None:

@@ -1,0 +1,39 @@
+"""One accumulate run per symbol at a time: a second one leaves at once instead of queueing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal as D
+
+import psycopg2
+
+from models.db import UnitOfWork
+from models.domain.quantities import Side
+from models.domain.trades import IncomingTrade
+from tasks.ingestion import AccumulationConfig, accumulate_lock_key, accumulate_symbol, store_trades
+
+NOW = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)
+ACCUMULATION = AccumulationConfig(D(1), 1000, frozenset())
+
+
+def _trade(n: int, symbol: str = "HOT") -> IncomingTrade:
+    return IncomingTrade(f"{symbol}-{n}", symbol, Side.BUY, D("0.75"), D("10"), NOW)
+
+
+def test_a_second_run_while_one_is_under_way_claims_nothing_and_says_busy(uow: UnitOfWork, clean_database: str) -> None:
+    store_trades(uow, [_trade(1), _trade(2)])
+    claimed_before: list[bool] = []
+    running = psycopg2.connect(clean_database)  # stands for the run under way
+    try:
+        with running.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (accumulate_lock_key("HOT"),))
+            second = accumulate_symbol(uow, "HOT", ACCUMULATION, NOW, before_claim=lambda: claimed_before.append(True))
+            other_symbol = accumulate_symbol(uow, "COLD", ACCUMULATION, NOW)
+        running.rollback()
+    finally:
+        running.close()
+    assert second.busy and second.applied == 0 and second.executions == [] and claimed_before == []
+    assert not other_symbol.busy
+
+    after = accumulate_symbol(uow, "HOT", ACCUMULATION, NOW, before_claim=lambda: claimed_before.append(True))
+    assert not after.busy and after.applied == 2 and len(after.executions) == 1 and claimed_before == [True]
