@@ -190,6 +190,10 @@ def _after_settlement(
     """What a finished order leads to; returns executions created in this commit."""
     if execution.source != "hedge":
         return settle_position_order(session, execution, unfilled, config.min_position_value, now)
+    if not unfilled and not _in_backoff(session, execution.symbol):
+        # A complete fill with no rejection streak changes nothing on the net: leave the row
+        # unlocked rather than queue behind the symbol's accumulate run.
+        return []
     accumulator = _lock_accumulator(session, execution.symbol)
     if unfilled:
         _put_back(session, accumulator, execution, unfilled, reason, now)
@@ -200,6 +204,13 @@ def _after_settlement(
         _back_off(session, accumulator, config, now, reason=reason)
     # Re-order shares put back in this same commit, so no quiet moment shows |net| >= threshold.
     return execute_if_due(session, accumulator, config.threshold, now)
+
+
+def _in_backoff(session: Session, symbol: str) -> bool:
+    streak = session.execute(
+        select(Accumulator.consecutive_rejections, Accumulator.hold_until).where(Accumulator.symbol == symbol)
+    ).one()
+    return bool(streak.consecutive_rejections or streak.hold_until is not None)
 
 
 def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
