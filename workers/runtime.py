@@ -159,7 +159,7 @@ def wake_symbols(symbols: list[str]) -> None:
                 # No delay: trades arriving while a run is under way raise the flag again,
                 # and that run asks for the next one, which takes them all in one claim.
                 enqueue_accumulate(symbol)
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # redis and kombu raise several families; none may fail the webhook
             log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
             return
 
