@@ -113,3 +113,12 @@ def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        help="run the chaos test in its long form (more faults, and a latency/reset proxy in front of Redis"
+        " and PostgreSQL) instead of the short form CI runs",
+    )

@@ -14,6 +14,8 @@ their endpoint.
 from __future__ import annotations
 
 import json
+import random
+import sys
 import threading
 import uuid
 from collections import Counter, deque
@@ -105,9 +107,13 @@ class AlpacaStub:
     - ``assets[symbol]``: fields served over ``asset_json(symbol)``; symbols not listed get 404
     - ``retry_after_seconds``: the ``Retry-After`` header sent with a scripted 429 (None: omit)
     - ``stall_seconds``: how long the timeout faults sleep; keep it above the client timeout
+    - ``order_fault_percent[kind]``: share (whole percent) of order POSTs that get this fault,
+      drawn from ``seed``; ``faults_injected`` counts every fault served, scripted or drawn
+    - ``resent_after_accept``: order POSTs whose ``client_order_id`` the stub had already accepted
+      (a 5xx accepted nothing, so a POST after it is not one of these)
     """
 
-    def __init__(self, key_id: str = "stub-key-id", secret_key: str = "stub-secret-key") -> None:
+    def __init__(self, key_id: str = "stub-key-id", secret_key: str = "stub-secret-key", seed: int = 0) -> None:
         self.key_id = key_id
         self.secret_key = secret_key
         self.prices: dict[str, Decimal] = {}
@@ -124,6 +130,11 @@ class AlpacaStub:
         self.requests: list[RecordedRequest] = []
         self.posts_per_client_order_id: Counter[str] = Counter()
         self.orders: dict[str, dict[str, Any]] = {}  # by Alpaca's order id
+        self.order_fault_percent: dict[str, int] = {}
+        self.faults_injected: Counter[str] = Counter()
+        self.resent_after_accept: Counter[str] = Counter()
+        self._by_client_order_id: dict[str, dict[str, Any]] = {}
+        self._rng = random.Random(seed)
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -142,7 +153,7 @@ class AlpacaStub:
         self.stop()
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
@@ -179,14 +190,25 @@ class AlpacaStub:
         misbehave on the wire. A None reply means: answer nothing at all."""
         with self._lock:
             self.requests.append(RecordedRequest(method, path, body))
-            if method == "POST" and urlsplit(path).path == "/v2/orders":
+            order_post = method == "POST" and urlsplit(path).path == "/v2/orders"
+            if order_post:
                 self._count_post(body)
-            fault = self._faults.popleft() if self._faults else None
+            fault = self._faults.popleft() if self._faults else (self._draw_fault() if order_post else None)
+            if fault is not None:
+                self.faults_injected[fault] += 1
         if fault in ("500", "429", "malformed", "timeout"):
             return fault, _fault_reply(fault, self.retry_after_seconds)
         if headers.get("APCA-API-KEY-ID") != self.key_id or headers.get("APCA-API-SECRET-KEY") != self.secret_key:
             return fault, _error(401, 40110000, "request is not authorized")
         return fault, self._route(method, path, body)
+
+    def _draw_fault(self) -> str | None:
+        draw = self._rng.randrange(100)
+        for kind, percent in sorted(self.order_fault_percent.items()):
+            if draw < percent:
+                return kind
+            draw -= percent
+        return None
 
     def stall(self) -> None:
         self._stopping.wait(self.stall_seconds)
@@ -246,9 +268,9 @@ class AlpacaStub:
             return refusal
         with self._lock:
             if self._find_by_client_order_id(payload.get("client_order_id", "")) is not None:
+                self.resent_after_accept[payload["client_order_id"]] += 1
                 return _error(422, _UNPROCESSABLE, "client_order_id must be unique")
-            order = self._new_order(payload)
-            self.orders[order["id"]] = order
+            order = self._store(self._new_order(payload))
         return _json_reply(200, order)
 
     def _refusal(self, payload: Any) -> Reply | None:
@@ -280,8 +302,7 @@ class AlpacaStub:
             if qty > abs(held):
                 available = f"requested: {_text(qty)}, available: {_text(abs(held))}"
                 return _error(403, 40310000, f"insufficient qty available for order ({available})")
-            order = self._new_order({"symbol": symbol, "qty": qty, "side": "sell" if held > 0 else "buy"})
-            self.orders[order["id"]] = order
+            order = self._store(self._new_order({"symbol": symbol, "qty": qty, "side": "sell" if held > 0 else "buy"}))
         return _json_reply(200, order)
 
     def _asset(self, symbol: str) -> Reply:
@@ -332,6 +353,11 @@ class AlpacaStub:
             "hwm": None,
         }
 
+    def _store(self, order: dict[str, Any]) -> dict[str, Any]:
+        self.orders[order["id"]] = order
+        self._by_client_order_id[order["client_order_id"]] = order
+        return order
+
     def _fill(self, symbol: str, qty: Decimal) -> tuple[Decimal, str]:
         if symbol in self.reject_symbols:
             return Decimal("0"), "rejected"
@@ -341,7 +367,7 @@ class AlpacaStub:
         return (filled, "filled") if filled >= qty else (filled, "canceled")
 
     def _find_by_client_order_id(self, client_order_id: str) -> dict[str, Any] | None:
-        return next((o for o in self.orders.values() if o["client_order_id"] == client_order_id), None)
+        return self._by_client_order_id.get(client_order_id)
 
     def _apply_fill(self, symbol: str, side: str, filled: Decimal, price: Decimal) -> None:
         if filled == 0:
@@ -402,6 +428,15 @@ def _fault_reply(fault: str, retry_after: int | None) -> Reply | None:
     if fault == "malformed":
         return Reply(200, "<html><body>502 Bad Gateway</body></html>", (("Content-Type", "application/json"),))
     return None  # "timeout": never answer
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up mid-request is a scripted fault, not a stub bug.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler_for(stub: AlpacaStub) -> type[BaseHTTPRequestHandler]:
