@@ -51,13 +51,28 @@ def select_one(connection: psycopg2.extensions.connection) -> object:
         return cursor.fetchone()
 
 
+def blocked_in_blpop(broker_url: str) -> bool:
+    direct = redis.Redis.from_url(broker_url)
+    try:
+        return any(client["cmd"] == "blpop" for client in direct.client_list())
+    finally:
+        direct.close()
+
+
+def catch(call: Callable[[], object]) -> list[Exception]:
+    try:
+        call()
+    except Exception as error:
+        return [error]
+    return []
+
+
 def test_url_for_swaps_only_host_and_port() -> None:
-    proxy = FaultProxy("db.internal", 5432)
-    proxy._port = 40001  # as if started
-    assert proxy.url_for("postgresql://postgres:pw@db.internal:5432/books?x=1") == (
-        "postgresql://postgres:pw@127.0.0.1:40001/books?x=1"
-    )
-    assert proxy.url_for("redis://127.0.0.1:6390/0") == "redis://127.0.0.1:40001/0"
+    with FaultProxy("db.internal", 5432) as proxy:  # nothing connects, so the upstream need not exist
+        assert proxy.url_for("postgresql://postgres:pw@db.internal:5432/books?x=1") == (
+            f"postgresql://postgres:pw@127.0.0.1:{proxy.port}/books?x=1"
+        )
+        assert proxy.url_for("redis://localhost:6390/0") == f"redis://127.0.0.1:{proxy.port}/0"
 
 
 def test_redis_and_postgres_work_through_the_proxy_and_are_counted(
@@ -101,18 +116,10 @@ def test_a_blocked_connection_does_not_stall_another(redis_proxy: FaultProxy, br
     popped: list[object] = []
     waiter = threading.Thread(target=lambda: popped.append(redis_via(redis_proxy, broker_url).blpop(["jobs"], 30)))
     waiter.start()
-    time.sleep(0.3)  # the waiter is now blocked in BLPOP behind the proxy
+    wait_for(lambda: blocked_in_blpop(broker_url), timeout=10, what="the waiter to block in BLPOP behind the proxy")
     redis_via(redis_proxy, broker_url).rpush("jobs", "job-1")
     waiter.join()
     assert popped == [(b"jobs", b"job-1")]
-
-
-def blocked_in_blpop(broker_url: str) -> bool:
-    direct = redis.Redis.from_url(broker_url)
-    try:
-        return any(client["cmd"] == "blpop" for client in direct.client_list())
-    finally:
-        direct.close()
 
 
 def test_reset_all_breaks_open_connections_and_new_ones_work(
@@ -138,14 +145,6 @@ def test_reset_all_breaks_open_connections_and_new_ones_work(
     fresh.close()
     client.close()
     assert redis_proxy.counts()["resets_reset_all"] == postgres_proxy.counts()["resets_reset_all"] == 1
-
-
-def catch(call: Callable[[], object]) -> list[Exception]:
-    try:
-        call()
-    except Exception as error:
-        return [error]
-    return []
 
 
 def test_reset_probability_one_resets_every_connection(
