@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-_engines: dict[str, Engine] = {}
+# A pooled connection idle longer than this is checked with a SELECT 1 before an autocommit
+# unit of work uses it (say, after a PostgreSQL restart); one in steady use is not: a ping
+# per checkout is a round trip per webhook group.
+PING_AFTER_IDLE_SECONDS = 1
+
+_engines: dict[tuple[str, bool], Engine] = {}
 # sessionmaker() builds a Session subclass, and the first session of each new class sets up its
 # event dispatch: a tenth of the API's CPU on one-trade webhooks when made per unit of work.
-_session_factories: dict[str, sessionmaker[Session]] = {}
+_session_factories: dict[tuple[str, bool], sessionmaker[Session]] = {}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -20,19 +28,48 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def engine_for(url: str) -> Engine:
-    """One engine per URL and process (re-created after a fork by ``dispose_engines``)."""
-    engine = _engines.get(url)
+def engine_for(url: str, *, autocommit: bool = False) -> Engine:
+    """One engine per URL, mode and process (re-created after a fork by ``dispose_engines``).
+
+    ``autocommit``: each statement is its own transaction, committed (and flushed to disk) by
+    the time it returns: no BEGIN and COMMIT round trips, for work that is one statement.
+    """
+    engine = _engines.get((url, autocommit))
     if engine is None:
-        engine = create_engine(
-            sqlalchemy_url(url),
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=5,
-            connect_args={"connect_timeout": 5, "application_name": "dustpan"},
-        )
-        _engines[url] = engine
+        connect_args = {"connect_timeout": 5, "application_name": "dustpan"}
+        if autocommit:
+            engine = create_engine(
+                sqlalchemy_url(url),
+                isolation_level="AUTOCOMMIT",
+                pool_size=2,
+                max_overflow=2,
+                connect_args=connect_args,
+            )
+            _ping_when_idle(engine)
+        else:
+            engine = create_engine(
+                sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
+            )
+        _engines[(url, autocommit)] = engine
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _idle_from_now(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("stale pooled connection") from exc  # the pool connects anew
 
 
 def dispose_engines() -> None:
@@ -43,18 +80,23 @@ def dispose_engines() -> None:
     _session_factories.clear()
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    factory = _session_factories.get(url)
+def session_factory(url: str, *, autocommit: bool = False) -> sessionmaker[Session]:
+    factory = _session_factories.get((url, autocommit))
     if factory is None:
-        factory = _session_factories[url] = sessionmaker(bind=engine_for(url), expire_on_commit=False)
+        engine = engine_for(url, autocommit=autocommit)
+        factory = _session_factories[(url, autocommit)] = sessionmaker(bind=engine, expire_on_commit=False)
     return factory
 
 
 class UnitOfWork:
-    """One transaction: ``with uow:`` opens it, ``commit()`` ends it; leaving without commit rolls back."""
+    """One transaction: ``with uow:`` opens it, ``commit()`` ends it; leaving without commit rolls back.
 
-    def __init__(self, url: str) -> None:
-        self._factory = session_factory(url)
+    With ``autocommit`` every statement commits as it returns and ``commit()`` has nothing left
+    to do: only for work whose statements need not be atomic together (one write, say).
+    """
+
+    def __init__(self, url: str, *, autocommit: bool = False) -> None:
+        self._factory = session_factory(url, autocommit=autocommit)
         self.session: Session
 
     def __enter__(self) -> UnitOfWork:

@@ -1,7 +1,8 @@
 """Trade ingestion: store webhooks' trades once, then net them per symbol into executions.
 
-``store_trades`` runs in the webhook request; ``accumulate_symbol`` runs in the
-``ingestion.accumulate`` task, woken after the trades are committed and by the sweep.
+``store_webhooks`` runs in the API, for a group of webhooks at a time (workers.api_webhook);
+``accumulate_symbol`` runs in the ``ingestion.accumulate`` task, woken after the trades are
+committed and by the sweep.
 """
 
 from __future__ import annotations
@@ -34,30 +35,57 @@ class StoreResult:
 
 def store_trades(uow: UnitOfWork, trades: Sequence[IncomingTrade]) -> StoreResult:
     """Insert unseen trade ids; a known id is a duplicate if its content matches, else a conflict."""
+    return store_webhooks(uow, [trades])[0]
+
+
+def store_webhooks(uow: UnitOfWork, webhooks: Sequence[Sequence[IncomingTrade]]) -> list[StoreResult]:
+    """Store several webhooks' trades with one INSERT (group commit), one result per webhook.
+
+    Each webhook gets the result it would have had alone, had they been stored one after the
+    other in the order given: a trade id that two of them carry is accepted by the first and
+    known to the second, a duplicate or a conflict by the content the first stored. The INSERT
+    is one transaction, so an autocommit unit of work commits it as it returns; the read of
+    known ids' content hashes after it need not be in that transaction.
+    """
     first_by_id: dict[str, IncomingTrade] = {}
-    repeats: list[IncomingTrade] = []
-    for trade in trades:
-        if trade.id in first_by_id:
-            repeats.append(trade)
-        else:
-            first_by_id[trade.id] = trade
+    for trades in webhooks:
+        for trade in trades:
+            first_by_id.setdefault(trade.id, trade)
     with uow:
         # Inserted in id order: concurrent deliveries sharing ids then wait for each other's
         # unique-index entries in the same order instead of deadlocking.
         ordered = [first_by_id[trade_id] for trade_id in sorted(first_by_id)]
         inserted = set(uow.session.scalars(_INSERT_TRADES, _trade_columns(ordered)))
-        known = [t for t in first_by_id.values() if t.id not in inserted] + repeats
         stored_hash: dict[str, str] = {}
-        if known:
+        if len(inserted) < len(first_by_id):
             stored_hash = dict(
                 uow.session.execute(
-                    select(Trade.id, Trade.content_hash).where(Trade.id.in_({t.id for t in known}))
+                    select(Trade.id, Trade.content_hash).where(Trade.id.in_(first_by_id.keys() - inserted))
                 ).all()
             )
         uow.commit()
+    stored_hash.update((trade_id, first_by_id[trade_id].content_hash()) for trade_id in inserted)
+    claimed: set[str] = set()  # inserted ids already accepted by an earlier webhook of this call
+    return [_result_of(trades, inserted, claimed, stored_hash) for trades in webhooks]
+
+
+def _result_of(
+    trades: Sequence[IncomingTrade], inserted: set[str], claimed: set[str], stored_hash: dict[str, str]
+) -> StoreResult:
+    firsts: dict[str, IncomingTrade] = {}
+    repeats: list[IncomingTrade] = []
+    for trade in trades:
+        if trade.id in firsts:
+            repeats.append(trade)
+        else:
+            firsts[trade.id] = trade
+    accepted = [t for t in firsts.values() if t.id in inserted and t.id not in claimed]
+    claimed.update(t.id for t in accepted)
+    accepted_ids = {t.id for t in accepted}
+    known = [t for t in firsts.values() if t.id not in accepted_ids] + repeats
     conflicts = [t.id for t in known if stored_hash.get(t.id) != t.content_hash()]
-    symbols = sorted({first_by_id[i].symbol for i in inserted})
-    return StoreResult(len(inserted), len(known) - len(conflicts), conflicts, symbols)
+    symbols = sorted({t.symbol for t in accepted})
+    return StoreResult(len(accepted), len(known) - len(conflicts), conflicts, symbols)
 
 
 # One statement text for any batch size: the rows travel as one array per column, so the

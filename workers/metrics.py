@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -85,18 +86,30 @@ def latency_field(elapsed_ns: int) -> str:
 
 def record_webhook(status: int, result: StoreResult | None, elapsed_ns: int, client: redis.Redis | None = None) -> None:
     """Count one webhook response, its trade outcomes and its latency, in one round trip."""
+    record_webhooks([(status, result, elapsed_ns)], client)
+
+
+def record_webhooks(
+    responses: Sequence[tuple[int, StoreResult | None, int]], client: redis.Redis | None = None
+) -> None:
+    """Count webhook responses (status, result, elapsed ns), their trades and latencies, in one round trip."""
+    statuses: Counter[str] = Counter()
+    trades: Counter[str] = Counter()
+    latency: Counter[str] = Counter()
+    for status, result, elapsed_ns in responses:
+        statuses[str(status)] += 1
+        if result is not None:
+            trades.update(accepted=result.accepted, duplicate=result.duplicates, conflict=len(result.conflicts))
+        latency[latency_field(elapsed_ns)] += 1
+        latency["sum_ns"] += elapsed_ns
     try:
         pipe = (client or redis_client()).pipeline(transaction=False)
-        pipe.hincrby(RESPONSES_KEY, str(status), 1)
-        if result is not None:
-            pipe.hincrby(TRADES_KEY, "accepted", result.accepted)
-            pipe.hincrby(TRADES_KEY, "duplicate", result.duplicates)
-            pipe.hincrby(TRADES_KEY, "conflict", len(result.conflicts))
-        pipe.hincrby(LATENCY_KEY, latency_field(elapsed_ns), 1)
-        pipe.hincrby(LATENCY_KEY, "sum_ns", elapsed_ns)
+        for key, counts in ((RESPONSES_KEY, statuses), (TRADES_KEY, trades), (LATENCY_KEY, latency)):
+            for name, n in counts.items():
+                pipe.hincrby(key, name, n)
         pipe.execute()
     except (redis.RedisError, OSError) as exc:
-        log.warning("webhook metrics not recorded (status %s): %s", status, exc)
+        log.warning("webhook metrics not recorded (statuses %s): %s", ", ".join(statuses), exc)
 
 
 def _count_task_event(key: str, sender: Any, client: redis.Redis | None) -> None:

@@ -44,8 +44,8 @@ def database_url() -> str:
     return url
 
 
-def unit_of_work() -> UnitOfWork:
-    return UnitOfWork(database_url())
+def unit_of_work(*, autocommit: bool = False) -> UnitOfWork:
+    return UnitOfWork(database_url(), autocommit=autocommit)
 
 
 def accumulation_config() -> AccumulationConfig:

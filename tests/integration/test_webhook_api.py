@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -314,6 +315,33 @@ def test_same_trade_spelled_differently_is_a_duplicate_not_a_conflict(client: ht
     deliver(client, body_of(trade(8, quantity="1.5", executed_at="2026-11-02T14:30:00Z")))
     response = deliver(client, body_of(trade(8, quantity="1.500", executed_at="2026-11-02T15:30:00+01:00")))
     assert response.json() == {"accepted": 0, "duplicates": 1, "conflicts": []}
+
+
+def test_concurrent_one_trade_webhooks_stored_in_groups_each_get_their_own_counts(
+    client: httpx.Client, books: Books
+) -> None:
+    originals = [trade(n, quantity="1.25") for n in range(100, 110)]
+    assert deliver(client, body_of(*originals)).json()["accepted"] == 10
+    fresh = [trade(n) for n in range(40)]
+    # Each fresh trade twice, each original again, and each original's id with another quantity;
+    # sent at once from 8 threads, so that the API stores many of them per group.
+    deliveries = fresh + fresh + originals + [trade(n, quantity="2.5") for n in range(100, 110)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda one: deliver(client, body_of(one)), deliveries))
+
+    assert {answer.status_code for answer in answers} == {202}
+    counts = [answer.json() for answer in answers]
+    # Per fresh id: one of its two webhooks accepted it, the other found it a duplicate.
+    for n, trade_id in enumerate(t["id"] for t in fresh):
+        pair = [counts[n], counts[n + len(fresh)]]
+        assert sorted(pair, key=lambda c: c["accepted"]) == [
+            {"accepted": 0, "duplicates": 1, "conflicts": []},
+            {"accepted": 1, "duplicates": 0, "conflicts": []},
+        ], trade_id
+    assert counts[80:90] == [{"accepted": 0, "duplicates": 1, "conflicts": []}] * 10
+    assert counts[90:] == [{"accepted": 0, "duplicates": 0, "conflicts": [t["id"]]} for t in originals]
+    assert books.value("SELECT count(*) FROM trades") == 50
+    assert books.value("SELECT count(*) FROM trades WHERE quantity = 2.5") == 0
 
 
 @pytest.mark.parametrize(

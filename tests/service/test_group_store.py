@@ -1,0 +1,75 @@
+"""store_webhooks: a group of webhooks in one transaction, each answered as if stored alone, in order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from models.db import UnitOfWork
+from models.domain.quantities import Side
+from models.domain.trades import IncomingTrade
+from models.tables import Trade
+from tasks.ingestion import StoreResult, store_trades, store_webhooks
+from tests.conftest import truncate_all
+
+D = Decimal
+NOW = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
+
+
+def trade(trade_id: str, quantity: str = "0.5", symbol: str = "AAPL") -> IncomingTrade:
+    return IncomingTrade(trade_id, symbol, Side.BUY, D(quantity), D("100"), NOW)
+
+
+def test_each_webhook_of_a_group_gets_the_counts_it_would_have_had_alone(clean_database: str) -> None:
+    store_trades(UnitOfWork(clean_database), [trade("old")])
+    group = [
+        [trade("t1"), trade("old")],  # new, and a re-delivery of a stored trade
+        [trade("t1")],  # the same trade again, in the same group: a duplicate
+        [trade("t1", "0.75"), trade("old", "2")],  # known ids with other content: conflicts
+        [trade("t2", symbol="MSFT"), trade("t2", symbol="MSFT")],  # repeated inside one webhook
+    ]
+
+    results = store_webhooks(UnitOfWork(clean_database, autocommit=True), group)
+
+    assert results == [
+        StoreResult(1, 1, [], ["AAPL"]),
+        StoreResult(0, 1, [], []),
+        StoreResult(0, 0, ["t1", "old"], []),
+        StoreResult(1, 1, [], ["MSFT"]),
+    ]
+    with UnitOfWork(clean_database) as uow:
+        stored = {row.id: row.quantity for row in uow.session.execute(select(Trade.id, Trade.quantity))}
+    assert stored == {"old": D("0.5"), "t1": D("0.5"), "t2": D("0.5")}
+
+
+trades = st.builds(
+    trade,
+    trade_id=st.integers(0, 12).map(lambda n: f"t{n}"),  # a small id space: repeats and conflicts
+    quantity=st.sampled_from(["0.5", "0.500", "1.25", "0.000000000000000001"]),
+    symbol=st.sampled_from(["AAPL", "MSFT"]),
+)
+webhooks = st.lists(st.lists(trades, min_size=1, max_size=5), min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(earlier=webhooks, group=webhooks)
+def test_a_group_answers_and_stores_exactly_as_its_webhooks_one_after_another(
+    database_url: str, earlier: list[list[IncomingTrade]], group: list[list[IncomingTrade]]
+) -> None:
+    outcomes = []
+    for store_group in (True, False):
+        truncate_all(database_url)
+        for webhook in earlier:
+            store_trades(UnitOfWork(database_url), webhook)
+        if store_group:
+            results = store_webhooks(UnitOfWork(database_url, autocommit=True), group)
+        else:
+            results = [store_trades(UnitOfWork(database_url), webhook) for webhook in group]
+        with UnitOfWork(database_url) as uow:
+            rows = [tuple(row) for row in uow.session.execute(select(Trade.id, Trade.content_hash).order_by(Trade.id))]
+        outcomes.append((results, rows))
+    assert outcomes[0] == outcomes[1]

@@ -1,0 +1,175 @@
+"""``POST /webhooks/trades``: signed trades in, 202 once they are committed (SPEC section 3).
+
+The hot path of the API, built for one-trade webhooks arriving by the thousand a second:
+
+- ``WebhookFastPath`` answers it straight from the ASGI scope, ahead of FastAPI's routing,
+  dependency and exception layers, which cost more CPU than the webhook's own work. The
+  FastAPI route below is the same handler, documented in the OpenAPI schema.
+- The webhooks that arrive while a group commits are stored together by the next one
+  (``GroupCommit``): one INSERT, committed as it returns, for the whole group. Each webhook
+  is answered with its own counts once that commit has returned.
+- Waking the workers and counting the metrics happen after the commit, off the webhooks'
+  way, on a second thread that batches them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from models.domain.trades import IncomingTrade
+from tasks.ingestion import StoreResult, store_webhooks
+from workers import metrics, runtime
+from workers.group_commit import GroupCommit
+from workers.webhook import PayloadError, read_trades, verify_signature
+
+log = logging.getLogger(__name__)
+PATH = "/webhooks/trades"
+# Trades per group transaction: a few hundred-trade webhooks, or many one-trade ones.
+GROUP_MAX_TRADES = 2000
+UNAVAILABLE = {"error": "unavailable", "message": "database unavailable, retry"}
+
+router = APIRouter()
+
+
+@router.post(PATH, status_code=202)
+async def receive_trades(request: Request) -> JSONResponse:
+    started, status, result = time.perf_counter_ns(), 500, None
+    try:
+        response, result = await _accept_trades(request)
+        status = response.status_code
+        return response
+    except OperationalError as exc:
+        # Not the sender's fault: tell them to retry the same delivery. Should the INSERT have
+        # committed before the connection broke, the retry finds its trades as duplicates, as
+        # any re-delivery after a lost answer does.
+        log.error("database unavailable: %s", exc.orig)
+        status = 503
+        return JSONResponse(UNAVAILABLE, status_code=503)
+    finally:
+        _after_commit().post(_Answered(status, result, time.perf_counter_ns() - started))
+
+
+class WebhookFastPath:
+    """ASGI middleware: ``POST /webhooks/trades`` goes to ``receive_trades`` directly."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
+            response = await receive_trades(Request(scope, receive))
+            await response(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def _accept_trades(request: Request) -> tuple[JSONResponse, StoreResult | None]:
+    config = runtime.settings()
+    body = await _read_capped_body(request, config.webhook.max_body_bytes)
+    if body is None:
+        return _error(413, "payload_too_large", message=f"body exceeds {config.webhook.max_body_bytes} bytes"), None
+    refusal = verify_signature(
+        config.webhook_secret,
+        request.headers.get("x-dustpan-timestamp"),
+        request.headers.get("x-dustpan-signature"),
+        body,
+        int(time.time()),
+        config.webhook.tolerance_seconds,
+    )
+    if refusal:
+        return _error(401, "invalid_signature", message=refusal), None
+    try:
+        trades = read_trades(body, config.webhook.max_trades)
+    except PayloadError as exc:
+        return _error(422, "invalid_payload", details=exc.details), None
+    result = await _trade_writer().submit(trades)
+    return JSONResponse(
+        {"accepted": result.accepted, "duplicates": result.duplicates, "conflicts": result.conflicts},
+        status_code=202,
+    ), result
+
+
+def _error(status: int, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status_code=status)
+
+
+async def _read_capped_body(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- the two batching threads -------------------------------------------------------------
+
+
+def _store(webhooks: list[list[IncomingTrade]]) -> list[StoreResult]:
+    return store_webhooks(runtime.unit_of_work(autocommit=True), webhooks)
+
+
+@dataclass(frozen=True)
+class _Answered:
+    status: int
+    result: StoreResult | None
+    elapsed_ns: int
+
+
+def _wake_and_count(answered: list[_Answered]) -> list[None]:
+    """After the commit: wake the symbols' accumulation, count the responses (both only hints
+    and tallies: the trades are committed, a failure here loses nothing the sweep cannot find)."""
+    try:
+        runtime.wake_symbols(sorted({s for a in answered if a.result is not None for s in a.result.symbols}))
+        metrics.record_webhooks([(a.status, a.result, a.elapsed_ns) for a in answered])
+    except Exception:
+        log.exception("after %d webhook(s): wake-up or metrics failed", len(answered))
+    return [None] * len(answered)
+
+
+# One of each per event loop (one loop per API process in production).
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[list[IncomingTrade], StoreResult]] = (
+    weakref.WeakKeyDictionary()
+)
+_afters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[_Answered, None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _trade_writer() -> GroupCommit[list[IncomingTrade], StoreResult]:
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = GroupCommit(
+            _store,
+            size=len,
+            max_size=GROUP_MAX_TRADES,
+            # A database outage fails the whole group (503 each); anything else may be one
+            # webhook's own doing, so each is stored again alone (were the INSERT committed
+            # already, those trades come back as duplicates: the data is right either way).
+            isolate=lambda error: not isinstance(error, OperationalError),
+            name="trade-writer",
+        )
+    return writer
+
+
+def _after_commit() -> GroupCommit[_Answered, None]:
+    loop = asyncio.get_running_loop()
+    after = _afters.get(loop)
+    if after is None:
+        after = _afters[loop] = GroupCommit(_wake_and_count, name="after-commit")
+    return after
