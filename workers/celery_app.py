@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging, task_failure, task_retry, task_success, worker_process_init
 
+import workers.celery_patches  # noqa: F401 - guards kombu's Redis channel before any connection (see there)
 from models.db import dispose_engines
 from workers import logging_setup, metrics
 from workers.settings import get_settings

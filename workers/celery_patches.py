@@ -1,0 +1,71 @@
+"""A guard around kombu's Redis channel, so a worker outlives a Redis restart (celery 5.7.0, kombu 5.7.0).
+
+The crash: Redis dies while the worker main process has a BRPOP outstanding and messages
+delivered but unacknowledged (acks_late). The event loop sees the dead socket, and the
+consumer's recovery, ``on_connection_error_after_connected``, first ``collect()``s the
+connection, which closes its channels. kombu's ``Channel.close`` starts by reading the
+outstanding BRPOP reply; that read raises ConnectionError, which aborts the close half-way:
+the channel is not marked closed and its unacknowledged messages are not given back.
+``collect()`` swallows the error and detaches the transport (``transport.client = None``).
+Celery 5.7.0 then also calls ``connection.close()`` on the same connection (5.6 did not),
+which closes that half-closed channel again; this time the close gets as far as restoring
+the unacknowledged messages, which needs a new Redis pool, whose parameters come from the
+detached ``transport.client``: ``AttributeError: 'NoneType' object has no attribute
+'hostname'``. That is no connection error, so it escapes ``ignore_errors`` and the worker
+exits with "Unrecoverable error". Which socket the event loop reads first decides whether
+it happens, so about every other Redis restart under load kills a worker.
+
+The guard has two parts, both kept to the state they repair:
+
+1. ``Channel.close`` treats a connection error while draining the outstanding BRPOP like an
+   empty reply (the reply is lost with the connection either way) and finishes the close:
+   the channel is marked closed while its transport is still attached, so the second close
+   is a no-op. Its unacknowledged messages stay in Redis's unacked set and come back after
+   the visibility timeout (celeryconfig), as with any lost connection; tasks still running
+   are acknowledged as usual once Redis is back.
+2. A channel asked for a new Redis pool after its transport was detached raises
+   ``redis.ConnectionError`` instead of the AttributeError, so any other late use of such a
+   channel is cleaned up as the connection error it is.
+
+Installed on import, once; ``workers.celery_app`` imports it. Drop it once celery/kombu close
+a channel completely when that read fails (the repro: tests/integration/test_worker_survives_redis_restart.py).
+"""
+
+from __future__ import annotations
+
+from queue import Empty
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+_GUARD = "_dustpan_guarded"
+
+
+def install() -> None:
+    channel: Any = kombu_redis.Channel
+    if getattr(channel, _GUARD, False):
+        return
+    close, connparams = channel.close, channel._connparams
+
+    def close_even_if_the_brpop_reply_is_lost(self: Any) -> None:
+        if self._in_poll and not self.closed:
+            try:
+                self._brpop_read()  # as close() does; this resets _in_poll, so close() won't read again
+            except Empty:
+                pass
+            except self.connection_errors:
+                pass  # the connection is gone: go on closing instead of leaving the channel half-closed
+        close(self)
+
+    def connparams_of_an_attached_transport(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("this kombu channel's connection is already closed")
+        return connparams(self, asynchronous=asynchronous)
+
+    channel.close = close_even_if_the_brpop_reply_is_lost
+    channel._connparams = connparams_of_an_attached_transport
+    setattr(channel, _GUARD, True)
+
+
+install()
