@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 # A pooled connection idle longer than this is checked with a SELECT 1 before an autocommit
 # unit of work uses it (say, after a PostgreSQL restart); one in steady use is not: a ping
@@ -97,10 +99,47 @@ class UnitOfWork:
 
     def __init__(self, url: str, *, autocommit: bool = False) -> None:
         self._factory = session_factory(url, autocommit=autocommit)
-        self.session: Session
+        self._autocommit = autocommit
+        self._session: Session | None = None
+        self._pooled: PoolProxiedConnection | None = None  # autocommit rows() without a session
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self._factory()
+        return self._session
+
+    def rows(self, statement: str, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one driver-level statement (psycopg2 ``%(name)s`` parameters), return its rows.
+
+        In the unit of work's transaction, or with ``autocommit`` committed as it returns: then
+        straight on a pooled DBAPI connection, for a hot path where the ORM session's
+        bookkeeping costs more than the statement. Errors are SQLAlchemy's, as anywhere else.
+        """
+        if self._session is not None or not self._autocommit:
+            result = self.session.connection().exec_driver_sql(statement, parameters)
+            return [tuple(row) for row in result] if result.returns_rows else []
+        engine = self._factory.kw["bind"]
+        if self._pooled is None:
+            self._pooled = engine.raw_connection()
+        cursor = self._pooled.cursor()
+        try:
+            cursor.execute(statement, parameters)
+            return list(cursor.fetchall()) if cursor.description else []
+        except engine.dialect.loaded_dbapi.Error as exc:
+            gone = engine.dialect.is_disconnect(exc, self._pooled, cursor)
+            if gone:
+                self._pooled.invalidate(exc)  # closed, never handed out again
+            raise DBAPIError.instance(
+                statement, parameters, exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=gone
+            ) from exc
+        finally:
+            if not cursor.closed:
+                cursor.close()
 
     def __enter__(self) -> UnitOfWork:
-        self.session = self._factory()
+        # An autocommit unit of work makes its session on first use: rows() alone never pays for it.
+        self._session = None if self._autocommit else self._factory()
         return self
 
     def __exit__(
@@ -109,8 +148,13 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # close() rolls back whatever was not committed; loaded objects stay readable.
-        self.session.close()
+        if self._pooled is not None:
+            self._pooled.close()  # back to the pool
+            self._pooled = None
+        if self._session is not None:
+            # close() rolls back whatever was not committed; loaded objects stay readable.
+            self._session.close()
 
     def commit(self) -> None:
-        self.session.commit()
+        if self._session is not None:
+            self._session.commit()

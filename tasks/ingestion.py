@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import case, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
@@ -55,14 +55,11 @@ def store_webhooks(uow: UnitOfWork, webhooks: Sequence[Sequence[IncomingTrade]])
         # Inserted in id order: concurrent deliveries sharing ids then wait for each other's
         # unique-index entries in the same order instead of deadlocking.
         ordered = [first_by_id[trade_id] for trade_id in sorted(first_by_id)]
-        inserted = set(uow.session.scalars(_INSERT_TRADES, _trade_columns(ordered)))
+        inserted = {row[0] for row in uow.rows(_INSERT_TRADES_SQL, _trade_columns(ordered))}
         stored_hash: dict[str, str] = {}
         if len(inserted) < len(first_by_id):
-            stored_hash = dict(
-                uow.session.execute(
-                    select(Trade.id, Trade.content_hash).where(Trade.id.in_(first_by_id.keys() - inserted))
-                ).all()
-            )
+            known = sorted(first_by_id.keys() - inserted)
+            stored_hash = dict(uow.rows(_STORED_HASHES_SQL, {"ids": known}))
         uow.commit()
     stored_hash.update((trade_id, first_by_id[trade_id].content_hash()) for trade_id in inserted)
     claimed: set[str] = set()  # inserted ids already accepted by an earlier webhook of this call
@@ -102,6 +99,9 @@ _INSERT_TRADES = text(
     " ORDER BY n"
     " ON CONFLICT (id) DO NOTHING RETURNING id"
 )
+# The webhook path runs them at the driver level (UnitOfWork.rows): in psycopg2's spelling.
+_INSERT_TRADES_SQL = str(_INSERT_TRADES.compile(dialect=psycopg2.dialect()))
+_STORED_HASHES_SQL = "SELECT id, content_hash FROM trades WHERE id = ANY(CAST(%(ids)s AS text[]))"
 
 
 def _trade_columns(trades: Sequence[IncomingTrade]) -> dict[str, list[object]]:

@@ -8,8 +8,8 @@ The hot path of the API, built for one-trade webhooks arriving by the thousand a
 - The webhooks that arrive while a group commits are stored together by the next one
   (``GroupCommit``): one INSERT, committed as it returns, for the whole group. Each webhook
   is answered with its own counts once that commit has returned.
-- Waking the workers and counting the metrics happen after the commit, off the webhooks'
-  way, on a second thread that batches them too.
+- Waking the workers and counting the responses happen after the commit, off the webhooks'
+  way, on two more threads that batch them too (the counts at most every 0.1 s).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ PATH = "/webhooks/trades"
 # Trades per group transaction: a few hundred-trade webhooks, or many one-trade ones.
 GROUP_MAX_TRADES = 2000
 UNAVAILABLE = {"error": "unavailable", "message": "database unavailable, retry"}
+METRICS_PAUSE_SECONDS = 0.1  # float-ok: a duration
 
 router = APIRouter()
 
@@ -56,7 +57,10 @@ async def receive_trades(request: Request) -> JSONResponse:
         status = 503
         return JSONResponse(UNAVAILABLE, status_code=503)
     finally:
-        _after_commit().post(_Answered(status, result, time.perf_counter_ns() - started))
+        threads = _threads_of_this_loop()
+        if result is not None and result.symbols:
+            threads.wakes.post(result.symbols)
+        threads.counts.post(_Answered(status, result, time.perf_counter_ns() - started))
 
 
 class WebhookFastPath:
@@ -92,7 +96,7 @@ async def _accept_trades(request: Request) -> tuple[JSONResponse, StoreResult | 
         trades = read_trades(body, config.webhook.max_trades)
     except PayloadError as exc:
         return _error(422, "invalid_payload", details=exc.details), None
-    result = await _trade_writer().submit(trades)
+    result = await _threads_of_this_loop().writer.submit(trades)
     return JSONResponse(
         {"accepted": result.accepted, "duplicates": result.duplicates, "conflicts": result.conflicts},
         status_code=202,
@@ -116,11 +120,17 @@ async def _read_capped_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-# --- the two batching threads -------------------------------------------------------------
+# --- the batching threads ------------------------------------------------------------------
 
 
 def _store(webhooks: list[list[IncomingTrade]]) -> list[StoreResult]:
     return store_webhooks(runtime.unit_of_work(autocommit=True), webhooks)
+
+
+def _wake(symbol_lists: list[list[str]]) -> list[None]:
+    # A hint: the trades are committed, and what a failure here misses the sweep finds.
+    runtime.wake_symbols(sorted({symbol for symbols in symbol_lists for symbol in symbols}))
+    return [None] * len(symbol_lists)
 
 
 @dataclass(frozen=True)
@@ -130,46 +140,40 @@ class _Answered:
     elapsed_ns: int
 
 
-def _wake_and_count(answered: list[_Answered]) -> list[None]:
-    """After the commit: wake the symbols' accumulation, count the responses (both only hints
-    and tallies: the trades are committed, a failure here loses nothing the sweep cannot find)."""
-    try:
-        runtime.wake_symbols(sorted({s for a in answered if a.result is not None for s in a.result.symbols}))
-        metrics.record_webhooks([(a.status, a.result, a.elapsed_ns) for a in answered])
-    except Exception:
-        log.exception("after %d webhook(s): wake-up or metrics failed", len(answered))
+def _count(answered: list[_Answered]) -> list[None]:
+    metrics.record_webhooks([(a.status, a.result, a.elapsed_ns) for a in answered])
     return [None] * len(answered)
 
 
-# One of each per event loop (one loop per API process in production).
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[list[IncomingTrade], StoreResult]] = (
-    weakref.WeakKeyDictionary()
-)
-_afters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit[_Answered, None]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True)
+class _Threads:
+    """One of each per event loop (one loop per API process in production)."""
+
+    writer: GroupCommit[list[IncomingTrade], StoreResult]
+    wakes: GroupCommit[list[str], None]
+    counts: GroupCommit[_Answered, None]
 
 
-def _trade_writer() -> GroupCommit[list[IncomingTrade], StoreResult]:
+_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Threads] = weakref.WeakKeyDictionary()
+
+
+def _threads_of_this_loop() -> _Threads:
     loop = asyncio.get_running_loop()
-    writer = _writers.get(loop)
-    if writer is None:
-        writer = _writers[loop] = GroupCommit(
-            _store,
-            size=len,
-            max_size=GROUP_MAX_TRADES,
-            # A database outage fails the whole group (503 each); anything else may be one
-            # webhook's own doing, so each is stored again alone (were the INSERT committed
-            # already, those trades come back as duplicates: the data is right either way).
-            isolate=lambda error: not isinstance(error, OperationalError),
-            name="trade-writer",
+    threads = _threads.get(loop)
+    if threads is None:
+        threads = _threads[loop] = _Threads(
+            GroupCommit(
+                _store,
+                size=len,
+                max_size=GROUP_MAX_TRADES,
+                # A database outage fails the whole group (503 each); anything else may be one
+                # webhook's own doing, so each is stored again alone (were the INSERT committed
+                # already, those trades come back as duplicates: the data is right either way).
+                isolate=lambda error: not isinstance(error, OperationalError),
+                name="trade-writer",
+            ),
+            GroupCommit(_wake, isolate=lambda _: False, name="wake"),
+            # Counters may lag: one Redis pipeline per pause at most, whatever the request rate.
+            GroupCommit(_count, isolate=lambda _: False, pause_seconds=METRICS_PAUSE_SECONDS, name="metrics"),
         )
-    return writer
-
-
-def _after_commit() -> GroupCommit[_Answered, None]:
-    loop = asyncio.get_running_loop()
-    after = _afters.get(loop)
-    if after is None:
-        after = _afters[loop] = GroupCommit(_wake_and_count, name="after-commit")
-    return after
+    return threads

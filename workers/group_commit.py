@@ -26,6 +26,8 @@ class GroupCommit(Generic[Item, Result]):
     """Coalesce concurrent ``submit`` calls into calls of ``write(items) -> results`` (same order).
 
     ``size`` weighs an item, and a batch holds at most ``max_size`` (or a single heavier item).
+    ``pause_seconds`` waits that long after each batch before the next, for writes that may lag
+    (tallies): the next batch then gathers whatever arrived meanwhile.
     When a batch call raises and ``isolate(error)`` says the error may be one item's doing
     rather than the batch's (not a database outage, say), each item is written again alone, so
     that one item's failure stays its own. Otherwise every caller of the batch gets the error.
@@ -38,9 +40,11 @@ class GroupCommit(Generic[Item, Result]):
         size: Callable[[Item], int] = lambda _: 1,
         max_size: int = 1000,
         isolate: Callable[[BaseException], bool] = lambda _: True,
+        pause_seconds: float = 0,  # float-ok: a duration
         name: str = "group-commit",
     ) -> None:
         self._write, self._size, self._max_size, self._isolate = write, size, max_size, isolate
+        self._pause_seconds = pause_seconds
         self._waiting: list[tuple[Item, asyncio.Future[Result] | None]] = []
         self._running: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -66,6 +70,8 @@ class GroupCommit(Generic[Item, Result]):
         try:
             while self._waiting:
                 await self._run_batch(self._take_batch())
+                if self._pause_seconds:
+                    await asyncio.sleep(self._pause_seconds)
         finally:
             self._running = None
 

@@ -5,20 +5,32 @@ from __future__ import annotations
 import psycopg2
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from models import db
 from models.db import UnitOfWork
 from models.tables import Trade
 
+INSERT_ONE = (
+    "INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash)"
+    " VALUES ('t1', 'AAPL', 'buy', 1, 1, now(), 'h')"
+)
+
+
+def terminate(url: str, backend: int) -> None:
+    """As a PostgreSQL restart would: the pooled connection of that backend dies."""
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    finally:
+        admin.close()
+
 
 def test_an_autocommit_statement_is_committed_when_it_returns(clean_database: str) -> None:
     with UnitOfWork(clean_database, autocommit=True) as uow:
-        uow.session.execute(
-            text(
-                "INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash)"
-                " VALUES ('t1', 'AAPL', 'buy', 1, 1, now(), 'h')"
-            )
-        )
+        uow.session.execute(text(INSERT_ONE))
         # No commit(): another connection already sees the row.
         with UnitOfWork(clean_database) as other:
             assert other.session.scalar(select(func.count()).select_from(Trade)) == 1
@@ -29,14 +41,30 @@ def test_a_pooled_connection_idle_past_the_limit_is_pinged_and_replaced_when_dea
 ) -> None:
     with UnitOfWork(clean_database, autocommit=True) as uow:
         backend = uow.session.scalar(text("SELECT pg_backend_pid()"))
-    admin = psycopg2.connect(clean_database)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:  # as a PostgreSQL restart would: the pooled connection dies
-            cursor.execute("SELECT pg_terminate_backend(%s)", (backend,))
-    finally:
-        admin.close()
+    terminate(clean_database, backend)
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0)
 
     with UnitOfWork(clean_database, autocommit=True) as uow:
         assert uow.session.scalar(text("SELECT pg_backend_pid()")) != backend
+
+
+def test_rows_on_a_dead_connection_raise_sqlalchemys_error_and_the_next_unit_of_work_connects_anew(
+    clean_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600)  # no ping: the statement meets the dead connection
+    with UnitOfWork(clean_database, autocommit=True) as uow:
+        [(backend,)] = uow.rows("SELECT pg_backend_pid()", {})
+    terminate(clean_database, backend)
+
+    with pytest.raises(OperationalError), UnitOfWork(clean_database, autocommit=True) as uow:
+        uow.rows("SELECT pg_backend_pid()", {})  # the API answers this 503
+    with UnitOfWork(clean_database, autocommit=True) as uow:
+        [(other,)] = uow.rows("SELECT pg_backend_pid()", {})
+    assert other != backend
+
+
+def test_rows_of_a_transactional_unit_of_work_roll_back_without_commit(clean_database: str) -> None:
+    with UnitOfWork(clean_database) as uow:
+        uow.rows(INSERT_ONE, {})
+    with UnitOfWork(clean_database) as uow:
+        assert uow.rows("SELECT count(*) FROM trades", {}) == [(0,)]

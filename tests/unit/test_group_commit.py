@@ -129,3 +129,19 @@ def test_posted_items_are_written_without_a_caller_and_a_failure_is_logged(caplo
 
     assert asyncio.run(scenario()) == [["one"], ["boom"], ["two"]]
     assert "a batch of 1 failed" in caplog.text
+
+
+def test_a_pause_after_each_batch_lets_the_next_one_gather_everything_posted_meanwhile() -> None:
+    async def scenario() -> list[list[str]]:
+        recorder = Recorder()
+        group = GroupCommit(recorder, pause_seconds=0.3, name="test")
+        group.post("first")  # written at once, then the pause
+        await until(lambda: len(recorder.batches) == 1)
+        for item in ("a", "b", "c"):
+            group.post(item)
+            await asyncio.sleep(0.01)
+        await until(lambda: len(recorder.batches) == 2)
+        group.close()
+        return recorder.batches
+
+    assert asyncio.run(scenario()) == [["first"], ["a", "b", "c"]]
