@@ -10,8 +10,6 @@ counted itself in Redis.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,23 +19,13 @@ from typing import Any
 import redis
 
 from bench._measure import BenchError, CpuRoles, PeakRss, wait_ready
-from tests.support.fleet import REPO, DustpanProcess
+from tests.support.fleet import DustpanProcess
 
 
 class NoopWorker(DustpanProcess):
     """``python -m bench.noop_app <args>``: workers.cli with the no-op task registered."""
 
-    def start(self) -> NoopWorker:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.noop_app", *self.args],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
+    module = "bench.noop_app"
 
 
 @dataclass

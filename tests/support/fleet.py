@@ -36,6 +36,8 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 class DustpanProcess:
     """One `python -m workers.cli <role> ...` child with its own log file."""
 
+    module = "workers.cli"
+
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name, self.args, self.env, self.log_path = name, args, env, log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,7 +45,7 @@ class DustpanProcess:
     def start(self) -> DustpanProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             env=self.env,
             cwd=REPO,
             stdout=log,
