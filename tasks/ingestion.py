@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert, psycopg2
@@ -106,8 +107,12 @@ _INSERT_TRADES_SQL = str(_INSERT_TRADES.compile(dialect=psycopg2.dialect()))
 _STORED_HASHES_SQL = "SELECT id, content_hash FROM trades WHERE id = ANY(CAST(%(ids)s AS text[]))"
 
 
-def _trade_columns(trades: Sequence[IncomingTrade], hashes: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The parameters of ``_INSERT_TRADES`` (``hashes``: the trades' content hashes, if known)."""
+def _trade_columns(trades: Sequence[IncomingTrade], hashes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The parameters of ``_INSERT_TRADES`` (``hashes``: the trades' content hashes, if known).
+
+    ``rows`` is all the statement reads; ``ids`` (in the rows' order) is for callers that
+    compare what RETURNING reported with what was sent.
+    """
     rows = [
         {
             "id": t.id,
@@ -120,7 +125,7 @@ def _trade_columns(trades: Sequence[IncomingTrade], hashes: Mapping[str, str] | 
         }
         for t in trades
     ]
-    return {"rows": json.dumps(rows)}
+    return {"rows": json.dumps(rows), "ids": [t.id for t in trades]}
 
 
 @dataclass(frozen=True)
