@@ -187,6 +187,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".dustpan")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="api, worker and beat logs: one JSON object a line")
+    api_workers: int = Field(1, ge=1, le=64, description="processes of `dustpan api`; each groups its own webhooks")
     # Flower's HTTP basic auth; `dustpan flower` refuses to start without both (unless --insecure).
     flower_user: str | None = None
     flower_password: SecretStr | None = None

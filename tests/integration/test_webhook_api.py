@@ -320,6 +320,21 @@ def test_same_trade_spelled_differently_is_a_duplicate_not_a_conflict(client: ht
 def test_concurrent_one_trade_webhooks_stored_in_groups_each_get_their_own_counts(
     client: httpx.Client, books: Books
 ) -> None:
+    assert_concurrent_deliveries_each_counted_once(client, books)
+
+
+def test_several_api_processes_share_the_books_and_still_count_each_trade_once(
+    make_fleet: Callable[..., Fleet], books: Books
+) -> None:
+    fleet = make_fleet(DUSTPAN_API_WORKERS="2")
+    fleet.start_api()
+    assert fleet.api is not None
+    assert len(fleet.api.children()) >= 2  # uvicorn's worker processes, each with its own group writer
+    with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+        assert_concurrent_deliveries_each_counted_once(client, books)
+
+
+def assert_concurrent_deliveries_each_counted_once(client: httpx.Client, books: Books) -> None:
     originals = [trade(n, quantity="1.25") for n in range(100, 110)]
     assert deliver(client, body_of(*originals)).json()["accepted"] == 10
     fresh = [trade(n) for n in range(40)]
