@@ -27,7 +27,7 @@ from workers.cli import migrate
 from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
 SHORT = ChaosPlan(
-    trades=50_000, symbols=12, redelivery_percent=20, clients=3, max_batch=50, fault_every=(1.5, 3.0), seed=61
+    trades=50_000, symbols=12, redelivery_percent=20, clients=3, max_batch=20, fault_every=(0.5, 1.5), seed=61
 )
 LONG = ChaosPlan(
     trades=50_000, symbols=12, redelivery_percent=20, clients=3, max_batch=20, fault_every=(1.0, 3.0), seed=62

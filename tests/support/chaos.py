@@ -135,17 +135,22 @@ class FaultInjector:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(120)
+        self._thread.join(300)
         if self.error is not None:
             raise AssertionError(f"the fault injector failed: {self.error!r}") from self.error
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self.rng.uniform(*self.plan.fault_every)):
+            # After stop() the round in progress is finished, so every kind has fired at least
+            # once however fast the feed was.
+            while not (self._stop.wait(self.rng.uniform(*self.plan.fault_every)) and self._every_kind_fired()):
                 self.inject(self._next_kind())
                 self.supervise()
         except BaseException as exc:
             self.error = exc
+
+    def _every_kind_fired(self) -> bool:
+        return all(self.counts[kind] >= 1 for kind in (*FAULT_KINDS, *self.extra))
 
     def _next_kind(self) -> str:
         if not self._round:
