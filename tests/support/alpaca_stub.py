@@ -443,6 +443,10 @@ def _handler_for(stub: AlpacaStub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like the real API behind its load balancer
         timeout = 10  # idle keep-alive connections must not pin a thread forever
+        # The status line and headers go out before the body, in two writes: with Nagle on, the
+        # body waits for the client's delayed ACK (40 ms on Linux) on every call. Real APIs
+        # answer in one flight, and so does the stub.
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             self._serve()
