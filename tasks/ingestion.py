@@ -151,6 +151,7 @@ def accumulate_symbol(
     config: AccumulationConfig,
     now: datetime,
     before_claim: Callable[[], None] = lambda: None,
+    on_busy: Callable[[], None] = lambda: None,
 ) -> AccumulateResult:
     """Apply one batch of the symbol's waiting trades and create the execution the net calls for.
 
@@ -159,14 +160,19 @@ def accumulate_symbol(
     One run per symbol at a time: a second run returns ``busy`` at once instead of holding a
     pool process while it queues on the accumulator row; the caller makes sure the running
     one (or a next one) sees what the second was woken for. ``before_claim`` runs once this
-    run is the symbol's only one, just before it claims.
+    run is the symbol's only one, just before it claims. ``on_busy`` runs when the lock is
+    taken, before one more try: if that try fails too, the run under way has not committed yet,
+    so it sees whatever ``on_busy`` noted once it has.
     """
     result = AccumulateResult()
     with uow:
         session = uow.session
-        if not session.scalar(select(func.pg_try_advisory_xact_lock(accumulate_lock_key(symbol)))):
-            result.busy = True
-            return result
+        lock = select(func.pg_try_advisory_xact_lock(accumulate_lock_key(symbol)))
+        if not session.scalar(lock):
+            on_busy()
+            if not session.scalar(lock):
+                result.busy = True
+                return result
         before_claim()
         # SKIP LOCKED: a trade another transaction holds is left for the next run, never waited on.
         claimed = session.execute(
@@ -204,8 +210,12 @@ def accumulate_lock_key(symbol: str) -> int:
 
 def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
     # The row lock serialises every change to this symbol's net (trades in, unfilled shares back).
-    session.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
-    return session.scalars(select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()).one()
+    locked = select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()
+    accumulator = session.scalars(locked).one_or_none()
+    if accumulator is None:  # the symbol's first trades: one round trip more, once
+        session.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
+        accumulator = session.scalars(locked).one()
+    return accumulator
 
 
 def _reject_trades(session: Session, ids: list[str], reason: str) -> int:

@@ -20,14 +20,17 @@ TRADE_IDS_PER_LINE = 100
 def accumulate(self: Any, symbol: str) -> None:
     with log_context(symbol=symbol):
         # The wake flag is cleared just before the claim: a trade committed after it raises the
-        # flag again. A run that finds another one under way leaves the flag raised, and the
-        # one under way, once committed, sees the flag and asks for a next run.
+        # flag again, and its webhook enqueues a run. A run that finds another one under way
+        # leaves the flag raised and notes that it bounced; the one under way, once committed,
+        # takes that note and asks for a next run. Without a bounce nothing is asked for: the
+        # run the webhook enqueued is still to come.
         result = accumulate_symbol(
             runtime.unit_of_work(),
             symbol,
             runtime.accumulation_config(),
             runtime.now(),
             before_claim=lambda: runtime.clear_wake(symbol),
+            on_busy=lambda: runtime.note_bounced(symbol),
         )
         if result.busy:
             return
@@ -37,7 +40,7 @@ def accumulate(self: Any, symbol: str) -> None:
 
         for execution_id in result.executions:
             submit.delay(str(execution_id))
-        if result.more_waiting or runtime.wake_raised(symbol):
+        if result.more_waiting or runtime.take_bounced(symbol):
             runtime.enqueue_accumulate(symbol)
 
 

@@ -27,6 +27,7 @@ from workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 WAKE_KEY = "dustpan:wake:{symbol}"
 WAKE_TTL_SECONDS = 30
+BOUNCED_KEY = "dustpan:bounced:{symbol}"
 
 
 def now() -> datetime:
@@ -149,7 +150,8 @@ def wake_symbols(symbols: list[str]) -> None:
     A hint only: if Redis or the enqueue fails, the trades are already committed and the
     sweep finds them. The task clears the flag just before it claims trades, so trades
     committed after its claim raise a new flag; a run that finds another under way leaves the
-    flag raised, and the run under way asks for a next one when it sees it (ingestion_tasks).
+    flag raised and notes the bounce, and the run under way asks for a next one when it takes
+    that note (ingestion_tasks).
     """
 
     client = redis_client()
@@ -164,12 +166,20 @@ def wake_symbols(symbols: list[str]) -> None:
             return
 
 
-def wake_raised(symbol: str) -> bool:
-    """Whether a trade arrived since the last claim (a Redis failure says no: the sweep has it)."""
+def note_bounced(symbol: str) -> None:
+    """A run found the symbol's run under way: that one asks for a next run when it sees this."""
     try:
-        return bool(redis_client().exists(WAKE_KEY.format(symbol=symbol)))
+        redis_client().set(BOUNCED_KEY.format(symbol=symbol), 1, ex=WAKE_TTL_SECONDS)
     except (redis.RedisError, OSError) as exc:
-        log.warning("wake flag for %s not read (the sweep will pick it up): %s", symbol, exc)
+        log.warning("bounce for %s not noted (the sweep will pick it up): %s", symbol, exc)
+
+
+def take_bounced(symbol: str) -> bool:
+    """Whether a run bounced off this one, clearing the note (a Redis failure says no: the sweep has it)."""
+    try:
+        return bool(redis_client().delete(BOUNCED_KEY.format(symbol=symbol)))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("bounce note for %s not read (the sweep will pick it up): %s", symbol, exc)
         return False
 
 

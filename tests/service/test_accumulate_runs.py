@@ -23,17 +23,40 @@ def _trade(n: int, symbol: str = "HOT") -> IncomingTrade:
 def test_a_second_run_while_one_is_under_way_claims_nothing_and_says_busy(uow: UnitOfWork, clean_database: str) -> None:
     store_trades(uow, [_trade(1), _trade(2)])
     claimed_before: list[bool] = []
+    bounced: list[str] = []
     running = psycopg2.connect(clean_database)  # stands for the run under way
     try:
         with running.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (accumulate_lock_key("HOT"),))
-            second = accumulate_symbol(uow, "HOT", ACCUMULATION, NOW, before_claim=lambda: claimed_before.append(True))
-            other_symbol = accumulate_symbol(uow, "COLD", ACCUMULATION, NOW)
+            second = accumulate_symbol(
+                uow,
+                "HOT",
+                ACCUMULATION,
+                NOW,
+                before_claim=lambda: claimed_before.append(True),
+                on_busy=lambda: bounced.append("HOT"),
+            )
+            other_symbol = accumulate_symbol(uow, "COLD", ACCUMULATION, NOW, on_busy=lambda: bounced.append("COLD"))
         running.rollback()
     finally:
         running.close()
     assert second.busy and second.applied == 0 and second.executions == [] and claimed_before == []
+    assert bounced == ["HOT"]  # noted once, before its last try; the other symbol never bounced
     assert not other_symbol.busy
 
     after = accumulate_symbol(uow, "HOT", ACCUMULATION, NOW, before_claim=lambda: claimed_before.append(True))
     assert not after.busy and after.applied == 2 and len(after.executions) == 1 and claimed_before == [True]
+
+
+def test_a_run_that_bounces_while_the_other_commits_runs_after_all(uow: UnitOfWork, clean_database: str) -> None:
+    """The run under way committed between the first try and the note: the second try takes
+    the lock and claims, so no trade waits on a note that the finished run will never read."""
+    store_trades(uow, [_trade(1)])
+    running = psycopg2.connect(clean_database)
+    try:
+        with running.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (accumulate_lock_key("HOT"),))
+            result = accumulate_symbol(uow, "HOT", ACCUMULATION, NOW, on_busy=running.rollback)
+    finally:
+        running.close()
+    assert not result.busy and result.applied == 1 and result.trade_ids == ["HOT-1"]
