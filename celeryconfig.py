@@ -21,6 +21,12 @@ broker_transport_options = {
     "visibility_timeout": _settings.celery.visibility_timeout_seconds,
     "unacked_restore_interval": _settings.celery.restore_interval_seconds,
     "unacked_restore_throttle": 1,  # scan on every interval, not every 10th
+    # A worker on several queues takes from the first non-empty one in sorted name order:
+    # execution, then ingestion, then ops. Work already under way (an order to send) goes
+    # before new work (trades to accumulate), and housekeeping fills the gaps; kombu's default
+    # round robin made a ready submit wait behind accumulate runs. A fleet that must never
+    # delay ops under sustained load gives it a worker of its own (`--queues ops`).
+    "queue_order_strategy": "sorted",
 }
 result_backend = None
 task_ignore_result = True
