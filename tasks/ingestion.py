@@ -160,9 +160,9 @@ def accumulate_symbol(
     One run per symbol at a time: a second run returns ``busy`` at once instead of holding a
     pool process while it queues on the accumulator row; the caller makes sure the running
     one (or a next one) sees what the second was woken for. ``before_claim`` runs once this
-    run is the symbol's only one, just before it claims. ``on_busy`` runs when the lock is
-    taken, before one more try: if that try fails too, the run under way has not committed yet,
-    so it sees whatever ``on_busy`` noted once it has.
+    run is the symbol's only one, just before it claims. ``on_busy`` runs when another run
+    holds the lock, before one more try: if that try fails too, the run under way has not
+    committed yet, so it sees whatever ``on_busy`` noted once it has.
     """
     result = AccumulateResult()
     with uow:
