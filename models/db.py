@@ -120,19 +120,21 @@ class UnitOfWork:
             result = self.session.connection().exec_driver_sql(statement, parameters)
             return [tuple(row) for row in result] if result.returns_rows else []
         engine = self._factory.kw["bind"]
+        dbapi_error = engine.dialect.loaded_dbapi.Error
         if self._pooled is None:
-            self._pooled = engine.raw_connection()
+            try:
+                self._pooled = engine.raw_connection()
+            except dbapi_error as exc:  # the pool hands the driver's own error through: wrap it too
+                raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
         cursor = self._pooled.cursor()
         try:
             cursor.execute(statement, parameters)
             return list(cursor.fetchall()) if cursor.description else []
-        except engine.dialect.loaded_dbapi.Error as exc:
+        except dbapi_error as exc:
             gone = engine.dialect.is_disconnect(exc, self._pooled, cursor)
             if gone:
                 self._pooled.invalidate(exc)  # closed, never handed out again
-            raise DBAPIError.instance(
-                statement, parameters, exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=gone
-            ) from exc
+            raise DBAPIError.instance(statement, parameters, exc, dbapi_error, connection_invalidated=gone) from exc
         finally:
             if not cursor.closed:
                 cursor.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import psycopg2
 import pytest
 from sqlalchemy import func, select, text
@@ -61,6 +63,19 @@ def test_rows_on_a_dead_connection_raise_sqlalchemys_error_and_the_next_unit_of_
     with UnitOfWork(clean_database, autocommit=True) as uow:
         [(other,)] = uow.rows("SELECT pg_backend_pid()", {})
     assert other != backend
+
+
+def test_rows_when_the_server_refuses_connections_raise_sqlalchemys_error() -> None:
+    """As while PostgreSQL restarts: no pooled connection, and a new one is refused. The API
+    answers sqlalchemy's OperationalError 503; the driver's own error would be a 500."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with (
+        pytest.raises(OperationalError),
+        UnitOfWork(f"postgresql://dustpan@127.0.0.1:{port}/none", autocommit=True) as uow,
+    ):
+        uow.rows("SELECT 1", {})
 
 
 def test_rows_of_a_transactional_unit_of_work_roll_back_without_commit(clean_database: str) -> None:
