@@ -49,9 +49,12 @@ def test_workers_killed_mid_ingestion_lose_and_double_nothing(make_fleet, books:
     rng.shuffle(trades)
 
     def feed() -> None:
+        # Paced, so that the feed (and the kills made while it lasts) spans seconds however
+        # fast the API answers: the kills must land while runs are under way.
         with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
             for i in range(0, len(trades), 20):
                 post_trades(client, WEBHOOK_SECRET, trades[i : i + 20])
+                time.sleep(0.03)
 
     poster = threading.Thread(target=feed)
     poster.start()
