@@ -29,8 +29,15 @@ from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 SHORT = ChaosPlan(
     trades=50_000, symbols=12, redelivery_percent=20, clients=3, max_batch=20, fault_every=(0.5, 1.5), seed=61
 )
-LONG = ChaosPlan(
-    trades=50_000, symbols=12, redelivery_percent=20, clients=3, max_batch=20, fault_every=(1.0, 3.0), seed=62
+LONG = ChaosPlan(  # a feed of about 5 minutes: some 20 rounds of every fault kind
+    trades=50_000,
+    symbols=12,
+    redelivery_percent=20,
+    clients=3,
+    max_batch=20,
+    fault_every=(1.0, 3.0),
+    seed=62,
+    pause_seconds=0.15,
 )
 PROXY_FAULTS = ["proxy resets every redis connection", "proxy resets every postgres connection"]
 
@@ -71,7 +78,7 @@ def test_chaos_loses_nothing_and_orders_nothing_twice(
         trades, batches = chaos_feed(plan)
         injector = FaultInjector(fleet, chaos_postgres, chaos_redis, plan, PROXY_FAULTS if long_form else [])
         injector.on_fault = lambda kind: proxies[0 if "redis" in kind else 1].reset_all()
-        feed = Feed(fleet.api_url, WEBHOOK_SECRET, batches, plan.clients)
+        feed = Feed(fleet.api_url, WEBHOOK_SECRET, batches, plan.clients, plan.pause_seconds)
         started = time.monotonic()
         feed.start()
         injector.start()

@@ -34,6 +34,9 @@ class ChaosPlan:
     max_batch: int
     fault_every: tuple[float, float]  # float-ok: seconds between faults, drawn uniformly
     seed: int
+    # float-ok: seconds each client waits between its batches, so that the feed (and the
+    # faults injected while it lasts) spans that long however fast the fleet takes it.
+    pause_seconds: float = 0.0
 
 
 def chaos_feed(plan: ChaosPlan) -> tuple[list[dict[str, str]], list[list[dict[str, str]]]]:
@@ -61,8 +64,15 @@ def chaos_feed(plan: ChaosPlan) -> tuple[list[dict[str, str]], list[list[dict[st
 class Feed:
     """Client threads posting the batches; each batch is retried until it is answered 202."""
 
-    def __init__(self, api_url: str, secret: str, batches: list[list[dict[str, str]]], clients: int) -> None:
-        self.api_url, self.secret = api_url, secret
+    def __init__(
+        self,
+        api_url: str,
+        secret: str,
+        batches: list[list[dict[str, str]]],
+        clients: int,
+        pause_seconds: float = 0.0,  # float-ok: seconds
+    ) -> None:
+        self.api_url, self.secret, self.pause_seconds = api_url, secret, pause_seconds
         self.shares = [batches[n::clients] for n in range(clients)]
         self.counts: Counter[str] = Counter()
         self.errors: list[BaseException] = []
@@ -93,6 +103,7 @@ class Feed:
             with httpx.Client(base_url=self.api_url, timeout=30) as client:
                 for batch in share:
                     self._deliver(client, batch)
+                    time.sleep(self.pause_seconds)
         except BaseException as exc:  # reported by join()
             self.errors.append(exc)
 
