@@ -26,8 +26,15 @@ from tests.support.fleet import Fleet, wait_for
 from workers.cli import migrate
 from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
-SHORT = ChaosPlan(
-    trades=50_000, symbols=12, redelivery_percent=20, clients=3, max_batch=20, fault_every=(0.5, 1.5), seed=61
+SHORT = ChaosPlan(  # a feed of about 40 s: several rounds of every fault kind
+    trades=50_000,
+    symbols=12,
+    redelivery_percent=20,
+    clients=3,
+    max_batch=20,
+    fault_every=(0.5, 1.5),
+    seed=61,
+    pause_seconds=0.02,
 )
 LONG = ChaosPlan(  # a feed of about 5 minutes: some 20 rounds of every fault kind
     trades=50_000,
