@@ -27,12 +27,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import signal
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,30 +39,25 @@ sys.path.insert(0, str(REPO))  # tests.support is not installed; it lives next t
 
 import httpx  # noqa: E402
 
+from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, run_fleet_bench  # noqa: E402
 from bench._measure import (  # noqa: E402
     BenchError,
     Books,
     CpuRoles,
     PeakRss,
-    code_version,
     fleet_roles,
     log_offsets_of,
     machine,
-    note_code_change,
     percentile,
-    print_log_tails,
     settle,
     task_run_seconds,
 )
 from bench._noop_ceiling import NoopCeiling, run_noop_ceiling  # noqa: E402
 from bench._pg_ceiling import PgCeiling, run_pg_ceiling  # noqa: E402
-from bench._servers import fleet_env, fleet_services  # noqa: E402
 from bench._webhook_client import ClosedLoopRun, Trades, post_closed_loop  # noqa: E402
 from tests.support.feed import make_trades, post_trades  # noqa: E402
 from tests.support.fleet import Fleet, wait_for  # noqa: E402
 
-WEBHOOK_SECRET = "bench-webhook-secret"
-API_TOKEN = "bench-api-token"
 POLL_SECONDS = 0.05
 FLEET_QUEUES = ("ingestion", "execution", "ops")
 TARGET_BATCHED = 10_000  # trades/s at 100 trades per webhook, 2 cores
@@ -306,65 +297,40 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if bool(args.database_url) != bool(args.broker_url):
         print("note: only one URL given; the other service is embedded", file=sys.stderr)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up as on Ctrl-C
     shapes = [
         Shape(f"{args.batch}/request", "HOTB", args.trades, args.batch),
         Shape("1/request", "HOTS", args.single_trades, 1),
     ]
-    scratch = Path(tempfile.mkdtemp(prefix="dustpan-bench-"))
-    try:
-        with fleet_services(scratch, args.database_url, args.broker_url, fsync=not args.no_fsync) as found:
-            logs = scratch / "logs"
-            logs.mkdir()
-            fleet = Fleet(fleet_env(found, scratch / "data", WEBHOOK_SECRET, API_TOKEN), logs)
-            books = Books(found.database_url)
-            try:
-                code = code_version()
-                print(f"starting API and {args.workers} worker(s) (logs in {logs}) ...", flush=True)
-                fleet.start_api()
-                for _ in range(args.workers):
-                    fleet.start_worker(concurrency=args.concurrency)
-                warm_up(fleet, books, shapes)
-                cpu = CpuRoles(fleet_roles(fleet, found.server_pids))
-                for label, value in machine(books, found.broker_url, found.durability):
-                    print(f"{label:22} {value}")
-                results = []
-                for shape in shapes:
-                    print(f"running {shape.name}: {shape.trades:,} trades on {shape.symbol} ...", flush=True)
-                    results.append(run_shape(fleet, books, shape, args, cpu))
-                    if not args.no_ceilings:
-                        print(f"  ceiling (b): the same SQL straight into PostgreSQL ({shape.name}) ...", flush=True)
-                        results[-1].pg = run_pg(fleet, books, shape, args)
-                noop = None
-                if not args.no_ceilings:
-                    print(f"ceiling (a): {args.noop_tasks:,} no-op Celery tasks ...", flush=True)
-                    noop = run_noop_ceiling(
-                        fleet.env,
-                        logs,
-                        found.server_pids,
-                        args.noop_tasks,
-                        args.clients,
-                        args.workers,
-                        args.concurrency,
-                        args.timeout,
-                    )
-                print_results(results, noop, args)
-                note_code_change(code)
-            except Exception as exc:
-                if not isinstance(exc, BenchError | AssertionError):
-                    traceback.print_exc()
-                print(f"\nbench failed: {exc}", file=sys.stderr)
-                print_log_tails([fleet.api, *fleet.workers])
-                return 1
-            finally:
-                books.close()
-                fleet.stop()
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+
+    def measure(bench: FleetBench) -> None:
+        fleet, books, found = bench.fleet, bench.books, bench.services
+        warm_up(fleet, books, shapes)
+        cpu = CpuRoles(fleet_roles(fleet, found.server_pids))
+        for label, value in machine(books, found.broker_url, found.durability):
+            print(f"{label:22} {value}")
+        results = []
+        for shape in shapes:
+            print(f"running {shape.name}: {shape.trades:,} trades on {shape.symbol} ...", flush=True)
+            results.append(run_shape(fleet, books, shape, args, cpu))
+            if not args.no_ceilings:
+                print(f"  ceiling (b): the same SQL straight into PostgreSQL ({shape.name}) ...", flush=True)
+                results[-1].pg = run_pg(fleet, books, shape, args)
+        noop = None
+        if not args.no_ceilings:
+            print(f"ceiling (a): {args.noop_tasks:,} no-op Celery tasks ...", flush=True)
+            noop = run_noop_ceiling(
+                fleet.env,
+                bench.logs,
+                found.server_pids,
+                args.noop_tasks,
+                args.clients,
+                args.workers,
+                args.concurrency,
+                args.timeout,
+            )
+        print_results(results, noop, args)
+
+    return run_fleet_bench(args, measure, fsync=not args.no_fsync)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
-import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,30 +44,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support li
 
 import httpx
 
+from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, run_fleet_bench
 from bench._measure import (
     BenchError,
     Books,
     CpuRoles,
     PeakRss,
-    code_version,
     fleet_roles,
     log_offsets_of,
     machine,
-    note_code_change,
     percentile,
-    print_log_tails,
     settle,
     task_run_seconds,
 )
-from bench._servers import fleet_env, fleet_services
 from bench._webhook_client import OpenLoopRun, Trades, post_open_loop
 from tasks.ingestion import client_order_id_for
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, wait_for
 
-WEBHOOK_SECRET = "bench-webhook-secret"
-API_TOKEN = "bench-api-token"
 FLEET_QUEUES = ("ingestion", "execution", "ops")
 TARGET_P99_MS = 100
 TARGET_RSS_MB = 200
@@ -294,54 +285,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rate", "seconds", "symbols", "connections", "workers", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up as on Ctrl-C
-    scratch = Path(tempfile.mkdtemp(prefix="dustpan-bench-"))
     stub = TimedAlpacaStub()
-    try:
-        with fleet_services(scratch, args.database_url, args.broker_url) as found, stub:
-            logs = scratch / "logs"
-            logs.mkdir()
-            env = fleet_env(found, scratch / "data", WEBHOOK_SECRET, API_TOKEN)
-            env.update(
-                {
-                    "DUSTPAN_BROKERAGE": "alpaca",
-                    "DUSTPAN_ALPACA_TRADING_URL": stub.url,
-                    "DUSTPAN_ALPACA_DATA_URL": stub.url,
-                    "DUSTPAN_ALPACA_KEY_ID": stub.key_id,
-                    "DUSTPAN_ALPACA_SECRET_KEY": stub.secret_key,
-                }
-            )
-            fleet = Fleet(env, logs)
-            books = Books(found.database_url)
-            try:
-                code = code_version()
-                print(f"starting API and {args.workers} worker(s) (logs in {logs}) ...", flush=True)
-                fleet.start_api()
-                for _ in range(args.workers):
-                    fleet.start_worker(concurrency=args.concurrency)
-                warm_up(fleet, books, args)
-                for label, value in machine(books, found.broker_url, found.durability):
-                    print(f"{label:22} {value}")
-                print(f"fleet: API x1, {args.workers} worker(s) x concurrency {args.concurrency}, Alpaca stub")
-                print(f"sending {args.rate}/s for {args.seconds} s over {args.symbols} symbols ...", flush=True)
-                cpu = CpuRoles(fleet_roles(fleet, found.server_pids))
-                print_figures(args, run_trickle(fleet, books, stub, args, cpu))
-                note_code_change(code)
-            except Exception as exc:
-                if not isinstance(exc, BenchError | AssertionError):
-                    traceback.print_exc()
-                print(f"\nbench failed: {exc}", file=sys.stderr)
-                print_log_tails([fleet.api, *fleet.workers])
-                return 1
-            finally:
-                books.close()
-                fleet.stop()
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+
+    def measure(bench: FleetBench) -> None:
+        fleet, books, found = bench.fleet, bench.books, bench.services
+        warm_up(fleet, books, args)
+        for label, value in machine(books, found.broker_url, found.durability):
+            print(f"{label:22} {value}")
+        print(f"fleet: API x1, {args.workers} worker(s) x concurrency {args.concurrency}, Alpaca stub")
+        print(f"sending {args.rate}/s for {args.seconds} s over {args.symbols} symbols ...", flush=True)
+        cpu = CpuRoles(fleet_roles(fleet, found.server_pids))
+        print_figures(args, run_trickle(fleet, books, stub, args, cpu))
+
+    with stub:
+        alpaca = {
+            "DUSTPAN_BROKERAGE": "alpaca",
+            "DUSTPAN_ALPACA_TRADING_URL": stub.url,
+            "DUSTPAN_ALPACA_DATA_URL": stub.url,
+            "DUSTPAN_ALPACA_KEY_ID": stub.key_id,
+            "DUSTPAN_ALPACA_SECRET_KEY": stub.secret_key,
+        }
+        return run_fleet_bench(args, measure, env=alpaca)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The frame the fleet benches run in: services, the API and workers, clean-up and failure reports."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._measure import BenchError, Books, code_version, note_code_change, print_log_tails
+from bench._servers import Services, fleet_env, fleet_services
+from tests.support.fleet import Fleet
+
+WEBHOOK_SECRET = "bench-webhook-secret"
+API_TOKEN = "bench-api-token"
+
+
+@dataclass
+class FleetBench:
+    fleet: Fleet  # the API and ``--workers`` workers of ``--concurrency``, started
+    books: Books
+    services: Services
+    logs: Path
+
+
+def run_fleet_bench(
+    args: argparse.Namespace,
+    measure: Callable[[FleetBench], None],
+    *,
+    env: dict[str, str] | None = None,
+    fsync: bool = True,
+) -> int:
+    """Start the fleet on fresh services (``--database-url``/``--broker-url`` or embedded), run
+    ``measure``, then stop and remove everything. Returns the exit code: 1 if the bench broke
+    (with the fleet's log tails), 130 on Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: clean up as on Ctrl-C
+    scratch = Path(tempfile.mkdtemp(prefix="dustpan-bench-"))
+    try:
+        with fleet_services(scratch, args.database_url, args.broker_url, fsync=fsync) as found:
+            logs = scratch / "logs"
+            logs.mkdir()
+            fleet = Fleet(fleet_env(found, scratch / "data", WEBHOOK_SECRET, API_TOKEN) | (env or {}), logs)
+            books = Books(found.database_url)
+            try:
+                code = code_version()
+                print(f"starting API and {args.workers} worker(s) (logs in {logs}) ...", flush=True)
+                fleet.start_api()
+                for _ in range(args.workers):
+                    fleet.start_worker(concurrency=args.concurrency)
+                measure(FleetBench(fleet, books, found, logs))
+                note_code_change(code)
+            except Exception as exc:
+                if not isinstance(exc, BenchError | AssertionError):
+                    traceback.print_exc()
+                print(f"\nbench failed: {exc}", file=sys.stderr)
+                print_log_tails([fleet.api, *fleet.workers])
+                return 1
+            finally:
+                books.close()
+                fleet.stop()
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
