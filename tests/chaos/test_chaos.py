@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -36,16 +37,8 @@ SHORT = ChaosPlan(  # a feed of about 40 s: several rounds of every fault kind
     seed=61,
     pause_seconds=0.02,
 )
-LONG = ChaosPlan(  # a feed of about 5 minutes: some 20 rounds of every fault kind
-    trades=50_000,
-    symbols=12,
-    redelivery_percent=20,
-    clients=3,
-    max_batch=20,
-    fault_every=(1.0, 3.0),
-    seed=62,
-    pause_seconds=0.15,
-)
+# A feed of about 5 minutes, some 20 rounds of every fault kind (and the proxy's).
+LONG = replace(SHORT, fault_every=(1.0, 3.0), seed=62, pause_seconds=0.15)
 PROXY_FAULTS = ["proxy resets every redis connection", "proxy resets every postgres connection"]
 
 
