@@ -117,6 +117,8 @@ class Execution(Base):
     filled_quantity: Mapped[Decimal] = mapped_column(server_default="0")
     average_price: Mapped[Decimal | None]
     submit_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Broker answers in a row that said nothing about the order (timeouts, 5xx, 4xx on a lookup).
+    unknown_outcomes: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -120,3 +120,16 @@ class JobRun(Base):
     summary: Mapped[str | None]  # JSON text of what the run saw and did
 
     __table_args__ = (Index("ix_job_runs_job_started", "job", "started_at"),)
+
+
+class AccountPause(Base):
+    """An account the broker refused as a whole (permissions, blocked, asset class not allowed):
+    no order is sent for it until ``probe_after``, when one execution probes; an accepted order
+    lifts the pause, another refusal extends it. Symbols are never frozen for it."""
+
+    __tablename__ = "account_pauses"
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str]
+    paused_at: Mapped[datetime]
+    probe_after: Mapped[datetime]
+    refusals: Mapped[int] = mapped_column(Integer, server_default="1")

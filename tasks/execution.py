@@ -2,8 +2,12 @@
 
 The order is always looked up by its ``client_order_id`` before anything is sent, so a
 redelivered task, a timeout or a crash after the broker accepted never leads to a second
-order. Unfilled shares of a finished order go back into the symbol's net, with the reason;
-orders that keep failing back the symbol off and then freeze it.
+order. Outcomes are read by evidence (SPEC 4): an answer that says nothing (a timeout, a 5xx,
+any 4xx to a lookup) leaves the execution in flight and is retried; a refusal settles it only
+after one more lookup found no order; a ``replaced`` order is followed to its replacement; an
+account the broker refuses as a whole is paused, not its symbols frozen. Unfilled shares of a
+finished order go back into the symbol's net, with the reason; orders that keep failing back
+the symbol off and then freeze it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -25,17 +29,21 @@ from models.db import UnitOfWork
 from models.domain.execution_state import ExecutionStatus, settle
 from models.domain.quantities import Side, signed
 from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
+from models.tables_ops import AccountPause
 from tasks.balances import BalanceConfig, BalanceUnknown, Sleep, require_known_balance
 from tasks.exits import settle_position_order
 from tasks.ingestion import execute_if_due
 from tasks.positions import book_fill
 from workers.brokerage import (
+    AccountRefused,
     Brokerage,
+    BrokerageMisconfigured,
     BrokerOrder,
     DuplicateClientOrderId,
     InvalidOrder,
     OrderRequest,
     TemporaryError,
+    UnresolvedOrder,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ class SubmitOutcome(StrEnum):
     WORKING = "working"  # the broker has it and it can still fill: poll again
     SETTLED = "settled"  # filled, partially filled, rejected or cancelled
     WAITING_FOR_BALANCE = "waiting_for_balance"  # a buy left pending until the account's balance is known
+    ACCOUNT_PAUSED = "account_paused"  # the broker refused the account: held until its probe succeeds
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class ExecutionConfig:
     freeze_after_rejections: int
     min_position_value: Decimal = Decimal(0)  # exit remainders worth less are closed (0 disables)
     balances: BalanceConfig = field(default_factory=BalanceConfig)  # buys wait for a balance younger than its max age
+    alert_after_unknown_outcomes: int = 5  # answers in a row that say nothing, then one ERROR for a person
+    account_pause_seconds: int = 300  # a refused account waits this long before one probe order
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,10 @@ def submit_execution(
     now: datetime,
     sleep: Sleep = time.sleep,
 ) -> SubmitResult:
-    """``brokerages`` gives the adapter of the execution's account; ``sleep`` waits between balance fetches."""
+    """``brokerages`` gives the adapter of the execution's account; ``sleep`` waits between balance fetches.
+
+    Raises ``TemporaryError`` or ``BrokerageMisconfigured`` when the broker's answer said nothing
+    about the order: the execution stays in flight (noted on the row) and the caller retries."""
     with uow:
         session = uow.session
         # The row lock is held across the broker call so two workers never act on one execution.
@@ -88,6 +102,9 @@ def submit_execution(
             return SubmitResult(SubmitOutcome.SETTLED)
         if session.get(SymbolFreeze, execution.symbol) is not None:
             return SubmitResult(SubmitOutcome.FROZEN)
+        access = _account_access(session, execution.account, config, now)
+        if access is _Access.PAUSED:
+            return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
         try:
             order = _find_or_place_order(session, brokerages(execution.account), execution, config, now, sleep)
         except BalanceUnknown as waiting:
@@ -95,15 +112,20 @@ def submit_execution(
             execution.updated_at = now
             uow.commit()
             return SubmitResult(SubmitOutcome.WAITING_FOR_BALANCE)
+        except AccountRefused as refused:
+            _pause_account(session, execution, str(refused), config, now)
+            uow.commit()
+            return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
         except InvalidOrder as refused:
             follow_ups = _settle_refused(session, execution, str(refused), config, now)
             uow.commit()
             return SubmitResult(SubmitOutcome.SETTLED, follow_ups)
-        except TemporaryError as unknown:
-            execution.last_error = f"{type(unknown).__name__}: {unknown}"
-            execution.updated_at = now
+        except (TemporaryError, BrokerageMisconfigured) as unknown:
+            _note_unknown_outcome(execution, unknown, config, now)
             uow.commit()
             raise
+        if access is _Access.PROBE:
+            _lift_pause(session, execution.account)
         result = record_broker_order(session, execution, order, config, now)
         uow.commit()
         return result
@@ -112,7 +134,7 @@ def submit_execution(
 def _find_or_place_order(
     session: Session, brokerage: Brokerage, execution: Execution, config: ExecutionConfig, now: datetime, sleep: Sleep
 ) -> BrokerOrder:
-    order = brokerage.get_order_by_client_order_id(execution.client_order_id)
+    order = _look_up(brokerage, execution)
     if order is not None:
         return order
     if execution.side == Side.BUY.value:
@@ -122,13 +144,132 @@ def _find_or_place_order(
     execution.submit_attempts += 1
     request = OrderRequest(execution.client_order_id, execution.symbol, execution.side, execution.quantity)
     try:
-        return brokerage.submit_order(request)
+        return follow_replacements(brokerage, brokerage.submit_order(request), execution.quantity)
     except DuplicateClientOrderId:
         # Our earlier request reached the broker after all: read it back, never resend.
-        order = brokerage.get_order_by_client_order_id(execution.client_order_id)
+        order = _look_up(brokerage, execution)
         if order is None:
             raise TemporaryError("broker reports the client order id taken but cannot find it") from None
         return order
+    except (InvalidOrder, AccountRefused) as refused:
+        # A refusal proves nothing while an order exists under our id (an earlier request that
+        # timed out, a proxy that retried): one lookup decides before anything is settled.
+        order = _look_up(brokerage, execution)
+        if order is None:
+            raise
+        log.warning(
+            "%s %s %s: the broker refused a request (%s) but holds order %s under our client order id",
+            execution.side,
+            execution.quantity,
+            execution.symbol,
+            refused,
+            order.id,
+            extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
+        )
+        return order
+
+
+def _look_up(brokerage: Brokerage, execution: Execution) -> BrokerOrder | None:
+    order = brokerage.get_order_by_client_order_id(execution.client_order_id)
+    return None if order is None else follow_replacements(brokerage, order, execution.quantity)
+
+
+MAX_REPLACEMENTS = 10
+
+
+def follow_replacements(brokerage: Brokerage, order: BrokerOrder, quantity: Decimal) -> BrokerOrder:
+    """The order that carries ``order``'s fate: itself, or the end of its ``replaced_by`` chain.
+
+    A replaced order reads ``replaced`` with its fills on the replacement (Alpaca's cancel-replace
+    and venue-side replacements), so settling the original would re-order live shares. What we
+    cannot follow with certainty holds the execution for a person (``UnresolvedOrder``)."""
+    hops = 0
+    while order.status == "replaced":
+        if not order.replaced_by:
+            raise UnresolvedOrder(f"order {order.id} is replaced, but the broker names no replacement")
+        if order.filled_quantity > 0:
+            raise UnresolvedOrder(
+                f"order {order.id} filled {order.filled_quantity} before it was replaced by {order.replaced_by}:"
+                " a person must tell which fills are whose"
+            )
+        hops += 1
+        if hops > MAX_REPLACEMENTS:
+            raise UnresolvedOrder(f"order {order.id}: more than {MAX_REPLACEMENTS} replacements in a row")
+        order = brokerage.get_order(order.replaced_by)
+        if order.quantity != quantity:
+            raise UnresolvedOrder(f"replacement order {order.id} is for {order.quantity} shares, not {quantity}")
+    return order
+
+
+def _note_unknown_outcome(execution: Execution, error: Exception, config: ExecutionConfig, now: datetime) -> None:
+    """An answer that said nothing: the execution stays in flight; a person hears of it once."""
+    execution.unknown_outcomes += 1
+    execution.last_error = f"{type(error).__name__}: {error}"
+    execution.updated_at = now
+    if execution.unknown_outcomes == config.alert_after_unknown_outcomes:
+        log.error(
+            "%s %s %s: %d broker answers in a row said nothing about order %s; it is held in flight"
+            " (never re-ordered) until the broker answers: %s",
+            execution.side,
+            execution.quantity,
+            execution.symbol,
+            execution.unknown_outcomes,
+            execution.client_order_id,
+            execution.last_error,
+            extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
+        )
+
+
+class _Access(StrEnum):
+    OPEN = "open"
+    PROBE = "probe"  # paused, and this execution is the one probe after the pause
+    PAUSED = "paused"
+
+
+def _account_access(session: Session, account: str, config: ExecutionConfig, now: datetime) -> _Access:
+    if session.get(AccountPause, account) is None:
+        return _Access.OPEN
+    # One probe per pause period across the fleet: whoever moves probe_after on gets to ask.
+    claimed = session.execute(
+        update(AccountPause)
+        .where(AccountPause.account == account, AccountPause.probe_after <= now)
+        .values(probe_after=now + timedelta(seconds=config.account_pause_seconds))
+        .returning(AccountPause.account)
+    ).first()
+    return _Access.PAUSED if claimed is None else _Access.PROBE
+
+
+def _pause_account(session: Session, execution: Execution, reason: str, config: ExecutionConfig, now: datetime) -> None:
+    """The broker refused the account: hold every order of it, alert once, freeze no symbol."""
+    probe_after = now + timedelta(seconds=config.account_pause_seconds)
+    refusals = session.scalar(
+        insert(AccountPause)
+        .values(account=execution.account, reason=reason, paused_at=now, probe_after=probe_after, refusals=1)
+        .on_conflict_do_update(
+            index_elements=["account"],
+            set_={"reason": reason, "probe_after": probe_after, "refusals": AccountPause.refusals + 1},
+        )
+        .returning(AccountPause.refusals)
+    )
+    execution.last_error = f"account {execution.account} paused: {reason}"
+    execution.updated_at = now
+    context = {"symbol": execution.symbol, "execution_id": str(execution.id)}
+    if refusals == 1:
+        log.error(
+            "account %s paused: the broker refused the account, not the order (%s); its orders are held"
+            " and one probe is sent after %s s; no symbol is frozen for it",
+            execution.account,
+            reason,
+            config.account_pause_seconds,
+            extra=context,
+        )
+    else:
+        log.warning("account %s still refused (%d in a row): %s", execution.account, refusals, reason, extra=context)
+
+
+def _lift_pause(session: Session, account: str) -> None:
+    if session.execute(delete(AccountPause).where(AccountPause.account == account)).rowcount:
+        log.info("account %s: the broker accepted an order again; pause lifted", account)
 
 
 def record_broker_order(
@@ -144,6 +285,7 @@ def record_broker_order(
     execution.submitted_at = execution.submitted_at or now
     execution.updated_at = now
     execution.last_error = None
+    execution.unknown_outcomes = 0
     log.info(
         "%s %s %s: broker order %s is %s, filled %s",
         execution.side,

@@ -9,7 +9,7 @@ from typing import Any
 
 from tasks.execution import SubmitOutcome, submit_execution
 from workers import runtime
-from workers.brokerage import RateLimited, TemporaryError
+from workers.brokerage import BrokerageMisconfigured, RateLimited, TemporaryError
 from workers.celery_app import app
 from workers.logging_setup import log_context
 
@@ -27,9 +27,10 @@ def submit(self: Any, execution_id: str) -> str:
                 runtime.execution_config(),
                 runtime.now(),
             )
-        except TemporaryError as exc:
+        except (TemporaryError, BrokerageMisconfigured) as exc:
+            # The outcome is unknown: the execution stays in flight and the retry looks it up first.
             delay = _retry_delay(self.request.retries, exc)
-            log.warning("broker call failed, retrying in %d s: %s", delay, exc)
+            log.warning("broker answer said nothing about the order, retrying in %d s: %s", delay, exc)
             raise self.retry(exc=exc, countdown=delay) from None
         log.info("submit outcome: %s", result.outcome.value)
         for follow_up in result.follow_ups:
@@ -43,7 +44,7 @@ def submit(self: Any, execution_id: str) -> str:
         return result.outcome.value
 
 
-def _retry_delay(retries: int, exc: TemporaryError) -> int:
+def _retry_delay(retries: int, exc: Exception) -> int:
     """Exponential backoff with full jitter, capped; honour a broker's Retry-After."""
     retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
     cap = _max_countdown()

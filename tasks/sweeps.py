@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from models.db import UnitOfWork
 from models.tables import Accumulator, Execution, SymbolFreeze, Trade
+from models.tables_ops import AccountPause
 from tasks.job_runs import recorded
 from workers.celery_app import app
 
@@ -53,7 +54,9 @@ def find_stranded_work(
                 or_(
                     and_(Execution.status == "pending", Execution.updated_at < now - pending_stale),
                     and_(Execution.status == "submitted", Execution.updated_at < now - submitted_stale),
-                )
+                ),
+                # A paused account's orders wait for its probe time, not for every sweep.
+                ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
             )
             .order_by(Execution.updated_at)
             .limit(RESEND_PER_SWEEP)

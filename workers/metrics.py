@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import extract, func, select
 
 from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Trade
+from models.tables_ops import AccountPause
 from workers import runtime
 
 if TYPE_CHECKING:
@@ -209,6 +210,13 @@ class _ScrapeCollector(Collector):
             counts = uow.session.execute(
                 select(Execution.source, Execution.status, func.count()).group_by(Execution.source, Execution.status)
             ).all()
+            paused = uow.session.execute(select(AccountPause.account, AccountPause.refusals)).all()
+            held = uow.session.scalar(
+                select(func.count()).where(
+                    Execution.status.in_(("pending", "submitted")),
+                    Execution.unknown_outcomes >= runtime.settings().execution.alert_after_unknown_outcomes,
+                )
+            )
         net = GaugeMetricFamily(
             "dustpan_accumulator_net_quantity", "Signed net quantity waiting per symbol", labels=["symbol"]
         )
@@ -231,6 +239,19 @@ class _ScrapeCollector(Collector):
         for (source, status), n in sorted(by_status.items()):
             executions.add_metric([status, source], _sample(n))
         yield executions
+        accounts = GaugeMetricFamily(
+            "dustpan_account_paused",
+            "1 while the broker refuses the account as a whole and its orders are held",
+            labels=["account"],
+        )
+        for account, _refusals in sorted(paused):
+            accounts.add_metric([account], 1)
+        yield accounts
+        yield GaugeMetricFamily(
+            "dustpan_executions_outcome_unknown",
+            "In-flight executions whose broker answers have said nothing for the alert threshold or more",
+            value=_sample(held or 0),
+        )
         yield GaugeMetricFamily(
             "dustpan_audit_unbalanced_symbols",
             f"Symbols failing the SPEC section 5 audit (cached up to {AUDIT_CACHE_SECONDS} s)",

@@ -62,6 +62,8 @@ def execution_config() -> ExecutionConfig:
         section.freeze_after_rejections,
         settings().dust.min_position_value,
         balance_config(),
+        alert_after_unknown_outcomes=section.alert_after_unknown_outcomes,
+        account_pause_seconds=section.account_pause_seconds,
     )
 
 
@@ -118,6 +120,7 @@ def _brokerage_for_process(_pid: int, account: str) -> Brokerage:
             secret,
             config.alpaca_timeout_seconds,
             data_url=own.alpaca_data_url or config.alpaca_data_url,
+            connect_timeout_seconds=min(config.alpaca_connect_timeout_seconds, config.alpaca_timeout_seconds),
         )
     from workers.brokerage.paper import PaperBrokerage
 

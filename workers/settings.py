@@ -52,6 +52,12 @@ class ExecutionSettings(_Section):
     poll_seconds: int = Field(5, ge=1, le=300, description="re-check of an order still working at the broker")
     submitted_stale_seconds: int = Field(60, ge=5, description="sweep looks up submitted orders older than this")
     pending_stale_seconds: int = Field(10, ge=1, description="sweep re-sends pending executions older than this")
+    alert_after_unknown_outcomes: int = Field(
+        5, ge=1, description="broker answers in a row that say nothing about an order before one ERROR for a person"
+    )
+    account_pause_seconds: int = Field(
+        300, ge=1, le=86400, description="an account the broker refused waits this long before one probe order"
+    )
 
 
 class PaperSettings(_Section):
@@ -184,6 +190,7 @@ class Settings(BaseSettings):
     alpaca_key_id: str | None = None
     alpaca_secret_key: str | None = None
     alpaca_timeout_seconds: Decimal = Field(Decimal(10), gt=0, le=120)
+    alpaca_connect_timeout_seconds: Decimal = Field(Decimal(3), gt=0, le=60)
     data_dir: Path = Path(".dustpan")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="api, worker and beat logs: one JSON object a line")

@@ -22,10 +22,14 @@ class ExecutionStatus(StrEnum):
         return self in (ExecutionStatus.PENDING, ExecutionStatus.SUBMITTED)
 
 
-# Alpaca order statuses that mean the order can still fill.
+# Alpaca order statuses that mean the order can still fill. ``done_for_day`` and ``calculated``
+# get no more updates today but are not final: the next session's answer settles them.
+# ``replaced`` lives on in its ``replaced_by`` order, which the caller follows (never re-orders).
 WORKING_BROKER_STATUSES = frozenset(
     {
         "new",
+        "done_for_day",
+        "replaced",
         "accepted",
         "pending_new",
         "accepted_for_bidding",
@@ -67,6 +71,4 @@ def settle(broker_status: str, quantity: Decimal, filled: Decimal) -> Settlement
     return Settlement(ExecutionStatus.CANCELLED, quantity)
 
 
-TERMINAL_BROKER_STATUSES = frozenset(
-    {"filled", "canceled", "cancelled", "expired", "rejected", "done_for_day", "replaced"}
-)
+TERMINAL_BROKER_STATUSES = frozenset({"filled", "canceled", "cancelled", "expired", "rejected"})

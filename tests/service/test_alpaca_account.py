@@ -15,9 +15,10 @@ from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub, position_json
 from workers.brokerage.alpaca import AlpacaBrokerage
 from workers.brokerage.base import (
+    BrokerageMisconfigured,
     InsufficientFunds,
     InvalidOrder,
-    OperationalError,
+    MalformedAnswer,
     OrderRequest,
     RateLimited,
     TemporaryError,
@@ -74,7 +75,7 @@ def test_account_numbers_sent_as_json_numbers_are_read_exactly() -> None:
     "body", ['{"cash": "1", "buying_power": "1"}', '{"cash": "1", "buying_power": "x", "equity": "1"}', "[]"]
 )
 def test_account_with_missing_or_unreadable_field_is_malformed(body: str) -> None:
-    with pytest.raises(OperationalError, match="malformed account from broker"):
+    with pytest.raises(MalformedAnswer, match="malformed account from broker"):
         adapter_answering(200, body).get_account()
 
 
@@ -124,12 +125,12 @@ def test_position_without_prices_keeps_them_unknown() -> None:
 def test_position_with_contradictory_or_unreadable_field_is_malformed(changes: dict[str, Any]) -> None:
     body = json.dumps([{**position_json("AAPL", D(5), D(10), D(11)), **changes}])
 
-    with pytest.raises(OperationalError, match="malformed position from broker"):
+    with pytest.raises(MalformedAnswer, match="malformed position from broker"):
         adapter_answering(200, body).list_positions()
 
 
 def test_positions_answer_that_is_not_a_list_is_malformed() -> None:
-    with pytest.raises(OperationalError, match="malformed positions"):
+    with pytest.raises(MalformedAnswer, match="malformed positions"):
         adapter_answering(200, '{"symbol": "AAPL"}').list_positions()
 
 
@@ -274,7 +275,7 @@ def test_unknown_asset_is_none(stub: AlpacaStub, broker: AlpacaBrokerage) -> Non
 def test_asset_with_unreadable_field_is_malformed(changes: dict[str, Any]) -> None:
     body = json.dumps({"symbol": "AAPL", "tradable": True, "fractionable": True, **changes})
 
-    with pytest.raises(OperationalError, match="malformed asset from broker"):
+    with pytest.raises(MalformedAnswer, match="malformed asset from broker"):
         adapter_answering(200, body).get_asset("AAPL")
 
 
@@ -282,7 +283,7 @@ def test_asset_with_unreadable_field_is_malformed(changes: dict[str, Any]) -> No
 def test_bare_404_page_means_a_wrong_base_url_not_a_missing_thing(stub: AlpacaStub, call: str) -> None:
     with AlpacaBrokerage(stub.url + "/v2", stub.key_id, stub.secret_key, TIMEOUT) as adapter:
         stub.positions["AAPL"] = position_json("AAPL", D(1), D(1), D(1))
-        with pytest.raises(OperationalError, match="trading_url"):
+        with pytest.raises(BrokerageMisconfigured, match="trading_url"):
             getattr(adapter, call)("AAPL")
 
 
@@ -346,14 +347,14 @@ def test_malformed_body_is_operational(
 ) -> None:
     stub.fail_next("malformed")
 
-    with pytest.raises(OperationalError, match="non-JSON"):
+    with pytest.raises(MalformedAnswer, match="non-JSON"):
         call(broker)
 
 
 def test_wrong_api_keys_are_operational(stub: AlpacaStub, call: Callable[[AlpacaBrokerage], object]) -> None:
     with (
         AlpacaBrokerage(stub.url, stub.key_id, "wrong-secret", TIMEOUT) as adapter,
-        pytest.raises(OperationalError, match="401"),
+        pytest.raises(BrokerageMisconfigured, match="401"),
     ):
         call(adapter)
 

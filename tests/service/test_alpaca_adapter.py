@@ -15,9 +15,10 @@ from tests.support.alpaca_stub import AlpacaStub
 from workers.brokerage import DuplicateClientOrderId
 from workers.brokerage.alpaca import AlpacaBrokerage
 from workers.brokerage.base import (
+    BrokerageMisconfigured,
     InsufficientFunds,
     InvalidOrder,
-    OperationalError,
+    MalformedAnswer,
     OrderRequest,
     RateLimited,
     TemporaryError,
@@ -81,7 +82,7 @@ def test_lookup_against_a_wrong_base_url_is_not_mistaken_for_a_missing_order(stu
     # A plain 404 page means misconfiguration; None would invite the caller to send again.
     with (
         AlpacaBrokerage(stub.url + "/v2", stub.key_id, stub.secret_key, TIMEOUT) as adapter,
-        pytest.raises(OperationalError),
+        pytest.raises(BrokerageMisconfigured),
     ):
         adapter.get_order_by_client_order_id("coid-1")
 
@@ -168,16 +169,16 @@ def test_unreachable_broker_is_temporary() -> None:
 def test_trading_url_without_a_scheme_is_operational_not_temporary() -> None:
     with (
         AlpacaBrokerage("paper-api.alpaca.markets", "k", "s", TIMEOUT) as adapter,
-        pytest.raises(OperationalError),
+        pytest.raises(BrokerageMisconfigured),
     ):
         adapter.ping()
 
 
 def test_wrong_api_keys_raise_operational_error(stub: AlpacaStub) -> None:
     with AlpacaBrokerage(stub.url, stub.key_id, "wrong-secret", TIMEOUT) as adapter:
-        with pytest.raises(OperationalError, match="401"):
+        with pytest.raises(BrokerageMisconfigured, match="401"):
             adapter.submit_order(order())
-        with pytest.raises(OperationalError):
+        with pytest.raises(BrokerageMisconfigured):
             adapter.ping()
     assert stub.orders == {}
 
@@ -186,12 +187,13 @@ def test_ping_succeeds_against_a_healthy_broker(broker: AlpacaBrokerage) -> None
     broker.ping()
 
 
-def test_malformed_body_raises_operational_error(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
+def test_malformed_body_is_an_unknown_outcome_not_a_refusal(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
     stub.fail_next("malformed", count=2)
 
-    with pytest.raises(OperationalError, match="non-JSON"):
+    with pytest.raises(MalformedAnswer, match="non-JSON") as caught:
         broker.submit_order(order())
-    with pytest.raises(OperationalError):
+    assert isinstance(caught.value, TemporaryError)  # retried after a lookup, never settled
+    with pytest.raises(MalformedAnswer):
         broker.get_order_by_client_order_id("coid-1")
 
 
@@ -277,7 +279,7 @@ def adapter_answering(status: int, body: str, headers: dict[str, str] | None = N
 def test_order_with_missing_or_invalid_field_is_malformed(field: str, value: object) -> None:
     adapter = adapter_answering(200, json.dumps({**GOOD_ORDER, field: value}))
 
-    with pytest.raises(OperationalError, match="malformed order from broker"):
+    with pytest.raises(MalformedAnswer, match="malformed order from broker"):
         adapter.get_order("5f1c2b7e-0000-4000-8000-000000000001")
 
 
@@ -292,7 +294,7 @@ def test_numeric_json_decimals_are_read_exactly_not_through_float() -> None:
 def test_non_finite_json_constant_is_malformed() -> None:
     body = json.dumps(GOOD_ORDER).replace('"100.01"', "NaN")
 
-    with pytest.raises(OperationalError):
+    with pytest.raises(MalformedAnswer):
         adapter_answering(200, body).get_order("x")
 
 
@@ -310,10 +312,11 @@ def test_other_client_error_is_an_invalid_order_with_alpaca_message() -> None:
         adapter.submit_order(order())
 
 
-def test_unknown_broker_order_id_is_operational() -> None:
+def test_unknown_broker_order_id_is_an_unknown_outcome() -> None:
+    # The id came from Alpaca itself: a 404 on that read proves nothing, so it is retried.
     adapter = adapter_answering(404, '{"code": 40410000, "message": "order not found"}')
 
-    with pytest.raises(OperationalError, match="order not found"):
+    with pytest.raises(TemporaryError, match="order not found"):
         adapter.get_order("5f1c2b7e-0000-4000-8000-000000000001")
 
 

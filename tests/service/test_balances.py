@@ -28,9 +28,9 @@ from tests.support.fakes import FakeBrokerage
 from workers.brokerage import (
     AccountBalance,
     BrokerageError,
+    BrokerageMisconfigured,
     InsufficientFunds,
     InvalidOrder,
-    OperationalError,
     RateLimited,
     TemporaryError,
 )
@@ -95,7 +95,7 @@ def test_transient_errors_twice_then_success_takes_three_attempts_waiting_2_then
 @pytest.mark.parametrize(
     "error",
     [
-        OperationalError("401 Unauthorized"),
+        BrokerageMisconfigured("401 Unauthorized"),
         InsufficientFunds("403 Forbidden"),
         InvalidOrder("422 Unprocessable Entity"),
     ],
@@ -146,7 +146,7 @@ def test_failed_fetches_keep_the_last_known_balance_with_its_age_until_the_max_a
 
 
 def test_one_account_failing_does_not_stop_the_others(uow: UnitOfWork) -> None:
-    healthy, locked_out = AccountFeed(), AccountFeed(OperationalError("401 Unauthorized"))
+    healthy, locked_out = AccountFeed(), AccountFeed(BrokerageMisconfigured("401 Unauthorized"))
     adapters = {"main": healthy, "locked": locked_out}
 
     def brokerages(account: str) -> FakeBrokerage:
@@ -209,7 +209,7 @@ def test_a_buy_waits_while_the_balance_is_unknown_and_goes_out_once_it_is_known(
 def test_a_buy_is_not_sent_on_a_balance_older_than_the_max_age(uow: UnitOfWork) -> None:
     broker = AccountFeed()
     fetch_balance(uow, broker, "default", CONFIG, NOW, sleep=Waits())
-    broker.always_failing = OperationalError("401 Unauthorized")
+    broker.always_failing = BrokerageMisconfigured("401 Unauthorized")
     execution = pending_execution(uow, Side.BUY)
     later = NOW + timedelta(seconds=301)
     result = submit_execution(uow, broker.by_account, execution.id, EXECUTION, later, sleep=Waits())

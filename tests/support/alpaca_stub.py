@@ -27,7 +27,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-FAULT_KINDS = frozenset({"500", "429", "timeout", "timeout_after_accept", "malformed"})
+FAULT_KINDS = frozenset(
+    {"500", "429", "403", "timeout", "timeout_after_accept", "malformed", "422_after_accept", "replaced"}
+)
+# Faults that only make sense on an order POST: the order is stored, the answer misleads.
+_AFTER_ACCEPT = frozenset({"timeout_after_accept", "422_after_accept", "replaced"})
 _UNPROCESSABLE = 40010001  # Alpaca's code for every 422 validation error
 
 
@@ -111,6 +115,12 @@ class AlpacaStub:
       drawn from ``seed``; ``faults_injected`` counts every fault served, scripted or drawn
     - ``resent_after_accept``: order POSTs whose ``client_order_id`` the stub had already accepted
       (a 5xx accepted nothing, so a POST after it is not one of these)
+    - ``lookup_fault_percent[kind]``: likewise for ``GET /v2/orders:by_client_order_id`` (e.g. "403")
+    - ``account_refusal``: every order POST is answered 403 with this message (e.g. "forbidden.")
+    - fault "403": Alpaca's bare ``{"message": "forbidden."}``, whatever the endpoint
+    - fault "422_after_accept": the order is stored, the answer is a 422 that is not a duplicate
+    - fault "replaced": the order is stored as ``replaced`` with nothing filled; its fill lands on
+      a ``replaced_by`` order under another client order id (Alpaca's cancel-replace)
     """
 
     def __init__(self, key_id: str = "stub-key-id", secret_key: str = "stub-secret-key", seed: int = 0) -> None:
@@ -131,6 +141,8 @@ class AlpacaStub:
         self.posts_per_client_order_id: Counter[str] = Counter()
         self.orders: dict[str, dict[str, Any]] = {}  # by Alpaca's order id
         self.order_fault_percent: dict[str, int] = {}
+        self.lookup_fault_percent: dict[str, int] = {}
+        self.account_refusal: str | None = None
         self.faults_injected: Counter[str] = Counter()
         self.resent_after_accept: Counter[str] = Counter()
         self._by_client_order_id: dict[str, dict[str, Any]] = {}
@@ -191,20 +203,29 @@ class AlpacaStub:
         with self._lock:
             self.requests.append(RecordedRequest(method, path, body))
             order_post = method == "POST" and urlsplit(path).path == "/v2/orders"
+            lookup = method == "GET" and urlsplit(path).path == "/v2/orders:by_client_order_id"
             if order_post:
                 self._count_post(body)
-            fault = self._faults.popleft() if self._faults else (self._draw_fault() if order_post else None)
+            # A scripted after-accept fault waits for the next order POST: there is nothing to accept before.
+            scripted = bool(self._faults) and (order_post or self._faults[0] not in _AFTER_ACCEPT)
+            fault = self._faults.popleft() if scripted else None
+            if fault is None and order_post:
+                fault = self._draw_fault(self.order_fault_percent)
+            elif fault is None and lookup:
+                fault = self._draw_fault(self.lookup_fault_percent)
             if fault is not None:
                 self.faults_injected[fault] += 1
-        if fault in ("500", "429", "malformed", "timeout"):
+        if fault in ("500", "429", "403", "malformed", "timeout"):
             return fault, _fault_reply(fault, self.retry_after_seconds)
         if headers.get("APCA-API-KEY-ID") != self.key_id or headers.get("APCA-API-SECRET-KEY") != self.secret_key:
             return fault, _error(401, 40110000, "request is not authorized")
-        return fault, self._route(method, path, body)
+        return fault, self._route(method, path, body, fault)
 
-    def _draw_fault(self) -> str | None:
+    def _draw_fault(self, percents: dict[str, int]) -> str | None:
+        if not percents:
+            return None
         draw = self._rng.randrange(100)
-        for kind, percent in sorted(self.order_fault_percent.items()):
+        for kind, percent in sorted(percents.items()):
             if draw < percent:
                 return kind
             draw -= percent
@@ -221,10 +242,10 @@ class AlpacaStub:
         if isinstance(client_order_id, str):
             self.posts_per_client_order_id[client_order_id] += 1
 
-    def _route(self, method: str, path: str, body: str) -> Reply:
+    def _route(self, method: str, path: str, body: str, fault: str | None = None) -> Reply:
         parts = urlsplit(path)
         if method == "POST" and parts.path == "/v2/orders":
-            return self._submit(body)
+            return self._submit(body, fault)
         if method == "GET" and parts.path == "/v2/orders:by_client_order_id":
             client_order_id = parse_qs(parts.query).get("client_order_id", [""])[0]
             return self._found(self.order_by_client_order_id(client_order_id))
@@ -258,11 +279,13 @@ class AlpacaStub:
     def _found(order: dict[str, Any] | None) -> Reply:
         return _json_reply(200, order) if order is not None else _error(404, 40410000, "order not found")
 
-    def _submit(self, body: str) -> Reply:
+    def _submit(self, body: str, fault: str | None = None) -> Reply:
         try:
             payload = json.loads(body, parse_float=Decimal)
         except ValueError:
             return _error(400, 40010000, "request body format is invalid")
+        if self.account_refusal is not None:
+            return _error(403, 40310000, self.account_refusal)
         refusal = self._refusal(payload)
         if refusal is not None:
             return refusal
@@ -270,8 +293,21 @@ class AlpacaStub:
             if self._find_by_client_order_id(payload.get("client_order_id", "")) is not None:
                 self.resent_after_accept[payload["client_order_id"]] += 1
                 return _error(422, _UNPROCESSABLE, "client_order_id must be unique")
-            order = self._store(self._new_order(payload))
+            if fault == "replaced":
+                order = self._store_replaced(payload)
+            else:
+                order = self._store(self._new_order(payload))
+        if fault == "422_after_accept":
+            return _error(422, 42210000, "potential wash trade detected. use complex orders")
         return _json_reply(200, order)
+
+    def _store_replaced(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Cancel-replace: the original reads ``replaced`` and 0 filled; the fill is on its replacement."""
+        replacement = self._store(self._new_order({**payload, "client_order_id": str(uuid.uuid4())}))
+        original = self._new_order({**payload}, fill=False)
+        original.update(status="replaced", replaced_by=replacement["id"], replaced_at=replacement["created_at"])
+        replacement["replaces"] = original["id"]
+        return self._store(original)
 
     def _refusal(self, payload: Any) -> Reply | None:
         if not isinstance(payload, dict):
@@ -312,9 +348,9 @@ class AlpacaStub:
             return _error(404, 40410000, f"asset not found for {symbol}")
         return _json_reply(200, {**asset_json(symbol), **fields})
 
-    def _new_order(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _new_order(self, payload: dict[str, Any], fill: bool = True) -> dict[str, Any]:
         symbol, qty = payload["symbol"], Decimal(str(payload["qty"]))
-        filled, status = self._fill(symbol, qty)
+        filled, status = self._fill(symbol, qty) if fill else (Decimal(0), "new")
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         price = self.prices.get(symbol, self.default_price)
         self._apply_fill(symbol, payload["side"], filled, price)
@@ -422,6 +458,8 @@ def _decimal_or_none(value: Any) -> Decimal | None:
 def _fault_reply(fault: str, retry_after: int | None) -> Reply | None:
     if fault == "500":
         return _error(500, 50010000, "internal server error")
+    if fault == "403":
+        return _json_reply(403, {"message": "forbidden."})  # Alpaca's bare body, reported on every endpoint
     if fault == "429":
         headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
         return Reply(429, json.dumps({"code": 42910000, "message": "rate limit exceeded"}), headers)

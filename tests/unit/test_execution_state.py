@@ -19,6 +19,12 @@ D = Decimal
         ("expired", D(0), ExecutionStatus.CANCELLED, D(5)),
         ("rejected", D(0), ExecutionStatus.REJECTED, D(5)),
         ("some_new_status", D(0), ExecutionStatus.SUBMITTED, D(0)),  # unknown is not evidence of an end
+        # No more updates today, but not final: the next session settles it (Alpaca's order docs).
+        ("done_for_day", D(0), ExecutionStatus.SUBMITTED, D(0)),
+        ("done_for_day", D(2), ExecutionStatus.SUBMITTED, D(0)),
+        ("calculated", D(2), ExecutionStatus.SUBMITTED, D(0)),
+        # A replaced order lives on in its replaced_by order: its 0 filled is not the outcome.
+        ("replaced", D(0), ExecutionStatus.SUBMITTED, D(0)),
     ],
 )
 def test_settle_maps_broker_answers(

@@ -1,7 +1,8 @@
 """Reading Alpaca Trading API v2 JSON into the port's types: exact Decimals, never floats.
 
-Anything we cannot read is an ``OperationalError``: a body we misunderstand must stop the caller,
-not be guessed at, because every figure here ends up deciding what to buy or sell.
+Anything we cannot read is a ``MalformedAnswer``: a body we misunderstand must stop the caller,
+not be guessed at, because every figure here ends up deciding what to buy or sell. It is an
+unknown outcome, never a refusal: the caller looks the order up again later.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import json
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, NoReturn
 
-from workers.brokerage.base import AccountBalance, Asset, BrokerOrder, BrokerPosition, OperationalError
+from models.domain.symbols import canonical_symbol
+from workers.brokerage.base import AccountBalance, Asset, BrokerOrder, BrokerPosition, MalformedAnswer
 
 Sign = Literal["any", "non-negative", "positive"]
 
@@ -32,19 +34,27 @@ class _Fields:
 
     def __init__(self, kind: str, payload: Any) -> None:
         if not isinstance(payload, dict):
-            raise OperationalError(f"malformed {kind} from broker: expected an object, got {payload!r:.200}")
+            raise MalformedAnswer(f"malformed {kind} from broker: expected an object, got {payload!r:.200}")
         self._kind = kind
         self._payload: dict[str, Any] = payload
 
-    def malformed(self, detail: str) -> OperationalError:
-        return OperationalError(f"malformed {self._kind} from broker: {detail}")
+    def malformed(self, detail: str) -> MalformedAnswer:
+        return MalformedAnswer(f"malformed {self._kind} from broker: {detail}")
 
-    def _bad(self, name: str) -> OperationalError:
+    def _bad(self, name: str) -> MalformedAnswer:
         return self.malformed(f"{name}={self._payload.get(name)!r:.100}")
 
     def text(self, name: str) -> str:
         value = self._payload.get(name)
         if not isinstance(value, str) or not value:
+            raise self._bad(name)
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        value = self._payload.get(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
             raise self._bad(name)
         return value
 
@@ -84,12 +94,13 @@ def parse_order(payload: Any) -> BrokerOrder:
     return BrokerOrder(
         id=text["id"],
         client_order_id=text["client_order_id"],
-        symbol=text["symbol"],
+        symbol=canonical_symbol(text["symbol"], crypto=payload.get("asset_class") == "crypto"),
         side=text["side"],
         quantity=fields.required_decimal("qty"),
         status=text["status"],
         filled_quantity=fields.required_decimal("filled_qty"),
         filled_average_price=fields.decimal("filled_avg_price"),
+        replaced_by=fields.optional_text("replaced_by"),
     )
 
 
@@ -97,6 +108,14 @@ def parse_trade_price(payload: Any, symbol: str) -> Decimal:
     """The ``p`` of a Market Data v2 latest trade: ``{"symbol": ..., "trade": {"p": 187.43, ...}}``."""
     trade = payload.get("trade") if isinstance(payload, dict) else payload
     return _Fields(f"latest trade for {symbol}", trade).required_decimal("p", "positive")
+
+
+def parse_crypto_trade_price(payload: Any, pair: str) -> Decimal:
+    """The ``p`` of a crypto latest trade: ``{"trades": {"BTC/USD": {"p": 61000.5, ...}}}``."""
+    trades = payload.get("trades") if isinstance(payload, dict) else None
+    if not isinstance(trades, dict) or pair not in trades:
+        raise MalformedAnswer(f"malformed crypto latest trades from broker: no trade for {pair}: {payload!r:.200}")
+    return _Fields(f"latest trade for {pair}", trades[pair]).required_decimal("p", "positive")
 
 
 def parse_account(payload: Any) -> AccountBalance:
@@ -111,7 +130,7 @@ def parse_account(payload: Any) -> AccountBalance:
 
 def parse_positions(payload: Any) -> list[BrokerPosition]:
     if not isinstance(payload, list):
-        raise OperationalError(f"malformed positions from broker: expected a list, got {payload!r:.200}")
+        raise MalformedAnswer(f"malformed positions from broker: expected a list, got {payload!r:.200}")
     return [parse_position(item) for item in payload]
 
 
@@ -124,7 +143,8 @@ def parse_position(payload: Any) -> BrokerPosition:
     if side == "long" and quantity < 0:
         raise fields.malformed(f"long position with qty={quantity}")
     return BrokerPosition(
-        symbol=fields.text("symbol"),
+        # Positions glue a crypto pair (BTCUSD) where orders write BTC/USD: one symbol either way.
+        symbol=canonical_symbol(fields.text("symbol"), crypto=payload.get("asset_class") == "crypto"),
         # Alpaca signs a short's qty itself; negating only a positive one reads either form right.
         quantity=-quantity if side == "short" and quantity > 0 else quantity,
         average_entry_price=fields.decimal("avg_entry_price"),
@@ -136,7 +156,7 @@ def parse_position(payload: Any) -> BrokerPosition:
 def parse_asset(payload: Any) -> Asset:
     fields = _Fields("asset", payload)
     return Asset(
-        symbol=fields.text("symbol"),
+        symbol=canonical_symbol(fields.text("symbol"), crypto=payload.get("class") == "crypto"),
         tradable=fields.flag("tradable"),
         fractionable=fields.flag("fractionable"),
         # Alpaca sends these for crypto and leaves them out for most equities: None, not a guess.
@@ -151,6 +171,7 @@ __all__ = [
     "loads",
     "parse_account",
     "parse_asset",
+    "parse_crypto_trade_price",
     "parse_order",
     "parse_position",
     "parse_positions",

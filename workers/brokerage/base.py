@@ -1,6 +1,7 @@
 """The brokerage port: what dustpan asks of a broker, and the small exception family every
-adapter translates vendor errors into. Only ``TemporaryError`` (and its ``RateLimited``) is
-ever retried; a timeout is a ``TemporaryError`` and is not evidence that an order failed.
+adapter translates vendor errors into, by what the answer is evidence of. Only
+``TemporaryError`` and its subclasses are retried; a timeout, a 5xx or a 4xx to a read is not
+evidence that an order failed, and neither is a refusal until a lookup found no order.
 """
 
 from __future__ import annotations
@@ -15,31 +16,52 @@ class BrokerageError(Exception):
 
 
 class TemporaryError(BrokerageError):
-    """Timeouts, connection errors, 5xx: the outcome is unknown, look up before acting again."""
+    """The outcome is unknown: a timeout, a dropped connection, a 5xx, any 4xx answer to a read,
+    or an answer we cannot read. Nothing may be concluded from it; look the order up by its
+    ``client_order_id`` before acting again, and retry with backoff."""
 
 
 class RateLimited(TemporaryError):
-    """HTTP 429: wait (``retry_after`` seconds when the broker said) and try again."""
+    """HTTP 429: wait ``retry_after`` seconds (from Retry-After or x-ratelimit-reset) and try again."""
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
+class MalformedAnswer(TemporaryError):
+    """The broker answered, but not in a form we can read. For a state-changing call this says
+    nothing about whether the order was placed: record it on the row and reconcile by lookup."""
+
+
+class UnresolvedOrder(TemporaryError):
+    """The broker's order cannot be mapped onto the execution without a person (a replacement
+    chain we cannot follow, a replacement for another quantity). Hold the execution; never re-order."""
+
+
 class InvalidOrder(BrokerageError):
-    """The broker refused the order for what it is (422, unknown or untradable symbol...)."""
+    """The broker refused this order (only a state-changing call raises it, only when the body
+    says so). Settle it as refused, but only after one lookup by ``client_order_id`` found nothing."""
 
 
 class InsufficientFunds(InvalidOrder):
-    """The broker refused the order for lack of buying power or position (403)."""
+    """The broker refused this order for lack of buying power or of shares to sell (403)."""
 
 
-class DuplicateClientOrderId(InvalidOrder):
-    """The broker already has an order under this client order id: look it up, never resend."""
+class AccountRefused(BrokerageError):
+    """The broker refused the account, not the order: permissions, a blocked account, an asset
+    class the account may not trade. Pause ordering for the account and alert a person once;
+    never freeze symbols one by one for it."""
 
 
-class OperationalError(BrokerageError):
-    """Misconfiguration or an answer we cannot read (401, malformed body): needs a person."""
+class DuplicateClientOrderId(BrokerageError):
+    """The broker already has an order under this client order id: evidence that an earlier
+    request was accepted. Look it up, never resend. (Not a refusal: a sibling of InvalidOrder.)"""
+
+
+class BrokerageMisconfigured(BrokerageError):
+    """Our side is wrong (API keys refused with 401, a URL that is not the broker's): needs a
+    person. The outcome of a state-changing call that raised it is unknown, as for a timeout."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,7 @@ class BrokerOrder:
     status: str  # Alpaca order status: new, accepted, partially_filled, filled, canceled, rejected, ...
     filled_quantity: Decimal
     filled_average_price: Decimal | None
+    replaced_by: str | None = None  # the broker's id of the order that replaced this one
 
 
 @dataclass(frozen=True)
@@ -93,19 +116,40 @@ class AccountBalance:
 
 
 class Brokerage(abc.ABC):
-    """The port. Construct adapters without I/O; every method may raise a ``BrokerageError``."""
+    """The port. Construct adapters without I/O; every method may raise a ``BrokerageError``.
+
+    Reads (lookups, account, positions, assets, prices) never raise a refusal: whatever goes
+    wrong with them is a ``TemporaryError``. Only ``submit_order`` and ``close_position``, the
+    calls that change state at the broker, can be refused, and only when the broker says so."""
 
     @abc.abstractmethod
     def submit_order(self, request: OrderRequest) -> BrokerOrder:
-        """Send a market order. A duplicate ``client_order_id`` raises ``InvalidOrder``."""
+        """Send a market order.
+
+        Raises:
+            DuplicateClientOrderId: an order under this id exists; look it up, never resend.
+            InvalidOrder / InsufficientFunds: refused; look up once, then settle as refused.
+            AccountRefused: the account may not trade; pause the account, hold the execution.
+            TemporaryError (RateLimited, MalformedAnswer): outcome unknown; look up, then retry.
+            BrokerageMisconfigured: outcome unknown and a person is needed.
+        """
 
     @abc.abstractmethod
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
-        """The order sent under this client order id, or None if the broker never accepted one."""
+        """The order sent under this client order id, or None if the broker says it has none.
+
+        Raises:
+            TemporaryError: any other answer (a 403 or 422 included): unknown, retry later.
+            BrokerageMisconfigured: a person is needed; unknown all the same.
+        """
 
     @abc.abstractmethod
     def get_order(self, order_id: str) -> BrokerOrder:
-        """The order with the broker's own id."""
+        """The order with the broker's own id (used to follow ``replaced_by``).
+
+        Raises:
+            TemporaryError: any failure, a 404 included (the id came from the broker itself).
+        """
 
     @abc.abstractmethod
     def latest_price(self, symbol: str) -> Decimal:
