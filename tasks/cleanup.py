@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from models.db import UnitOfWork
 from models.domain.quantities import canonical, money_text
+from models.domain.symbols import is_restricted
 from models.tables import SymbolFreeze
 from tasks.guards import TradingPolicy
 from tasks.job_runs import recorded
@@ -121,7 +122,7 @@ def _handle(
     def line(action: str, reason: str) -> CleanupLine:
         return CleanupLine(account, position.symbol, position.quantity, value, action, reason)
 
-    if position.symbol in policy.restricted_symbols:
+    if is_restricted(position.symbol, policy.restricted_symbols):
         return line("skipped", "restricted symbol: never traded")
     if position.symbol in frozen:
         return line("skipped", "symbol is frozen")

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from models.db import UnitOfWork
 from models.domain.dust import AggregateStatus, DustSplit, aggregate_readiness, sale_refusal, split_dust
 from models.domain.quantities import canonical
+from models.domain.symbols import is_restricted
 from models.domain.venue import VenueRules
 from tasks import dust_store as store
 from tasks.exits import new_sell
@@ -120,7 +121,7 @@ class _Market:
 
     def blocked(self, symbol: str, policy: TradingPolicy) -> str | None:
         """Why no dust action at all is taken for the symbol (SPEC 1.6), or None."""
-        if symbol in policy.restricted_symbols:
+        if is_restricted(symbol, policy.restricted_symbols):
             return "restricted"
         if symbol in self.frozen:
             return "frozen"

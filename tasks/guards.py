@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.domain.symbols import is_restricted
 from models.tables import SymbolFreeze
 
 
@@ -32,7 +33,7 @@ class TradingPolicy:
 def ensure_tradable(session: Session, policy: TradingPolicy, symbol: str, account: str) -> None:
     if account not in policy.accounts:
         raise Refused(422, "unknown_account", f"account {account!r} is not configured")
-    if symbol in policy.restricted_symbols:
+    if is_restricted(symbol, policy.restricted_symbols):
         raise Refused(422, "symbol_restricted", f"{symbol} is restricted and never traded")
     freeze = session.get(SymbolFreeze, symbol)
     if freeze is not None:

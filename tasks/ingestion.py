@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from models.db import UnitOfWork
 from models.domain.accumulation import Allocation, Portion, plan_execution
 from models.domain.quantities import ZERO
+from models.domain.symbols import is_restricted
 from models.domain.trades import IncomingTrade
 from models.tables import Accumulator, Contribution, Execution, ExecutionReturn, SymbolFreeze, Trade
 
@@ -185,7 +186,7 @@ def accumulate_symbol(
         result.more_waiting = len(claimed) == config.batch_size
         accumulator = _lock_accumulator(session, symbol)
         ids = result.trade_ids = [row.id for row in claimed]
-        if symbol in config.restricted_symbols:
+        if is_restricted(symbol, config.restricted_symbols):
             result.rejected = _reject_trades(session, ids, "restricted symbol: never traded")
             uow.commit()
             return result

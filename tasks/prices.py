@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
+from models.domain.symbols import is_restricted
 from models.tables import Accumulator, Position, SymbolFreeze
 from models.tables_ops import Lot, PriceHealth
 from workers.brokerage import Brokerage, BrokerageError
@@ -103,7 +104,7 @@ def symbols_to_watch(uow: UnitOfWork, restricted: frozenset[str]) -> list[str]:
             session.scalars(select(Lot.symbol).where(Lot.quantity > 0, Lot.status.not_in(("sold", "dust_aggregated"))))
         )
         found |= set(session.scalars(select(PriceHealth.symbol).where(PriceHealth.state != "closed")))
-    return sorted(found - restricted)
+    return sorted(symbol for symbol in found if not is_restricted(symbol, restricted))
 
 
 def claim_fetch(session: Session, symbol: str, config: PriceConfig, now: datetime) -> _Claim | PriceOutcome:

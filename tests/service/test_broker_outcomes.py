@@ -22,7 +22,7 @@ from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
 from tasks.sweeps import find_stranded_work
 from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub
-from workers.brokerage import TemporaryError, UnresolvedOrder
+from workers.brokerage import TemporaryError
 from workers.brokerage.alpaca import AlpacaBrokerage
 
 D = Decimal

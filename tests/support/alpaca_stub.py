@@ -293,10 +293,7 @@ class AlpacaStub:
             if self._find_by_client_order_id(payload.get("client_order_id", "")) is not None:
                 self.resent_after_accept[payload["client_order_id"]] += 1
                 return _error(422, _UNPROCESSABLE, "client_order_id must be unique")
-            if fault == "replaced":
-                order = self._store_replaced(payload)
-            else:
-                order = self._store(self._new_order(payload))
+            order = self._store_replaced(payload) if fault == "replaced" else self._store(self._new_order(payload))
         if fault == "422_after_accept":
             return _error(422, 42210000, "potential wash trade detected. use complex orders")
         return _json_reply(200, order)
