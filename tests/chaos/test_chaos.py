@@ -3,7 +3,9 @@
 The short form (CI) injects a fault every few seconds while the feed runs; the long form
 (``pytest tests/chaos --chaos-long -s``) injects more, and puts a TCP fault proxy with latency
 and connection resets between the fleet and Redis / PostgreSQL. The brokerage stub times
-out after accepting 10% of the orders and answers 5xx to 5%. At the end every SPEC section 5
+out after accepting 10% of the orders and answers 5xx to 5%; it answers a 422 to 3% of the
+orders it accepted, replaces 3% (the fill lands on a replaced_by order), and answers 5% of the
+order lookups with Alpaca's bare 403 "forbidden.". At the end every SPEC section 5
 invariant holds, the stub saw every client_order_id at most once, and no trade is missing.
 """
 
@@ -55,7 +57,8 @@ def test_chaos_loses_nothing_and_orders_nothing_twice(
     migrate(database_url)
     with ExitStack() as stack:
         stub = stack.enter_context(AlpacaStub(seed=plan.seed))
-        stub.order_fault_percent = {"timeout_after_accept": 10, "500": 5}
+        stub.order_fault_percent = {"timeout_after_accept": 10, "500": 5, "422_after_accept": 3, "replaced": 3}
+        stub.lookup_fault_percent = {"403": 5}
         stub.stall_seconds = 2.0  # above the adapter's 1 s timeout: the worker gives up first
         stub.cash = Decimal("1e12")
         fleet_database, fleet_broker, proxies = database_url, chaos_redis.url, []
@@ -157,7 +160,8 @@ def _assert_nothing_lost_nothing_twice(
     fleet: Fleet, books: Books, stub: AlpacaStub, injector: FaultInjector, trades: list[dict[str, str]]
 ) -> None:
     assert all(injector.counts[kind] >= 1 for kind in FAULT_KINDS), f"a fault was never injected: {injector.counts}"
-    assert stub.faults_injected["timeout_after_accept"] >= 1 and stub.faults_injected["500"] >= 1
+    for kind in ("timeout_after_accept", "500", "422_after_accept", "replaced", "403"):
+        assert stub.faults_injected[kind] >= 1, f"the stub never answered {kind}: {stub.faults_injected}"
     stored = Counter(str(row[0]) for row in books.rows("SELECT id FROM trades WHERE status = 'accumulated'"))
     assert set(stored) == {t["id"] for t in trades}, "a trade was lost (or one appeared from nowhere)"
     assert max(stored.values()) == 1
@@ -167,8 +171,9 @@ def _assert_nothing_lost_nothing_twice(
     # accepted (even if the answer never arrived) must never be sent again.
     assert stub.resent_after_accept == Counter(), "an accepted order was sent again"
     assert len(stub.orders) == len({o["client_order_id"] for o in stub.orders.values()})
+    # A replaced order's fill is on its replacement: the books must have followed it there.
     at_stub = {
-        o["client_order_id"]: (o["symbol"], o["side"], Decimal(o["filled_qty"]))
+        o["client_order_id"]: (o["symbol"], o["side"], Decimal(_carrier(stub, o)["filled_qty"]))
         for o in stub.orders.values()
         if o["client_order_id"].startswith("dp-")
     }
@@ -182,6 +187,12 @@ def _assert_nothing_lost_nothing_twice(
 
     audit = httpx.get(f"{fleet.api_url}/audit", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30).json()
     assert audit["ok"], audit
+
+
+def _carrier(stub: AlpacaStub, order: dict[str, object]) -> dict[str, object]:
+    while order.get("replaced_by"):
+        order = stub.orders[str(order["replaced_by"])]
+    return order
 
 
 # Each trade's signed quantity is what its contributions took plus what is still open.

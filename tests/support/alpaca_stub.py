@@ -148,6 +148,7 @@ class AlpacaStub:
         self._by_client_order_id: dict[str, dict[str, Any]] = {}
         self._rng = random.Random(seed)
         self._faults: deque[str] = deque()
+        self._lookup_faults: deque[str] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -191,6 +192,13 @@ class AlpacaStub:
         with self._lock:
             self._faults.extend([kind] * count)
 
+    def fail_next_lookup(self, kind: str, count: int = 1) -> None:
+        """Like ``fail_next``, for the next order lookups by client order id only."""
+        if kind not in FAULT_KINDS - _AFTER_ACCEPT:
+            raise ValueError(f"{kind!r} is not a fault a lookup can answer")
+        with self._lock:
+            self._lookup_faults.extend([kind] * count)
+
     def order_by_client_order_id(self, client_order_id: str) -> dict[str, Any] | None:
         with self._lock:
             return self._find_by_client_order_id(client_order_id)
@@ -212,7 +220,8 @@ class AlpacaStub:
             if fault is None and order_post:
                 fault = self._draw_fault(self.order_fault_percent)
             elif fault is None and lookup:
-                fault = self._draw_fault(self.lookup_fault_percent)
+                fault = self._lookup_faults.popleft() if self._lookup_faults else None
+                fault = fault or self._draw_fault(self.lookup_fault_percent)
             if fault is not None:
                 self.faults_injected[fault] += 1
         if fault in ("500", "429", "403", "malformed", "timeout"):
