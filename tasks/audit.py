@@ -11,9 +11,8 @@ from typing import Any
 from sqlalchemy import text
 
 from models.db import UnitOfWork
+from models.domain.accumulation import crosses_threshold
 from models.domain.quantities import ZERO, canonical
-from tasks.job_runs import recorded
-from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def _audit_symbol(row: Any, threshold: Decimal, mismatched: set[tuple[str, str]]
     if row.open_total != row.residual:
         problems.append(f"open portions {row.open_total} != residual {row.residual}")
     quiet = row.waiting == 0 and row.in_flight_count == 0 and not row.held
-    if quiet and abs(row.residual) >= threshold:
+    if quiet and crosses_threshold(row.residual, threshold):
         problems.append(f"nothing in flight but |residual| {row.residual} >= threshold {threshold}")
     problems += [f"execution {eid} contributions do not add up" for sym, eid in mismatched if sym == row.symbol]
     return SymbolAudit(
@@ -128,19 +127,3 @@ def _audit_symbol(row: Any, threshold: Decimal, mismatched: set[tuple[str, str]]
         balanced=not problems,
         problems=tuple(problems),
     )
-
-
-@app.task(name="audit.check", ignore_result=True)
-@recorded("audit.check")
-def check() -> dict[str, Any]:
-    from workers import runtime
-
-    report = audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now())
-    for symbol in report.symbols:
-        if not symbol.balanced:
-            log.error("audit imbalance on %s: %s", symbol.symbol, "; ".join(symbol.problems))
-    return {
-        "ok": report.ok,
-        "symbols": len(report.symbols),
-        "unbalanced": [s.symbol for s in report.symbols if not s.balanced],
-    }

@@ -27,7 +27,7 @@ from tenacity.wait import wait_base
 from models.db import UnitOfWork
 from models.domain.quantities import money_text
 from models.tables_ops import Balance
-from workers.brokerage import AccountBalance, Brokerage, BrokerageError, RateLimited, TemporaryError
+from tasks.ports import AccountBalance, Brokerage, BrokerageError, RateLimited, TemporaryError
 
 Sleep = Callable[[float], None]  # float-ok: seconds, as time.sleep takes them
 

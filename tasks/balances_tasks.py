@@ -5,25 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import shared_task
+
 from tasks.balances import fetch_balances
-from tasks.job_runs import recorded
-from workers import runtime
-from workers.celery_app import app
+from tasks.deps import Dependencies, DustpanTask, recorded
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="balances.fetch", ignore_result=True)
+@shared_task(name="balances.fetch", bind=True, base=DustpanTask, ignore_result=True)
+def fetch(self: DustpanTask) -> dict[str, Any]:
+    return fetch_once(self.deps)
+
+
 @recorded("balances.fetch")
-def fetch() -> dict[str, Any]:
+def fetch_once(deps: Dependencies) -> dict[str, Any]:
     """Every configured account; the retries happen inside (tenacity, seconds), not as Celery retries."""
-    results = fetch_balances(
-        runtime.unit_of_work(),
-        runtime.brokerage,
-        list(runtime.settings().accounts),
-        runtime.balance_config(),
-        runtime.now(),
-    )
+    config = deps.config()
+    results = fetch_balances(deps.unit_of_work(), deps.brokerage, list(config.accounts), config.balances, deps.now())
     failed = {r.account: r.error for r in results if not r.ok}
     for account, error in failed.items():
         log.warning("balance of %s not fetched (last known kept): %s", account, error)

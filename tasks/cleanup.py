@@ -21,9 +21,7 @@ from models.domain.quantities import canonical, money_text
 from models.domain.symbols import is_restricted
 from models.tables import SymbolFreeze
 from tasks.guards import TradingPolicy
-from tasks.job_runs import recorded
-from workers.brokerage import Brokerage, BrokerageError, BrokerPosition
-from workers.celery_app import app
+from tasks.ports import Brokerage, BrokerageError, BrokerPosition
 
 log = logging.getLogger(__name__)
 
@@ -133,41 +131,3 @@ def _handle(
     except BrokerageError as exc:
         return line("failed", f"{type(exc).__name__}: {exc}")
     return line("closed", f"worth {money_text(value)} USD: order {order.id} ({order.status})")
-
-
-def _run(job: str, threshold: Decimal, execute: bool) -> dict[str, Any]:
-    from workers import runtime
-
-    config = runtime.settings()
-    summary = close_small_positions(
-        runtime.unit_of_work(),
-        runtime.brokerage,
-        list(config.accounts),
-        runtime.trading_policy(),
-        job=job,
-        threshold_usd=threshold,
-        execute=execute,
-    )
-    result = summary.as_json()
-    log.info("%s: %s", job, {k: v for k, v in result.items() if k != "lines"})
-    return result
-
-
-@app.task(name="dust.broker_cleanup")
-@recorded("dust.broker_cleanup")
-def broker_cleanup(execute: bool | None = None) -> dict[str, Any]:
-    from workers import runtime
-
-    config = runtime.settings()
-    chosen = config.operations.cleanup_execute if execute is None else execute
-    return _run("broker_cleanup", config.dust.broker_cleanup_usd, chosen)
-
-
-@app.task(name="dust.normalize")
-@recorded("dust.normalize")
-def normalize(execute: bool | None = None) -> dict[str, Any]:
-    from workers import runtime
-
-    config = runtime.settings()
-    chosen = config.operations.normalize_execute if execute is None else execute
-    return _run("normalize", config.dust.normalize_usd, chosen)

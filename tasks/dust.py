@@ -39,8 +39,8 @@ from tasks import dust_store as store
 from tasks.exits import new_sell
 from tasks.guards import TradingPolicy
 from tasks.lots import lock_lot_books
+from tasks.ports import BrokerageError
 from tasks.venues import VenueConfig, symbols_with_rules, venue_rules_for
-from workers.brokerage import BrokerageError
 
 PriceSource = Callable[[str], Decimal]
 

@@ -1,65 +1,76 @@
 """Celery tasks of the dust family (Beat, queue ``ops``): thin wrappers around the use cases.
 
-``venues.sync`` -> ``tasks.venues.sync_venue_rules``, ``positions.sync`` ->
-``tasks.lots.sync_positions``, ``dust.scan`` -> ``tasks.dust.scan_dust``. Each run is recorded
-in ``job_runs``; each is safe to run twice and to be killed (its transaction rolls back).
+``dust.scan`` -> ``tasks.dust.scan_dust``; ``dust.broker_cleanup`` and ``dust.normalize`` ->
+``tasks.cleanup.close_small_positions``. Each run is recorded in ``job_runs``; each is safe to
+run twice and to be killed (its transaction rolls back). The ``*_once`` functions are what
+``dustpan scan`` / ``cleanup`` / ``normalize`` run in the foreground.
 """
 
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
+from celery import shared_task
+
+from tasks.cleanup import close_small_positions
+from tasks.deps import Dependencies, DustpanTask, recorded
 from tasks.dust import scan_dust
-from tasks.job_runs import recorded
-from tasks.lots import sync_positions
-from tasks.venues import sync_venue_rules
-from workers import runtime
-from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
 
-def _market_data_account() -> str:
-    # Asset data and prices are the same for every account: the first configured one asks.
-    return next(iter(runtime.settings().accounts))
+@shared_task(name="dust.scan", bind=True, base=DustpanTask, ignore_result=True)
+def scan(self: DustpanTask, execute: bool = True) -> dict[str, Any]:
+    """Beat runs the scan for real (SPEC 1.3); ``dustpan scan`` is the dry-run-by-default one."""
+    return scan_once(self.deps, execute)
 
 
-@recorded("venues.sync")
-def sync_venues_once() -> dict[str, Any]:
-    brokerage = runtime.brokerage(_market_data_account())
-    report = sync_venue_rules(runtime.unit_of_work(), brokerage, runtime.venue_config(), runtime.now())
-    return report.as_json()
+@shared_task(name="dust.broker_cleanup", bind=True, base=DustpanTask)
+def broker_cleanup(self: DustpanTask, execute: bool | None = None) -> dict[str, Any]:
+    return broker_cleanup_once(self.deps, execute)
 
 
-@recorded("positions.sync")
-def sync_positions_once() -> dict[str, Any]:
-    accounts = runtime.settings().accounts
-    return sync_positions(runtime.unit_of_work(), runtime.brokerage, accounts, runtime.now()).as_json()
+@shared_task(name="dust.normalize", bind=True, base=DustpanTask)
+def normalize(self: DustpanTask, execute: bool | None = None) -> dict[str, Any]:
+    return normalize_once(self.deps, execute)
 
 
 @recorded("dust.scan")
-def scan_once(execute: bool) -> dict[str, Any]:
-    brokerage = runtime.brokerage(_market_data_account())
-    report = scan_dust(
-        runtime.unit_of_work(), brokerage.latest_price, runtime.dust_scan_config(), runtime.now(), execute=execute
-    )
-    for execution_id in report.execution_ids:  # committed: the sweep re-sends any lost message
-        runtime.submit_after_commit(execution_id)
+def scan_once(deps: Dependencies, execute: bool) -> dict[str, Any]:
+    config = deps.config()
+    brokerage = deps.brokerage(config.market_data_account)
+    report = scan_dust(deps.unit_of_work(), brokerage.latest_price, config.dust_scan, deps.now(), execute=execute)
+    deps.enqueue.submit(report.execution_ids)  # committed: the sweep re-sends any lost message
     return report.as_json()
 
 
-@app.task(name="venues.sync", ignore_result=True)
-def sync_venues() -> dict[str, Any]:
-    return sync_venues_once()
+@recorded("dust.broker_cleanup")
+def broker_cleanup_once(deps: Dependencies, execute: bool | None = None) -> dict[str, Any]:
+    cleanup = deps.config().cleanup
+    chosen = cleanup.cleanup_execute if execute is None else execute
+    return _close_small(deps, "broker_cleanup", cleanup.broker_cleanup_usd, chosen)
 
 
-@app.task(name="positions.sync", ignore_result=True)
-def sync_positions_task() -> dict[str, Any]:
-    return sync_positions_once()
+@recorded("dust.normalize")
+def normalize_once(deps: Dependencies, execute: bool | None = None) -> dict[str, Any]:
+    cleanup = deps.config().cleanup
+    chosen = cleanup.normalize_execute if execute is None else execute
+    return _close_small(deps, "normalize", cleanup.normalize_usd, chosen)
 
 
-@app.task(name="dust.scan", ignore_result=True)
-def scan(execute: bool = True) -> dict[str, Any]:
-    """Beat runs the scan for real (SPEC 1.3); ``dustpan scan`` is the dry-run-by-default one."""
-    return scan_once(execute)
+def _close_small(deps: Dependencies, job: str, threshold: Decimal, execute: bool) -> dict[str, Any]:
+    config = deps.config()
+    summary = close_small_positions(
+        deps.unit_of_work(),
+        deps.brokerage,
+        list(config.accounts),
+        config.trading_policy,
+        job=job,
+        threshold_usd=threshold,
+        execute=execute,
+    )
+    result = summary.as_json()
+    log.info("%s: %s", job, {k: v for k, v in result.items() if k != "lines"})
+    return result

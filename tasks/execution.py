@@ -32,9 +32,8 @@ from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
 from models.tables_ops import AccountPause
 from tasks.balances import BalanceConfig, BalanceUnknown, Sleep, require_known_balance
 from tasks.exits import settle_position_order
-from tasks.ingestion import execute_if_due
-from tasks.positions import book_fill
-from workers.brokerage import (
+from tasks.ingestion import execute_if_due, lock_accumulator
+from tasks.ports import (
     AccountRefused,
     Brokerage,
     BrokerageMisconfigured,
@@ -45,6 +44,7 @@ from workers.brokerage import (
     TemporaryError,
     UnresolvedOrder,
 )
+from tasks.positions import book_fill
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def _after_settlement(
         # A complete fill with no rejection streak changes nothing on the net: leave the row
         # unlocked rather than queue behind the symbol's accumulate run.
         return []
-    accumulator = _lock_accumulator(session, execution.symbol)
+    accumulator = lock_accumulator(session, execution.symbol)
     if unfilled:
         _put_back(session, accumulator, execution, unfilled, reason, now)
     if execution.filled_quantity > 0:
@@ -353,10 +353,6 @@ def _in_backoff(session: Session, symbol: str) -> bool:
         select(Accumulator.consecutive_rejections, Accumulator.hold_until).where(Accumulator.symbol == symbol)
     ).one()
     return bool(streak.consecutive_rejections or streak.hold_until is not None)
-
-
-def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
-    return session.scalars(select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()).one()
 
 
 def _put_back(

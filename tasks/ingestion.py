@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
-from models.domain.accumulation import Allocation, Portion, plan_execution
+from models.domain.accumulation import Allocation, Portion, crosses_threshold, plan_execution
 from models.domain.quantities import ZERO
 from models.domain.symbols import is_restricted
 from models.domain.trades import IncomingTrade
@@ -184,7 +184,7 @@ def accumulate_symbol(
             .with_for_update(skip_locked=True)
         ).all()
         result.more_waiting = len(claimed) == config.batch_size
-        accumulator = _lock_accumulator(session, symbol)
+        accumulator = lock_accumulator(session, symbol)
         ids = result.trade_ids = [row.id for row in claimed]
         if is_restricted(symbol, config.restricted_symbols):
             result.rejected = _reject_trades(session, ids, "restricted symbol: never traded")
@@ -209,8 +209,10 @@ def accumulate_lock_key(symbol: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _lock_accumulator(session: Session, symbol: str) -> Accumulator:
-    # The row lock serialises every change to this symbol's net (trades in, unfilled shares back).
+def lock_accumulator(session: Session, symbol: str) -> Accumulator:
+    """The symbol's accumulator row, locked (created on the symbol's first trades).
+
+    The row lock serialises every change to this symbol's net (trades in, unfilled shares back)."""
     locked = select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()
     accumulator = session.scalars(locked).one_or_none()
     if accumulator is None:  # the symbol's first trades: one round trip more, once
@@ -243,7 +245,7 @@ def _mark_accumulated(session: Session, ids: list[str], now: datetime) -> None:
 
 def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime) -> list[uuid.UUID]:
     """Create the execution the (locked) accumulator's net calls for, unless backoff or a freeze holds it."""
-    if abs(accumulator.net_quantity) < threshold:
+    if not crosses_threshold(accumulator.net_quantity, threshold):
         return []
     if accumulator.hold_until is not None and accumulator.hold_until > now:
         return []

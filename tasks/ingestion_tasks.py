@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from celery import shared_task
+
+from tasks.deps import DustpanTask
 from tasks.ingestion import AccumulateResult, accumulate_symbol
-from workers import runtime
-from workers.celery_app import app
-from workers.logging_setup import log_context
+from tasks.log_context import log_context
 
 log = logging.getLogger(__name__)
 # A batch holds up to accumulation.batch_size ids; split so that a line stays far below the
@@ -16,32 +16,26 @@ log = logging.getLogger(__name__)
 TRADE_IDS_PER_LINE = 100
 
 
-@app.task(name="ingestion.accumulate", bind=True, max_retries=None)
-def accumulate(self: Any, symbol: str) -> None:
+@shared_task(name="ingestion.accumulate", bind=True, base=DustpanTask, max_retries=None)
+def accumulate(self: DustpanTask, symbol: str) -> None:
+    deps = self.deps
     with log_context(symbol=symbol):
-        # The wake flag is cleared just before the claim: a trade committed after it raises the
-        # flag again, and its webhook enqueues a run. A run that finds another one under way
-        # leaves the flag raised and notes that it bounced; the one under way, once committed,
-        # takes that note and asks for a next run. Without a bounce nothing is asked for: the
-        # run the webhook enqueued is still to come.
+        # The wake protocol (tasks.ports.Enqueue): clear the flag just before the claim, note a
+        # bounce when another run holds the symbol, ask for one more run after a bounce.
         result = accumulate_symbol(
-            runtime.unit_of_work(),
+            deps.unit_of_work(),
             symbol,
-            runtime.accumulation_config(),
-            runtime.now(),
-            before_claim=lambda: runtime.clear_wake(symbol),
-            on_busy=lambda: runtime.note_bounced(symbol),
+            deps.config().accumulation,
+            deps.now(),
+            before_claim=lambda: deps.enqueue.clear_wake(symbol),
+            on_busy=lambda: deps.enqueue.note_bounced(symbol),
         )
         if result.busy:
             return
         _log_result(result)
-        # Enqueue only after commit; a message lost here is found again by the sweep.
-        from tasks.execution_tasks import submit
-
-        for execution_id in result.executions:
-            submit.delay(str(execution_id))
-        if result.more_waiting or runtime.take_bounced(symbol):
-            runtime.enqueue_accumulate(symbol)
+        deps.enqueue.submit(result.executions)  # committed: a lost message is found by the sweep
+        if result.more_waiting or deps.enqueue.take_bounced(symbol):
+            deps.enqueue.accumulate(symbol)
 
 
 def _log_result(result: AccumulateResult) -> None:

@@ -28,7 +28,7 @@ from models.db import UnitOfWork
 from models.domain.quantities import ZERO, canonical
 from models.tables import Execution
 from models.tables_ops import Lot
-from workers.brokerage import Brokerage, BrokerageError, BrokerPosition
+from tasks.ports import Brokerage, BrokerageError, BrokerPosition
 
 log = logging.getLogger(__name__)
 

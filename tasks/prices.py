@@ -31,7 +31,7 @@ from models.db import UnitOfWork
 from models.domain.symbols import is_restricted
 from models.tables import Accumulator, Position, SymbolFreeze
 from models.tables_ops import Lot, PriceHealth
-from workers.brokerage import Brokerage, BrokerageError
+from tasks.ports import Brokerage, BrokerageError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,6 @@ from sqlalchemy import and_, exists, func, or_, select
 from models.db import UnitOfWork
 from models.tables import Accumulator, Execution, SymbolFreeze, Trade
 from models.tables_ops import AccountPause
-from tasks.job_runs import recorded
-from workers.celery_app import app
 
 # Oldest first, at most this many per tick: a backlog is worked off over several ticks
 # instead of one tick publishing for longer than its time limit.
@@ -43,7 +41,7 @@ def find_stranded_work(
             select(Accumulator.symbol)
             .outerjoin(SymbolFreeze, SymbolFreeze.symbol == Accumulator.symbol)
             .where(
-                func.abs(Accumulator.net_quantity) >= threshold,
+                func.abs(Accumulator.net_quantity) >= threshold,  # models.domain.accumulation.crosses_threshold
                 or_(Accumulator.hold_until.is_(None), Accumulator.hold_until <= now),
                 SymbolFreeze.symbol.is_(None),
             )
@@ -62,20 +60,3 @@ def find_stranded_work(
             .limit(RESEND_PER_SWEEP)
         ).all()
     return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
-
-
-@app.task(name="sweep.rewake", ignore_result=True)
-@recorded("sweep.rewake")
-def rewake() -> dict[str, int]:
-    from workers import runtime
-
-    config = runtime.settings()
-    work = find_stranded_work(
-        runtime.unit_of_work(),
-        runtime.now(),
-        config.accumulation.threshold,
-        timedelta(seconds=config.execution.pending_stale_seconds),
-        timedelta(seconds=config.execution.submitted_stale_seconds),
-    )
-    resent = runtime.resend_stale(work.symbols, work.executions, config.execution.pending_stale_seconds)
-    return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}

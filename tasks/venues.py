@@ -21,7 +21,7 @@ from models.domain.venue import VenueRules
 from models.domain.venue_sources import RuleOverride, apply_override, rules_from_asset
 from models.tables import Accumulator, Position
 from models.tables_ops import Lot, VenueRuleRow
-from workers.brokerage import Asset, Brokerage, BrokerageError
+from tasks.ports import Asset, Brokerage, BrokerageError
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -103,7 +104,7 @@ async def sell(_: Operator, sale: Annotated[SellIn, Depends(exact_body(SellIn))]
         )
     except Refused as exc:
         return _refused(exc)
-    await run_in_threadpool(runtime.submit_after_commit, placed.execution.id)
+    await run_in_threadpool(_submit_after_commit, placed.execution.id)
     return JSONResponse({"execution": execution_json(placed.execution), **_quote_json(placed.quote)}, 202)
 
 
@@ -124,5 +125,11 @@ async def exit_position(_: Operator, order: Annotated[ExitIn, Depends(exact_body
         )
     except Refused as exc:
         return _refused(exc)
-    await run_in_threadpool(runtime.submit_after_commit, execution.id)
+    await run_in_threadpool(_submit_after_commit, execution.id)
     return JSONResponse({"execution": execution_json(execution)}, 202)
+
+
+def _submit_after_commit(execution_id: uuid.UUID) -> None:
+    from workers.celery_app import enqueue  # the Celery app loads on the first order, not at import
+
+    enqueue.submit([execution_id])

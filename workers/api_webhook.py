@@ -129,7 +129,9 @@ def _store(webhooks: list[list[IncomingTrade]]) -> list[StoreResult]:
 
 def _wake(symbol_lists: list[list[str]]) -> list[None]:
     # A hint: the trades are committed, and what a failure here misses the sweep finds.
-    runtime.wake_symbols(sorted({symbol for symbols in symbol_lists for symbol in symbols}))
+    from workers.celery_app import enqueue  # the Celery app loads on the first wake, not at import
+
+    enqueue.wake(sorted({symbol for symbols in symbol_lists for symbol in symbols}))
     return [None] * len(symbol_lists)
 
 

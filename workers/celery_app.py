@@ -10,23 +10,28 @@ from celery.signals import setup_logging, task_failure, task_retry, task_success
 
 import workers.celery_patches  # noqa: F401 - guards kombu's Redis channel before any connection (see there)
 from models.db import dispose_engines
-from workers import logging_setup, metrics
+from workers import logging_setup, metrics, runtime
+from workers.enqueue import RedisEnqueue
 from workers.settings import get_settings
 
-app = Celery(
-    "dustpan",
-    include=[
-        "tasks.ingestion_tasks",
-        "tasks.execution_tasks",
-        "tasks.sweeps",
-        "tasks.audit",
-        "tasks.cleanup",
-        "tasks.balances_tasks",
-        "tasks.prices_tasks",
-        "tasks.dust_tasks",
-    ],
-)
+# Every task lives in a tasks/*_tasks.py module of its family (tests/unit/test_task_modules.py).
+TASK_MODULES = [
+    "tasks.ingestion_tasks",
+    "tasks.execution_tasks",
+    "tasks.sweep_tasks",
+    "tasks.audit_tasks",
+    "tasks.balances_tasks",
+    "tasks.prices_tasks",
+    "tasks.dust_tasks",
+    "tasks.venues_tasks",
+    "tasks.positions_tasks",
+]
+app = Celery("dustpan", include=TASK_MODULES)
 app.config_from_object("celeryconfig")
+# Follow-up work leaves every process through this one after-commit enqueue (tasks.ports.Enqueue).
+enqueue = RedisEnqueue(runtime.redis_client, app.send_task, dict(get_settings().accumulation.queues))
+# The tasks reach unit of work, brokerage, clock, enqueue and settings through this (tasks.deps).
+app.dependencies = runtime.dependencies(enqueue)
 
 
 @setup_logging.connect

@@ -19,21 +19,24 @@ def add_commands(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: `dustpan up` and the other commands should not load Celery's tasks.
-    from tasks import dust_tasks
+    from tasks import dust_tasks, positions_tasks, venues_tasks
+    from workers.celery_app import app
     from workers.console import spinner
+
+    deps = app.dependencies
 
     if args.command == "scan":
         with spinner("scanning lots for dust" + ("" if args.execute else " (dry run)")):
-            summary = dust_tasks.scan_once(args.execute)
+            summary = dust_tasks.scan_once(deps, args.execute)
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
             print_scan(summary)
         return 0
     with spinner("syncing venue rules"):
-        venues = dust_tasks.sync_venues_once()
+        venues = venues_tasks.sync_once(deps)
     with spinner("syncing broker positions into lots"):
-        summary = {"venues": venues, "positions": dust_tasks.sync_positions_once()}
+        summary = {"venues": venues, "positions": positions_tasks.sync_once(deps)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -2,7 +2,7 @@
 
 Every line carries time, level, logger and message, plus whichever of ``task_name``,
 ``task_id``, ``symbol``, ``execution_id`` and ``trade_ids`` apply. They come from, in order:
-the log call's ``extra=``, the fields bound with :func:`log_context` by the task wrappers,
+the log call's ``extra=``, the fields bound with ``tasks.log_context.log_context`` by the task wrappers,
 and Celery's current task (or, for the worker's own "received"/"succeeded" lines, the task
 data Celery attaches to the record). Celery is kept off the root logger by answering its
 ``setup_logging`` signal (workers/celery_app.py), so it never replaces these handlers.
@@ -13,33 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Any
 
 from celery._state import get_current_task  # what Celery's own TaskFormatter reads
 
+from tasks.log_context import bound_fields
+
 FIELDS = ("task_name", "task_id", "symbol", "execution_id", "trade_ids")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_context: ContextVar[Mapping[str, Any]] = ContextVar("dustpan_log_context", default=MappingProxyType({}))
-
-
-@contextmanager
-def log_context(**fields: Any) -> Iterator[None]:
-    """Attach these fields to every record logged inside the block (on this thread or task)."""
-    token = _context.set(MappingProxyType({**_context.get(), **fields}))
-    try:
-        yield
-    finally:
-        _context.reset(token)
-
 
 def context_fields(record: logging.LogRecord) -> dict[str, Any]:
-    bound = _context.get()
+    bound = bound_fields()
     task = get_current_task()
     celery_data = getattr(record, "data", None)
     celery_data = celery_data if isinstance(celery_data, dict) else {}

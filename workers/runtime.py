@@ -1,12 +1,10 @@
-"""Process-wide adapters built from settings: unit of work, brokerage, wake-up channel."""
+"""The composition root: process-wide adapters built from settings (unit of work, brokerage,
+enqueue) and the ``Dependencies`` object the tasks reach them through."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -16,18 +14,17 @@ from models.db import UnitOfWork
 from models.domain.venue import VenueRules
 from models.domain.venue_sources import RuleOverride
 from tasks.balances import BalanceConfig
+from tasks.deps import CleanupConfig, Dependencies, TaskConfig, Timing
 from tasks.dust import DustScanConfig
 from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
+from tasks.ports import Brokerage, Enqueue
+from tasks.prices import PriceConfig
 from tasks.venues import VenueConfig, venue_rules_for
-from workers.brokerage import Brokerage
 from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-WAKE_KEY = "dustpan:wake:{symbol}"
-WAKE_TTL_SECONDS = 30
-BOUNCED_KEY = "dustpan:bounced:{symbol}"
 
 
 def now() -> datetime:
@@ -136,93 +133,41 @@ def _redis_for_process(_pid: int) -> redis.Redis:
     return redis.Redis.from_url(settings().broker_url or "", socket_timeout=5, socket_connect_timeout=5)
 
 
-def ingestion_queue(symbol: str) -> str:
-    """A hot symbol may have its own queue (accumulation.queues), so a burst never delays the others."""
-    return settings().accumulation.queues.get(symbol, "ingestion")
+def task_config() -> TaskConfig:
+    # Settings are read once per process (get_settings is cached), so this is built once too.
+    global _task_config
+    config = settings()
+    if _task_config is None or _task_config[0] is not config:
+        _task_config = (config, _build_task_config(config))
+    return _task_config[1]
 
 
-def enqueue_accumulate(symbol: str, countdown: float | None = None) -> None:  # float-ok: a duration
-    from tasks.ingestion_tasks import accumulate
-
-    accumulate.apply_async((symbol,), queue=ingestion_queue(symbol), countdown=countdown)
-
-
-def wake_symbols(symbols: list[str]) -> None:
-    """Ask for an accumulate run per symbol, at most one queued at a time per symbol.
-
-    A hint only: if Redis or the enqueue fails, the trades are already committed and the
-    sweep finds them. The task clears the flag just before it claims trades, so trades
-    committed after its claim raise a new flag; a run that finds another under way leaves the
-    flag raised and notes the bounce, and the run under way asks for a next one when it takes
-    that note (ingestion_tasks).
-    """
-
-    client = redis_client()
-    for symbol in symbols:
-        try:
-            if client.set(WAKE_KEY.format(symbol=symbol), 1, nx=True, ex=WAKE_TTL_SECONDS):
-                # No delay: trades arriving while a run is under way raise the flag again,
-                # and that run asks for the next one, which takes them all in one claim.
-                enqueue_accumulate(symbol)
-        except Exception as exc:  # redis and kombu raise several families; none may fail the webhook
-            log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
-            return
+def _build_task_config(config: Settings) -> TaskConfig:
+    return TaskConfig(
+        accounts=tuple(config.accounts),
+        accumulation=accumulation_config(),
+        execution=execution_config(),
+        balances=balance_config(),
+        prices=PriceConfig(config.prices.freeze_after_failures, config.prices.cooldown_seconds),
+        venues=venue_config(),
+        dust_scan=dust_scan_config(),
+        trading_policy=trading_policy(),
+        cleanup=CleanupConfig(
+            config.dust.broker_cleanup_usd,
+            config.dust.normalize_usd,
+            config.operations.cleanup_execute,
+            config.operations.normalize_execute,
+        ),
+        timing=Timing(
+            poll_seconds=config.execution.poll_seconds,
+            balances_seconds=int(config.schedule.balances_seconds),
+            max_countdown_seconds=config.celery.max_countdown_seconds,
+            pending_stale_seconds=config.execution.pending_stale_seconds,
+            submitted_stale_seconds=config.execution.submitted_stale_seconds,
+        ),
+    )
 
 
-def note_bounced(symbol: str) -> None:
-    """A run found the symbol's run under way: that one asks for a next run when it sees this."""
-    try:
-        redis_client().set(BOUNCED_KEY.format(symbol=symbol), 1, ex=WAKE_TTL_SECONDS)
-    except (redis.RedisError, OSError) as exc:
-        log.warning("bounce for %s not noted (the sweep will pick it up): %s", symbol, exc)
-
-
-def take_bounced(symbol: str) -> bool:
-    """Whether a run bounced off this one, clearing the note (a Redis failure says no: the sweep has it)."""
-    try:
-        return bool(redis_client().delete(BOUNCED_KEY.format(symbol=symbol)))
-    except (redis.RedisError, OSError) as exc:
-        log.warning("bounce note for %s not read (the sweep will pick it up): %s", symbol, exc)
-        return False
-
-
-def clear_wake(symbol: str) -> None:
-    try:
-        redis_client().delete(WAKE_KEY.format(symbol=symbol))
-    except (redis.RedisError, OSError) as exc:
-        log.warning("wake flag for %s not cleared (it expires by itself): %s", symbol, exc)
-
-
-def submit_after_commit(execution_id: uuid.UUID) -> None:
-    """Enqueue ``execution.submit``; if Redis is down the sweep finds the pending execution."""
-    from tasks.execution_tasks import submit
-
-    try:
-        submit.delay(str(execution_id))
-    except Exception as exc:  # kombu raises several families; none of them may fail the request
-        log.warning("execution %s not enqueued (the sweep will pick it up): %s", execution_id, exc)
-
-
-RESEND_KEY = "dustpan:resend:{kind}:{name}"
-
-
-def resend_stale(symbols: list[str], execution_ids: list[uuid.UUID], hold_seconds: int) -> int:
-    """Re-enqueue the accumulate runs and submits of work the sweep found stranded, each at most
-    once per ``hold_seconds``: a deep queue makes everything in it look stranded, and a message
-    per sweep tick for each would only deepen it. Returns how many messages were sent."""
-    from tasks.execution_tasks import submit
-
-    work: list[tuple[str, str, Callable[[], object]]] = [
-        *(("accumulate", symbol, functools.partial(enqueue_accumulate, symbol)) for symbol in symbols),
-        *(("submit", e.hex, functools.partial(submit.delay, str(e))) for e in execution_ids),
-    ]
-    client, sent = redis_client(), 0
-    for kind, name, send in work:
-        try:
-            if client.set(RESEND_KEY.format(kind=kind, name=name), 1, nx=True, ex=hold_seconds):
-                send()
-                sent += 1
-        except Exception as exc:  # kombu and redis raise several families; the next tick tries again
-            log.warning("stranded work not re-sent (the next sweep tries again): %s", exc)
-            break
-    return sent
+def dependencies(enqueue: Enqueue) -> Dependencies:
+    """The composition root: what every task reaches its world through (tasks.deps)."""
+    return Dependencies(unit_of_work=unit_of_work, brokerage=brokerage, now=now, enqueue=enqueue, config=task_config)

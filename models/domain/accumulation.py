@@ -45,6 +45,13 @@ class PlannedExecution:
         return self.quantity if self.side is Side.BUY else -self.quantity
 
 
+def crosses_threshold(net: Decimal, threshold: Decimal) -> bool:
+    """Whether a net calls for an execution: |net| >= threshold, either direction (SPEC 1.1).
+
+    The one owner of the rule; ``tasks.sweeps`` states it again in SQL to find such nets."""
+    return abs(net) >= threshold
+
+
 def plan_execution(portions: Sequence[Portion], threshold: Decimal) -> PlannedExecution | None:
     """The one execution the open portions call for, or None while |net| < threshold.
 
@@ -54,7 +61,7 @@ def plan_execution(portions: Sequence[Portion], threshold: Decimal) -> PlannedEx
     fractional residual.
     """
     net = sum((p.quantity for p in portions), ZERO)
-    if abs(net) < threshold:
+    if not crosses_threshold(net, threshold):
         return None
     whole, _residual = split_whole_and_fraction(net)
     if whole == 0:

@@ -43,9 +43,9 @@ def split_dust(quantity: Decimal, rules: VenueRules, price: Decimal | None) -> D
 
 
 def _below_minimum(quantity: Decimal, rules: VenueRules, price: Decimal | None) -> bool:
-    if quantity <= 0 or quantity < rules.min_quantity:
+    if rules.below_minimum_quantity(quantity):
         return True
-    return price is not None and quantity * price < rules.min_notional
+    return price is not None and rules.below_minimum_notional(quantity, price)
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,14 @@ def aggregate_readiness(
     cycle. Quantity minimums do not move with the price and have no band.
     """
     tradable, _ = rules.round_down(quantity)
-    if tradable <= 0 or tradable < rules.min_quantity:
+    if rules.below_minimum_quantity(tradable):
         return Readiness(AggregateStatus.PENDING, ZERO, PENDING_NOTE)
     if rules.min_notional > 0:
         if price is None:  # no news is no change
             kept = tradable if current is AggregateStatus.READY else ZERO
             return Readiness(current, kept, "No price: the notional minimum cannot be checked")
         band = ONE + hysteresis if current is AggregateStatus.PENDING else ONE - hysteresis
-        if tradable * price < rules.min_notional * band:
+        if rules.below_minimum_notional(tradable, price, band):
             note = f"Below minimum notional {rules.min_notional}, waiting for additional quantity"
             return Readiness(AggregateStatus.PENDING, ZERO, note)
     return Readiness(AggregateStatus.READY, tradable, f"Ready: {tradable} to sell by the next scan")

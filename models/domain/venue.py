@@ -28,6 +28,14 @@ class VenueRules:
         tradable = steps * self.increment
         return tradable, quantity - tradable
 
+    def below_minimum_quantity(self, quantity: Decimal) -> bool:
+        return quantity <= 0 or quantity < self.min_quantity
+
+    def below_minimum_notional(self, quantity: Decimal, price: Decimal, band: Decimal = ONE) -> bool:
+        """``quantity * price < min_notional * band``; ``band`` widens or narrows the minimum
+        (the dust scan's hysteresis), 1 for the venue's own verdict."""
+        return quantity * price < self.min_notional * band
+
     def refusal(self, quantity: Decimal, price: Decimal) -> str | None:
         """Why the venue would refuse this quantity at this price, or None if it accepts it."""
         if not self.tradable:
@@ -36,8 +44,8 @@ class VenueRules:
             return "quantity is below one tradable increment"
         if quantity % self.increment != 0:
             return f"quantity must be a multiple of {self.increment}"
-        if quantity < self.min_quantity:
+        if self.below_minimum_quantity(quantity):
             return f"quantity is below the minimum {self.min_quantity}"
-        if quantity * price < self.min_notional:
+        if self.below_minimum_notional(quantity, price):
             return f"notional is below the minimum {self.min_notional}"
         return None

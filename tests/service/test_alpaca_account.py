@@ -11,10 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import ALPACA_TIMEOUT
-from tests.support.alpaca_stub import AlpacaStub, position_json
-from workers.brokerage.alpaca import AlpacaBrokerage
-from workers.brokerage.base import (
+from tasks.ports import (
     BrokerageMisconfigured,
     InsufficientFunds,
     InvalidOrder,
@@ -23,6 +20,9 @@ from workers.brokerage.base import (
     RateLimited,
     TemporaryError,
 )
+from tests.service.conftest import ALPACA_TIMEOUT
+from tests.support.alpaca_stub import AlpacaStub, position_json
+from workers.brokerage.alpaca import AlpacaBrokerage
 
 D = Decimal
 TIMEOUT = ALPACA_TIMEOUT

@@ -10,11 +10,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.service.conftest import ALPACA_TIMEOUT
-from tests.support.alpaca_stub import AlpacaStub
-from workers.brokerage import DuplicateClientOrderId
-from workers.brokerage.alpaca import AlpacaBrokerage
-from workers.brokerage.base import (
+from tasks.ports import (
     BrokerageMisconfigured,
     InsufficientFunds,
     InvalidOrder,
@@ -23,6 +19,10 @@ from workers.brokerage.base import (
     RateLimited,
     TemporaryError,
 )
+from tests.service.conftest import ALPACA_TIMEOUT
+from tests.support.alpaca_stub import AlpacaStub
+from workers.brokerage import DuplicateClientOrderId
+from workers.brokerage.alpaca import AlpacaBrokerage
 
 TIMEOUT = ALPACA_TIMEOUT
 

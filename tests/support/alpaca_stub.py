@@ -30,7 +30,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 FAULT_KINDS = frozenset(
     {"500", "429", "403", "timeout", "timeout_after_accept", "malformed", "422_after_accept", "replaced"}
 )
-# Faults that only make sense on an order POST: the order is stored, the answer misleads.
+# Faults that only make sense on a state-changing call (an order POST, a position close): the
+# change is made, the answer misleads.
 _AFTER_ACCEPT = frozenset({"timeout_after_accept", "422_after_accept", "replaced"})
 _UNPROCESSABLE = 40010001  # Alpaca's code for every 422 validation error
 
@@ -215,7 +216,8 @@ class AlpacaStub:
             if order_post:
                 self._count_post(body)
             # A scripted after-accept fault waits for the next order POST: there is nothing to accept before.
-            scripted = bool(self._faults) and (order_post or self._faults[0] not in _AFTER_ACCEPT)
+            state_change = order_post or (method == "DELETE" and urlsplit(path).path.startswith("/v2/positions/"))
+            scripted = bool(self._faults) and (state_change or self._faults[0] not in _AFTER_ACCEPT)
             fault = self._faults.popleft() if scripted else None
             if fault is None and order_post:
                 fault = self._draw_fault(self.order_fault_percent)

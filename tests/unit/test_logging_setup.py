@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from workers.logging_setup import JsonFormatter, TextFormatter, log_context
+from tasks.log_context import log_context
+from workers.logging_setup import JsonFormatter, TextFormatter
 
 
 @pytest.fixture

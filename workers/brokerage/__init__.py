@@ -1,6 +1,6 @@
 """The brokerage port and its adapters (paper, alpaca)."""
 
-from workers.brokerage.base import (
+from tasks.ports import (
     AccountBalance,
     AccountRefused,
     Asset,

@@ -21,16 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from models.domain.symbols import canonical_symbol, is_crypto
-from workers.brokerage.alpaca_parse import (
-    loads,
-    parse_account,
-    parse_asset,
-    parse_crypto_trade_price,
-    parse_order,
-    parse_positions,
-    parse_trade_price,
-)
-from workers.brokerage.base import (
+from tasks.ports import (
     AccountBalance,
     AccountRefused,
     Asset,
@@ -46,6 +37,15 @@ from workers.brokerage.base import (
     OrderRequest,
     RateLimited,
     TemporaryError,
+)
+from workers.brokerage.alpaca_parse import (
+    loads,
+    parse_account,
+    parse_asset,
+    parse_crypto_trade_price,
+    parse_order,
+    parse_positions,
+    parse_trade_price,
 )
 
 _SIDES = frozenset({"buy", "sell"})

@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, NoReturn
 
 from models.domain.symbols import canonical_symbol
-from workers.brokerage.base import AccountBalance, Asset, BrokerOrder, BrokerPosition, MalformedAnswer
+from tasks.ports import AccountBalance, Asset, BrokerOrder, BrokerPosition, MalformedAnswer
 
 Sign = Literal["any", "non-negative", "positive"]
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from models.db import engine_for
 from models.domain.quantities import order_increment
 from models.tables import Accumulator, PaperOrder, PaperOrderRequest
-from workers.brokerage.base import (
+from tasks.ports import (
     AccountBalance,
     Asset,
     Brokerage,

@@ -1,4 +1,6 @@
-"""The brokerage port: what dustpan asks of a broker, and the small exception family every
+"""The ports the use cases need, implemented in workers/ and wired in at process start.
+
+``Brokerage`` is what dustpan asks of a broker, with the small exception family every
 adapter translates vendor errors into, by what the answer is evidence of. Only
 ``TemporaryError`` and its subclasses are retried; a timeout, a 5xx or a 4xx to a read is not
 evidence that an order failed, and neither is a refusal until a lookup found no order.
@@ -7,6 +9,8 @@ evidence that an order failed, and neither is a refusal until a lookup found no 
 from __future__ import annotations
 
 import abc
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -177,3 +181,49 @@ class Brokerage(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise a ``BrokerageError`` if the brokerage cannot be reached."""
+
+
+class Enqueue(abc.ABC):
+    """How follow-up work leaves a use case: only after its commit, and only through here.
+
+    Every method is a hint, never the record: the rows say what is left to do, and a message
+    lost here (Redis down, a crash right after commit) is found again by the sweep. So no
+    method raises; each logs what it could not send.
+
+    The wake protocol keeps one ``ingestion.accumulate`` run queued per symbol however many
+    webhooks arrive: ``wake`` raises a per-symbol flag and enqueues a run only when it raised
+    it; the run clears the flag just before it claims trades (``clear_wake``), so a trade
+    committed after the claim raises it again and enqueues the next run. A run that finds the
+    symbol's run under way leaves the flag raised and notes that it bounced (``note_bounced``);
+    the run under way, once committed, takes that note (``take_bounced``) and asks for one
+    more run. Without a bounce nothing is asked for: the run the webhook enqueued is still to
+    come.
+    """
+
+    @abc.abstractmethod
+    def wake(self, symbols: Iterable[str]) -> None:
+        """Ask for an accumulate run per symbol, at most one queued at a time per symbol."""
+
+    @abc.abstractmethod
+    def accumulate(self, symbol: str) -> None:
+        """Enqueue an accumulate run for the symbol now (on its own queue if it has one)."""
+
+    @abc.abstractmethod
+    def submit(self, execution_ids: Iterable[uuid.UUID]) -> None:
+        """Enqueue ``execution.submit`` for executions committed by the caller."""
+
+    @abc.abstractmethod
+    def clear_wake(self, symbol: str) -> None:
+        """Lower the symbol's wake flag (a run is about to claim its trades)."""
+
+    @abc.abstractmethod
+    def note_bounced(self, symbol: str) -> None:
+        """A run found the symbol's run under way: that one asks for a next run when it sees this."""
+
+    @abc.abstractmethod
+    def take_bounced(self, symbol: str) -> bool:
+        """Whether a run bounced off this one, clearing the note (a failure says no: the sweep has it)."""
+
+    @abc.abstractmethod
+    def resend_stale(self, symbols: list[str], execution_ids: list[uuid.UUID], hold_seconds: int) -> int:
+        """Re-enqueue stranded work, each item at most once per ``hold_seconds``; how many were sent."""

@@ -1,0 +1,113 @@
+"""What every Celery task reaches its world through: one ``Dependencies`` object, built once per
+process by the composition root (``workers.runtime.dependencies``) and set on the Celery app
+(``workers.celery_app``). Tasks read it as ``self.deps`` (base class ``DustpanTask``) and never
+import workers/; tests build the same object with fakes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from celery import Task
+
+from models.db import UnitOfWork
+from tasks.balances import BalanceConfig
+from tasks.dust import DustScanConfig
+from tasks.execution import ExecutionConfig
+from tasks.guards import TradingPolicy
+from tasks.ingestion import AccumulationConfig
+from tasks.job_runs import finish_run, start_run
+from tasks.ports import Brokerage, Enqueue
+from tasks.prices import PriceConfig
+from tasks.venues import VenueConfig
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds the task wrappers schedule by."""
+
+    poll_seconds: int  # re-check of an order still working at the broker
+    balances_seconds: int  # Beat's balance fetch interval: a buy waiting for a balance retries after it
+    max_countdown_seconds: int  # a retry countdown must stay below the broker's visibility timeout
+    pending_stale_seconds: int
+    submitted_stale_seconds: int
+
+
+@dataclass(frozen=True)
+class CleanupConfig:
+    broker_cleanup_usd: Decimal
+    normalize_usd: Decimal
+    cleanup_execute: bool
+    normalize_execute: bool
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Every setting a task needs, as the use cases' own config objects."""
+
+    accounts: tuple[str, ...]  # configured accounts; the first one asks for market data
+    accumulation: AccumulationConfig
+    execution: ExecutionConfig
+    balances: BalanceConfig
+    prices: PriceConfig
+    venues: VenueConfig
+    dust_scan: DustScanConfig
+    trading_policy: TradingPolicy
+    cleanup: CleanupConfig
+    timing: Timing
+
+    @property
+    def market_data_account(self) -> str:
+        # Asset data and prices are the same for every account: the first configured one asks.
+        return self.accounts[0]
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    unit_of_work: Callable[[], UnitOfWork]
+    brokerage: Callable[[str], Brokerage]  # the adapter of a named account
+    now: Callable[[], datetime]
+    enqueue: Enqueue
+    config: Callable[[], TaskConfig]
+
+
+class DustpanTask(Task):  # type: ignore[misc]
+    """Base of every dustpan task: ``self.deps`` is what the composition root set on the app."""
+
+    abstract = True
+
+    @property
+    def deps(self) -> Dependencies:
+        deps = getattr(self.app, "dependencies", None)
+        if deps is None:
+            raise RuntimeError(f"task {self.name}: no Dependencies set on the Celery app (see workers.celery_app)")
+        return deps
+
+
+R = TypeVar("R")
+
+
+def recorded(job: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Record a scheduled job's run (started, finished, outcome, summary) around a body whose
+    first argument is the ``Dependencies``."""
+
+    def decorate(body: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(body)
+        def run(deps: Dependencies, *args: Any, **kwargs: Any) -> R:
+            run_id = start_run(deps.unit_of_work(), job, deps.now())
+            try:
+                result = body(deps, *args, **kwargs)
+            except BaseException as exc:
+                finish_run(deps.unit_of_work(), run_id, "failed", {"error": repr(exc)}, deps.now())
+                raise
+            finish_run(deps.unit_of_work(), run_id, "ok", result, deps.now())
+            return result
+
+        return run
+
+    return decorate

@@ -1,0 +1,30 @@
+"""Celery task ``sweep.rewake`` (Beat): re-send work whose message was lost (``tasks.sweeps``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import shared_task
+
+from tasks.deps import Dependencies, DustpanTask, recorded
+from tasks.sweeps import find_stranded_work
+
+
+@shared_task(name="sweep.rewake", bind=True, base=DustpanTask, ignore_result=True)
+def rewake(self: DustpanTask) -> dict[str, int]:
+    return rewake_once(self.deps)
+
+
+@recorded("sweep.rewake")
+def rewake_once(deps: Dependencies) -> dict[str, int]:
+    config = deps.config()
+    timing = config.timing
+    work = find_stranded_work(
+        deps.unit_of_work(),
+        deps.now(),
+        config.accumulation.threshold,
+        timedelta(seconds=timing.pending_stale_seconds),
+        timedelta(seconds=timing.submitted_stale_seconds),
+    )
+    resent = deps.enqueue.resend_stale(work.symbols, work.executions, timing.pending_stale_seconds)
+    return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}
