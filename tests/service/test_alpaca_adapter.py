@@ -12,6 +12,7 @@ import pytest
 
 from tasks.ports import (
     BrokerageMisconfigured,
+    DuplicateClientOrderId,
     InsufficientFunds,
     InvalidOrder,
     MalformedAnswer,
@@ -21,7 +22,6 @@ from tasks.ports import (
 )
 from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub
-from workers.brokerage import DuplicateClientOrderId
 from workers.brokerage.alpaca import AlpacaBrokerage
 
 TIMEOUT = ALPACA_TIMEOUT

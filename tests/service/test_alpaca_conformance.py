@@ -18,7 +18,7 @@ import pytest
 
 from models.domain.execution_state import ExecutionStatus, settle
 from tasks.execution import follow_replacements
-from workers.brokerage import (
+from tasks.ports import (
     AccountRefused,
     BrokerageError,
     DuplicateClientOrderId,

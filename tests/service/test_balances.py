@@ -24,8 +24,7 @@ from models.tables_ops import Balance
 from tasks.balances import BalanceConfig, fetch_balance, fetch_balances, known_balance
 from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
-from tests.support.fakes import FakeBrokerage
-from workers.brokerage import (
+from tasks.ports import (
     AccountBalance,
     BrokerageError,
     BrokerageMisconfigured,
@@ -34,6 +33,7 @@ from workers.brokerage import (
     RateLimited,
     TemporaryError,
 )
+from tests.support.fakes import FakeBrokerage
 
 D = Decimal
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from models.db import UnitOfWork
 from models.tables import SymbolFreeze
 from tasks.cleanup import close_small_positions
 from tasks.guards import TradingPolicy
+from tasks.ports import BrokerPosition
 from tests.support.fakes import FakeBrokerage
-from workers.brokerage import BrokerPosition
 
 D = Decimal
 POLICY = TradingPolicy(frozenset({"AUT-USD"}), frozenset({"default"}))

@@ -19,10 +19,10 @@ from models.tables_ops import AccountPause
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
+from tasks.ports import TemporaryError
 from tasks.sweeps import find_stranded_work
 from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub
-from workers.brokerage import TemporaryError
 from workers.brokerage.alpaca import AlpacaBrokerage
 
 D = Decimal

@@ -21,9 +21,9 @@ from tasks.dust import DustScanConfig, ScanReport, scan_dust
 from tasks.execution import ExecutionConfig, submit_execution
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.guards import TradingPolicy
+from tasks.ports import Asset, BrokerOrder, OrderRequest
 from tasks.venues import VenueConfig, sync_venue_rules, venue_rules_for
 from tests.support.fakes import FakeBrokerage
-from workers.brokerage import Asset, BrokerOrder, OrderRequest
 
 D = Decimal
 NOW = datetime(2026, 4, 2, 15, 0, tzinfo=UTC)

@@ -15,9 +15,9 @@ from models.tables import Execution
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
+from tasks.ports import TemporaryError
 from tests.service.conftest import ALPACA_TIMEOUT
 from tests.support.alpaca_stub import AlpacaStub
-from workers.brokerage import TemporaryError
 from workers.brokerage.alpaca import AlpacaBrokerage
 
 D = Decimal

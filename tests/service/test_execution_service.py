@@ -15,8 +15,8 @@ from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
+from tasks.ports import TemporaryError
 from tests.support.fakes import FakeBrokerage
-from workers.brokerage import TemporaryError
 
 D = Decimal
 NOW = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
@@ -163,6 +163,6 @@ def test_broker_outage_leaves_the_execution_pending_with_the_error(uow: UnitOfWo
 
 
 def _request(execution: Execution):  # type: ignore[no-untyped-def]
-    from workers.brokerage import OrderRequest
+    from tasks.ports import OrderRequest
 
     return OrderRequest(execution.client_order_id, execution.symbol, execution.side, execution.quantity)

@@ -13,9 +13,9 @@ from models.tables_ops import Lot
 from tasks.dust import DustScanConfig, scan_dust
 from tasks.guards import TradingPolicy
 from tasks.lots import CLOSED_NOTE, sync_account_lots, sync_positions
+from tasks.ports import Brokerage, BrokerPosition
 from tasks.venues import VenueConfig
 from tests.support.fakes import FakeBrokerage
-from workers.brokerage import Brokerage, BrokerPosition
 
 D = Decimal
 NOW = datetime(2026, 4, 2, 15, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from collections import Counter
 from decimal import ROUND_DOWN, Decimal
 
 from models.domain.quantities import order_increment
-from workers.brokerage import (
+from tasks.ports import (
     AccountBalance,
     Asset,
     Brokerage,
