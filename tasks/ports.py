@@ -157,30 +157,57 @@ class Brokerage(abc.ABC):
 
     @abc.abstractmethod
     def latest_price(self, symbol: str) -> Decimal:
-        """The last trade price of the symbol (Alpaca Market Data v2: latest trade)."""
+        """The last trade price of the symbol (Alpaca Market Data: the stocks or the crypto endpoint).
+
+        Raises:
+            TemporaryError (RateLimited, MalformedAnswer): unknown; keep the last known value, retry later.
+            BrokerageMisconfigured: a person is needed (keys refused, wrong URL).
+        """
 
     @abc.abstractmethod
     def get_account(self) -> AccountBalance:
-        """Cash, buying power and equity (Alpaca: GET /v2/account)."""
+        """Cash, buying power and equity (Alpaca: GET /v2/account).
+
+        Raises:
+            TemporaryError (RateLimited, MalformedAnswer): unknown; keep the last known value, retry later.
+            BrokerageMisconfigured: a person is needed (keys refused, wrong URL).
+        """
 
     @abc.abstractmethod
     def list_positions(self) -> list[BrokerPosition]:
-        """Every open position of the account (Alpaca: GET /v2/positions)."""
+        """Every open position of the account (Alpaca: GET /v2/positions), crypto pairs as ``BTC/USD``.
+
+        Raises:
+            TemporaryError (RateLimited, MalformedAnswer): unknown; keep the last known value, retry later.
+            BrokerageMisconfigured: a person is needed (keys refused, wrong URL).
+        """
 
     @abc.abstractmethod
     def close_position(self, symbol: str, quantity: Decimal | None = None) -> BrokerOrder:
         """Liquidate a position or part of it (Alpaca: DELETE /v2/positions/{symbol}?qty=).
 
         The broker picks the order's client id, so dustpan's exactly-once flows sell through
-        ``submit_order`` instead; this is for operators and adapters that need it."""
+        ``submit_order`` instead; this is for operators and adapters that need it.
+
+        Raises:
+            InvalidOrder: no such position, or refused (InsufficientFunds: not that many shares).
+            AccountRefused: the account may not trade.
+            TemporaryError: unknown, and the position may be gone: read the positions before acting again.
+        """
 
     @abc.abstractmethod
     def get_asset(self, symbol: str) -> Asset | None:
-        """Asset data for the symbol, or None if the broker does not know it (GET /v2/assets/{symbol})."""
+        """Asset data for the symbol, or None if the broker does not know it (GET /v2/assets/{symbol}).
+
+        Raises:
+            TemporaryError (RateLimited, MalformedAnswer): unknown; keep the last known value, retry later.
+            BrokerageMisconfigured: a person is needed (keys refused, wrong URL).
+        """
 
     @abc.abstractmethod
     def ping(self) -> None:
-        """Raise a ``BrokerageError`` if the brokerage cannot be reached."""
+        """Raise a ``BrokerageError`` if the brokerage cannot be reached (TemporaryError) or refuses
+        our keys (BrokerageMisconfigured)."""
 
 
 class Enqueue(abc.ABC):
