@@ -76,7 +76,7 @@ class Dependencies:
     config: Callable[[], TaskConfig]
 
 
-class DustpanTask(Task):  # type: ignore[misc]
+class DustpanTask(Task):
     """Base of every dustpan task: ``self.deps`` is what the composition root set on the app."""
 
     abstract = True

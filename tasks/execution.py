@@ -268,7 +268,10 @@ def _pause_account(session: Session, execution: Execution, reason: str, config: 
 
 
 def _lift_pause(session: Session, account: str) -> None:
-    if session.execute(delete(AccountPause).where(AccountPause.account == account)).rowcount:
+    lifted = session.execute(
+        delete(AccountPause).where(AccountPause.account == account).returning(AccountPause.account)
+    )
+    if lifted.first() is not None:
         log.info("account %s: the broker accepted an order again; pause lifted", account)
 
 

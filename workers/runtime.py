@@ -133,6 +133,9 @@ def _redis_for_process(_pid: int) -> redis.Redis:
     return redis.Redis.from_url(settings().broker_url or "", socket_timeout=5, socket_connect_timeout=5)
 
 
+_task_config: tuple[Settings, TaskConfig] | None = None
+
+
 def task_config() -> TaskConfig:
     # Settings are read once per process (get_settings is cached), so this is built once too.
     global _task_config
