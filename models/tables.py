@@ -119,6 +119,9 @@ class Execution(Base):
     submit_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     # Broker answers in a row that said nothing about the order (timeouts, 5xx, 4xx on a lookup).
     unknown_outcomes: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The worker calling the broker for it, and until when that claim holds (tasks.execution).
+    claimed_by: Mapped[str | None]
+    claimed_until: Mapped[datetime | None]
     last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

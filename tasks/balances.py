@@ -1,7 +1,7 @@
 """Balances (SPEC 1.5): fetched with backoff on transient errors only, cached in PostgreSQL,
 served with their age, and *unknown* (never zero) once older than the maximum age.
 
-A risk-increasing order (a buy) is never sent on an unknown balance: ``require_known_balance``
+A risk-increasing order (a buy) is never sent on an unknown balance: ``ensure_known_balance``
 is the gate ``submit_execution`` calls before placing a new buy. When the cached balance is
 missing or stale the gate fetches it once itself, with the same retry policy but a short budget
 of waiting, so a fresh fleet trades without waiting for the first Beat tick.
@@ -249,8 +249,8 @@ def known_balances(uow: UnitOfWork, accounts: Iterable[str], max_age: timedelta,
         return [balance_as_known(uow.session, name, max_age, now) for name in names]
 
 
-def require_known_balance(
-    session: Session,
+def ensure_known_balance(
+    uow: UnitOfWork,
     brokerage: Brokerage,
     account: str,
     config: BalanceConfig,
@@ -258,16 +258,23 @@ def require_known_balance(
     sleep: Sleep = time.sleep,
 ) -> KnownBalance:
     """The gate before a risk-increasing order: the cached balance if fresh, else one fetch with
-    a short budget, written in the caller's transaction. Raises ``BalanceUnknown`` if it stays unknown."""
-    known = balance_as_known(session, account, config.max_age, now)
-    if known.known:
-        return known
-    row = session.get(Balance, account)
-    failed_lately = bool(row and row.last_error and row.attempted_at and now - row.attempted_at < GATE_REFETCH_AFTER)
-    if not failed_lately:
-        budget = min(config.budget_seconds or GATE_BUDGET_SECONDS, GATE_BUDGET_SECONDS)
-        record_fetch(session, read_balance(brokerage, account, replace(config, budget_seconds=budget), sleep), now)
-        known = balance_as_known(session, account, config.max_age, now)
+    a short budget (no transaction open while it runs), recorded in a transaction of its own.
+    Raises ``BalanceUnknown`` if it stays unknown."""
+    with uow:
+        known = balance_as_known(uow.session, account, config.max_age, now)
         if known.known:
             return known
+        row = uow.session.get(Balance, account)
+        failed_lately = bool(
+            row and row.last_error and row.attempted_at and now - row.attempted_at < GATE_REFETCH_AFTER
+        )
+    if not failed_lately:
+        budget = min(config.budget_seconds or GATE_BUDGET_SECONDS, GATE_BUDGET_SECONDS)
+        fetched = read_balance(brokerage, account, replace(config, budget_seconds=budget), sleep)
+        with uow:
+            record_fetch(uow.session, fetched, now)
+            uow.commit()
+            known = balance_as_known(uow.session, account, config.max_age, now)
+            if known.known:
+                return known
     raise BalanceUnknown(known.why_unknown(config.max_age))

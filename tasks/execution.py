@@ -1,13 +1,21 @@
 """Execution: send an execution's whole-share order to the brokerage exactly once (SPEC 1.2).
 
+Claim, call, record (SPEC 6: no broker call inside a database transaction or under a row lock):
+
+1. claim: a short transaction takes the execution's lease (``claimed_by``, ``claimed_until``),
+   checks freezes and account pauses, and commits;
+2. call: with no transaction open, the balance gate for buys, the lookup by ``client_order_id``
+   and, only if the broker has no order under it, the POST (then the replacement chain);
+3. record: a new transaction locks the row, makes sure the claim is still this worker's, and
+   writes what the broker said (``tasks.settlement``).
+
 The order is always looked up by its ``client_order_id`` before anything is sent, so a
 redelivered task, a timeout or a crash after the broker accepted never leads to a second
-order. Outcomes are read by evidence (SPEC 4): an answer that says nothing (a timeout, a 5xx,
-any 4xx to a lookup) leaves the execution in flight and is retried; a refusal settles it only
-after one more lookup found no order; a ``replaced`` order is followed to its replacement; an
-account the broker refuses as a whole is paused, not its symbols frozen. Unfilled shares of a
-finished order go back into the symbol's net, with the reason; orders that keep failing back
-the symbol off and then freeze it.
+order; the lease keeps two workers from calling for one execution at once, and a worker that
+outlived its lease records nothing (the one that took over does). Outcomes are read by
+evidence (SPEC 4): an answer that says nothing leaves the execution in flight and is retried;
+a refusal settles it only after one more lookup found no order; a ``replaced`` order is
+followed to its replacement; an account the broker refuses as a whole is paused.
 """
 
 from __future__ import annotations
@@ -16,23 +24,18 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
-from models.domain.execution_state import ExecutionStatus, settle
-from models.domain.quantities import Side, signed
-from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
-from models.tables_ops import AccountPause
-from tasks.balances import BalanceConfig, BalanceUnknown, Sleep, require_known_balance
-from tasks.exits import settle_position_order
-from tasks.ingestion import execute_if_due, lock_accumulator
+from models.domain.execution_state import ExecutionStatus
+from models.domain.quantities import Side
+from models.tables import Execution, SymbolFreeze
+from tasks.balances import BalanceUnknown, Sleep, ensure_known_balance
 from tasks.ports import (
     AccountRefused,
     Brokerage,
@@ -44,37 +47,46 @@ from tasks.ports import (
     TemporaryError,
     UnresolvedOrder,
 )
-from tasks.positions import book_fill
+from tasks.settlement import (
+    Access,
+    ExecutionConfig,
+    SubmitOutcome,
+    SubmitResult,
+    account_access,
+    lift_pause,
+    note_unknown_outcome,
+    pause_account,
+    record_broker_order,
+    settle_refused,
+)
 
 log = logging.getLogger(__name__)
-
-
-class SubmitOutcome(StrEnum):
-    MISSING = "missing"
-    BUSY = "busy"  # another worker holds the execution right now
-    FROZEN = "frozen"  # left pending until the symbol is unfrozen
-    WORKING = "working"  # the broker has it and it can still fill: poll again
-    SETTLED = "settled"  # filled, partially filled, rejected or cancelled
-    WAITING_FOR_BALANCE = "waiting_for_balance"  # a buy left pending until the account's balance is known
-    ACCOUNT_PAUSED = "account_paused"  # the broker refused the account: held until its probe succeeds
+IN_FLIGHT = (ExecutionStatus.PENDING.value, ExecutionStatus.SUBMITTED.value)
+UNKNOWN = (TemporaryError, BrokerageMisconfigured)  # answers that say nothing about the order
 
 
 @dataclass(frozen=True)
-class ExecutionConfig:
-    threshold: Decimal
-    rejection_backoff_seconds: int
-    freeze_after_rejections: int
-    min_position_value: Decimal = Decimal(0)  # exit remainders worth less are closed (0 disables)
-    balances: BalanceConfig = field(default_factory=BalanceConfig)  # buys wait for a balance younger than its max age
-    alert_after_unknown_outcomes: int = 5  # answers in a row that say nothing, then one ERROR for a person
-    account_pause_seconds: int = 300  # a refused account waits this long before one probe order
+class Claim:
+    """An execution this worker may call the broker for until ``until``; what the call needs."""
+
+    execution_id: uuid.UUID
+    worker: str
+    until: datetime
+    symbol: str
+    side: str
+    quantity: Decimal
+    account: str
+    client_order_id: str
+    access: Access  # OPEN, or PROBE: the one probe of a paused account
 
 
-@dataclass(frozen=True)
-class SubmitResult:
-    outcome: SubmitOutcome
-    # Executions created in the same transaction from shares put back (enqueue after commit).
-    follow_ups: list[uuid.UUID] = field(default_factory=list)
+@dataclass
+class _Call:
+    """What the broker said, or why it said nothing; filled in with no transaction open."""
+
+    order: BrokerOrder | None = None
+    posted: bool = False  # a POST went out (counted in submit_attempts)
+    error: Exception | None = None
 
 
 def submit_execution(
@@ -84,94 +96,162 @@ def submit_execution(
     config: ExecutionConfig,
     now: datetime,
     sleep: Sleep = time.sleep,
+    worker: str = "worker",
+    clock: Callable[[], datetime] | None = None,
 ) -> SubmitResult:
-    """``brokerages`` gives the adapter of the execution's account; ``sleep`` waits between balance fetches.
+    """``brokerages`` gives the adapter of the execution's account; ``sleep`` waits between
+    balance fetches; ``worker`` names the claimant; ``clock`` stamps the record (``now`` if None).
 
     Raises ``TemporaryError`` or ``BrokerageMisconfigured`` when the broker's answer said nothing
     about the order: the execution stays in flight (noted on the row) and the caller retries."""
+    claim = claim_execution(uow, execution_id, config, now, worker)
+    if isinstance(claim, SubmitResult):
+        return claim
+    call = _call_broker(uow, brokerages(claim.account), claim, config, now, sleep)
+    result = _record(uow, claim, call, config, clock() if clock else now)
+    if isinstance(call.error, UNKNOWN) and result.outcome is not SubmitOutcome.LEASE_LOST:
+        raise call.error
+    return result
+
+
+def claim_execution(
+    uow: UnitOfWork, execution_id: uuid.UUID, config: ExecutionConfig, now: datetime, worker: str
+) -> Claim | SubmitResult:
+    """The short transaction before any broker call: take the lease, or say why not."""
+    until = now + timedelta(seconds=config.claim_lease_seconds)
     with uow:
         session = uow.session
-        # The row lock is held across the broker call so two workers never act on one execution.
-        execution = session.scalars(
-            select(Execution).where(Execution.id == execution_id).with_for_update(skip_locked=True)
+        row = session.execute(
+            update(Execution)
+            .where(
+                Execution.id == execution_id,
+                Execution.status.in_(IN_FLIGHT),
+                or_(Execution.claimed_until.is_(None), Execution.claimed_until <= now),
+            )
+            .values(claimed_by=worker, claimed_until=until)
+            .returning(
+                Execution.symbol, Execution.side, Execution.quantity, Execution.account, Execution.client_order_id
+            )
         ).one_or_none()
-        if execution is None:
-            exists = session.scalar(select(Execution.id).where(Execution.id == execution_id))
-            return SubmitResult(SubmitOutcome.BUSY if exists else SubmitOutcome.MISSING)
-        if not ExecutionStatus(execution.status).in_flight:
-            return SubmitResult(SubmitOutcome.SETTLED)
-        if session.get(SymbolFreeze, execution.symbol) is not None:
+        if row is None:
+            status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
+            if status is None:
+                return SubmitResult(SubmitOutcome.MISSING)
+            return SubmitResult(SubmitOutcome.BUSY if status in IN_FLIGHT else SubmitOutcome.SETTLED)
+        # Leaving without a commit rolls the claim back: nothing is asked of the broker.
+        if session.get(SymbolFreeze, row.symbol) is not None:
             return SubmitResult(SubmitOutcome.FROZEN)
-        access = _account_access(session, execution.account, config, now)
-        if access is _Access.PAUSED:
+        access = account_access(session, row.account, config, now)
+        if access is Access.PAUSED:
             return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
-        try:
-            order = _find_or_place_order(session, brokerages(execution.account), execution, config, now, sleep)
-        except BalanceUnknown as waiting:
-            execution.last_error = str(waiting)
-            execution.updated_at = now
-            uow.commit()
-            return SubmitResult(SubmitOutcome.WAITING_FOR_BALANCE)
-        except AccountRefused as refused:
-            _pause_account(session, execution, str(refused), config, now)
-            uow.commit()
-            return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
-        except InvalidOrder as refused:
-            follow_ups = _settle_refused(session, execution, str(refused), config, now)
-            uow.commit()
-            return SubmitResult(SubmitOutcome.SETTLED, follow_ups)
-        except (TemporaryError, BrokerageMisconfigured) as unknown:
-            _note_unknown_outcome(execution, unknown, config, now)
-            uow.commit()
-            raise
-        if access is _Access.PROBE:
-            _lift_pause(session, execution.account)
-        result = record_broker_order(session, execution, order, config, now)
         uow.commit()
-        return result
+    return Claim(
+        execution_id, worker, until, row.symbol, row.side, row.quantity, row.account, row.client_order_id, access
+    )
+
+
+def _call_broker(
+    uow: UnitOfWork, brokerage: Brokerage, claim: Claim, config: ExecutionConfig, now: datetime, sleep: Sleep
+) -> _Call:
+    call = _Call()
+    try:
+        call.order = _find_or_place_order(uow, brokerage, claim, config, now, sleep, call)
+    except (BalanceUnknown, AccountRefused, InvalidOrder, *UNKNOWN) as error:
+        call.error = error
+    return call
+
+
+def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig, now: datetime) -> SubmitResult:
+    """The transaction after the call: write the broker's answer if the claim is still ours."""
+    with uow:
+        session = uow.session
+        execution = session.scalars(select(Execution).where(Execution.id == claim.execution_id).with_for_update()).one()
+        if (execution.claimed_by, execution.claimed_until) != (claim.worker, claim.until):
+            log.warning(
+                "%s %s %s: the broker call outlived its claim; the worker that took over records it",
+                claim.side,
+                claim.quantity,
+                claim.symbol,
+                extra={"symbol": claim.symbol, "execution_id": str(claim.execution_id)},
+            )
+            return SubmitResult(SubmitOutcome.LEASE_LOST)
+        execution.claimed_by, execution.claimed_until = None, None
+        execution.submit_attempts += int(call.posted)
+        result = _apply(session, execution, claim, call, config, now)
+        uow.commit()
+    return result
+
+
+def _apply(
+    session: Session, execution: Execution, claim: Claim, call: _Call, config: ExecutionConfig, now: datetime
+) -> SubmitResult:
+    if not ExecutionStatus(execution.status).in_flight:
+        return SubmitResult(SubmitOutcome.SETTLED)  # recorded already
+    error = call.error
+    if isinstance(error, BalanceUnknown):
+        execution.last_error, execution.updated_at = str(error), now
+        return SubmitResult(SubmitOutcome.WAITING_FOR_BALANCE)
+    if isinstance(error, AccountRefused):
+        pause_account(session, execution, str(error), config, now)
+        return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
+    if isinstance(error, InvalidOrder):
+        return SubmitResult(SubmitOutcome.SETTLED, settle_refused(session, execution, str(error), config, now))
+    if error is not None:
+        note_unknown_outcome(execution, error, config, now)
+        return SubmitResult(SubmitOutcome.WORKING)  # not returned: the caller re-raises the error
+    assert call.order is not None
+    if claim.access is Access.PROBE:
+        lift_pause(session, execution.account)
+    return record_broker_order(session, execution, call.order, config, now)
 
 
 def _find_or_place_order(
-    session: Session, brokerage: Brokerage, execution: Execution, config: ExecutionConfig, now: datetime, sleep: Sleep
+    uow: UnitOfWork,
+    brokerage: Brokerage,
+    claim: Claim,
+    config: ExecutionConfig,
+    now: datetime,
+    sleep: Sleep,
+    call: _Call,
 ) -> BrokerOrder:
-    order = _look_up(brokerage, execution)
+    order = _look_up(brokerage, claim)
     if order is not None:
         return order
-    if execution.side == Side.BUY.value:
+    if claim.side == Side.BUY.value:
         # A buy increases exposure: never sent on a balance older than its max age (SPEC 1.5).
         # Sells only reduce it and must go out even when the balance cannot be read.
-        require_known_balance(session, brokerage, execution.account, config.balances, now, sleep)
-    execution.submit_attempts += 1
-    request = OrderRequest(execution.client_order_id, execution.symbol, execution.side, execution.quantity)
+        ensure_known_balance(uow, brokerage, claim.account, config.balances, now, sleep)
+    request = OrderRequest(claim.client_order_id, claim.symbol, claim.side, claim.quantity)
+    call.posted = True
     try:
-        return follow_replacements(brokerage, brokerage.submit_order(request), execution.quantity)
+        return follow_replacements(brokerage, brokerage.submit_order(request), claim.quantity)
     except DuplicateClientOrderId:
         # Our earlier request reached the broker after all: read it back, never resend.
-        order = _look_up(brokerage, execution)
+        order = _look_up(brokerage, claim)
         if order is None:
             raise TemporaryError("broker reports the client order id taken but cannot find it") from None
         return order
     except (InvalidOrder, AccountRefused) as refused:
         # A refusal proves nothing while an order exists under our id (an earlier request that
         # timed out, a proxy that retried): one lookup decides before anything is settled.
-        order = _look_up(brokerage, execution)
+        order = _look_up(brokerage, claim)
         if order is None:
             raise
         log.warning(
             "%s %s %s: the broker refused a request (%s) but holds order %s under our client order id",
-            execution.side,
-            execution.quantity,
-            execution.symbol,
+            claim.side,
+            claim.quantity,
+            claim.symbol,
             refused,
             order.id,
-            extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
+            extra={"symbol": claim.symbol, "execution_id": str(claim.execution_id)},
         )
         return order
 
 
-def _look_up(brokerage: Brokerage, execution: Execution) -> BrokerOrder | None:
-    order = brokerage.get_order_by_client_order_id(execution.client_order_id)
-    return None if order is None else follow_replacements(brokerage, order, execution.quantity)
+def _look_up(brokerage: Brokerage, claim: Claim) -> BrokerOrder | None:
+    order = brokerage.get_order_by_client_order_id(claim.client_order_id)
+    return None if order is None else follow_replacements(brokerage, order, claim.quantity)
 
 
 MAX_REPLACEMENTS = 10
@@ -201,207 +281,12 @@ def follow_replacements(brokerage: Brokerage, order: BrokerOrder, quantity: Deci
     return order
 
 
-def _note_unknown_outcome(execution: Execution, error: Exception, config: ExecutionConfig, now: datetime) -> None:
-    """An answer that said nothing: the execution stays in flight; a person hears of it once."""
-    execution.unknown_outcomes += 1
-    execution.last_error = f"{type(error).__name__}: {error}"
-    execution.updated_at = now
-    if execution.unknown_outcomes == config.alert_after_unknown_outcomes:
-        log.error(
-            "%s %s %s: %d broker answers in a row said nothing about order %s; it is held in flight"
-            " (never re-ordered) until the broker answers: %s",
-            execution.side,
-            execution.quantity,
-            execution.symbol,
-            execution.unknown_outcomes,
-            execution.client_order_id,
-            execution.last_error,
-            extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
-        )
-
-
-class _Access(StrEnum):
-    OPEN = "open"
-    PROBE = "probe"  # paused, and this execution is the one probe after the pause
-    PAUSED = "paused"
-
-
-def _account_access(session: Session, account: str, config: ExecutionConfig, now: datetime) -> _Access:
-    if session.get(AccountPause, account) is None:
-        return _Access.OPEN
-    # One probe per pause period across the fleet: whoever moves probe_after on gets to ask.
-    claimed = session.execute(
-        update(AccountPause)
-        .where(AccountPause.account == account, AccountPause.probe_after <= now)
-        .values(probe_after=now + timedelta(seconds=config.account_pause_seconds))
-        .returning(AccountPause.account)
-    ).first()
-    return _Access.PAUSED if claimed is None else _Access.PROBE
-
-
-def _pause_account(session: Session, execution: Execution, reason: str, config: ExecutionConfig, now: datetime) -> None:
-    """The broker refused the account: hold every order of it, alert once, freeze no symbol."""
-    probe_after = now + timedelta(seconds=config.account_pause_seconds)
-    refusals = session.scalar(
-        insert(AccountPause)
-        .values(account=execution.account, reason=reason, paused_at=now, probe_after=probe_after, refusals=1)
-        .on_conflict_do_update(
-            index_elements=["account"],
-            set_={"reason": reason, "probe_after": probe_after, "refusals": AccountPause.refusals + 1},
-        )
-        .returning(AccountPause.refusals)
-    )
-    execution.last_error = f"account {execution.account} paused: {reason}"
-    execution.updated_at = now
-    context = {"symbol": execution.symbol, "execution_id": str(execution.id)}
-    if refusals == 1:
-        log.error(
-            "account %s paused: the broker refused the account, not the order (%s); its orders are held"
-            " and one probe is sent after %s s; no symbol is frozen for it",
-            execution.account,
-            reason,
-            config.account_pause_seconds,
-            extra=context,
-        )
-    else:
-        log.warning("account %s still refused (%d in a row): %s", execution.account, refusals, reason, extra=context)
-
-
-def _lift_pause(session: Session, account: str) -> None:
-    lifted = session.execute(
-        delete(AccountPause).where(AccountPause.account == account).returning(AccountPause.account)
-    )
-    if lifted.first() is not None:
-        log.info("account %s: the broker accepted an order again; pause lifted", account)
-
-
-def record_broker_order(
-    session: Session, execution: Execution, order: BrokerOrder, config: ExecutionConfig, now: datetime
-) -> SubmitResult:
-    """Write the broker's answer onto the execution; put unfilled shares back when it is over."""
-    settlement = settle(order.status, execution.quantity, order.filled_quantity)
-    book_fill(session, execution, order.filled_quantity, order.filled_average_price, now)
-    execution.broker_order_id = order.id
-    execution.filled_quantity = order.filled_quantity
-    execution.average_price = order.filled_average_price
-    execution.status = settlement.status.value
-    execution.submitted_at = execution.submitted_at or now
-    execution.updated_at = now
-    execution.last_error = None
-    execution.unknown_outcomes = 0
-    log.info(
-        "%s %s %s: broker order %s is %s, filled %s",
-        execution.side,
-        execution.quantity,
-        execution.symbol,
-        order.id,
-        order.status,
-        order.filled_quantity,
-        extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
-    )
-    if settlement.status is ExecutionStatus.SUBMITTED:
-        return SubmitResult(SubmitOutcome.WORKING)
-    reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
-    return SubmitResult(
-        SubmitOutcome.SETTLED, _after_settlement(session, execution, settlement.unfilled, reason, config, now)
-    )
-
-
-def _settle_refused(
-    session: Session, execution: Execution, reason: str, config: ExecutionConfig, now: datetime
-) -> list[uuid.UUID]:
-    log.warning(
-        "%s %s %s refused: %s",
-        execution.side,
-        execution.quantity,
-        execution.symbol,
-        reason,
-        extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
-    )
-    execution.status = ExecutionStatus.REJECTED.value
-    execution.last_error = reason
-    execution.updated_at = now
-    return _after_settlement(session, execution, execution.quantity, f"rejected: {reason}", config, now)
-
-
-def _after_settlement(
-    session: Session,
-    execution: Execution,
-    unfilled: Decimal,
-    reason: str,
-    config: ExecutionConfig,
-    now: datetime,
-) -> list[uuid.UUID]:
-    """What a finished order leads to; returns executions created in this commit."""
-    if execution.source != "hedge":
-        return settle_position_order(session, execution, unfilled, config.min_position_value, now)
-    if not unfilled and not _in_backoff(session, execution.symbol):
-        # A complete fill with no rejection streak changes nothing on the net: leave the row
-        # unlocked rather than queue behind the symbol's accumulate run.
-        return []
-    accumulator = lock_accumulator(session, execution.symbol)
-    if unfilled:
-        _put_back(session, accumulator, execution, unfilled, reason, now)
-    if execution.filled_quantity > 0:
-        accumulator.consecutive_rejections = 0
-        accumulator.hold_until = None
-    else:
-        _back_off(session, accumulator, config, now, reason=reason)
-    # Re-order shares put back in this same commit, so no quiet moment shows |net| >= threshold.
-    return execute_if_due(session, accumulator, config.threshold, now)
-
-
-def _in_backoff(session: Session, symbol: str) -> bool:
-    streak = session.execute(
-        select(Accumulator.consecutive_rejections, Accumulator.hold_until).where(Accumulator.symbol == symbol)
-    ).one()
-    return bool(streak.consecutive_rejections or streak.hold_until is not None)
-
-
-def _put_back(
-    session: Session,
-    accumulator: Accumulator,
-    execution: Execution,
-    unfilled: Decimal,
-    reason: str,
-    now: datetime,
-) -> None:
-    """Unfilled shares return to the net as an open portion; the unique key makes it once per execution."""
-    quantity = signed(Side(execution.side), unfilled)
-    inserted = session.scalar(
-        insert(ExecutionReturn)
-        .values(
-            execution_id=execution.id,
-            symbol=execution.symbol,
-            quantity=quantity,
-            open_quantity=quantity,
-            reason=reason,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["execution_id"])
-        .returning(ExecutionReturn.id)
-    )
-    if inserted is not None:
-        accumulator.net_quantity += quantity
-        accumulator.updated_at = now
-
-
-def _back_off(
-    session: Session, accumulator: Accumulator, config: ExecutionConfig, now: datetime, *, reason: str
-) -> None:
-    """Repeated failures must not loop: wait longer after each, then freeze the symbol."""
-    accumulator.consecutive_rejections += 1
-    failures = accumulator.consecutive_rejections
-    delay = config.rejection_backoff_seconds * 2 ** min(failures - 1, 10)
-    accumulator.hold_until = now + timedelta(seconds=delay)
-    if failures >= config.freeze_after_rejections:
-        session.execute(
-            insert(SymbolFreeze)
-            .values(
-                symbol=accumulator.symbol,
-                reason=f"{failures} orders in a row failed; last: {reason}",
-                source="rejections",
-                frozen_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["symbol"])
-        )
+__all__ = [
+    "Claim",
+    "ExecutionConfig",
+    "SubmitOutcome",
+    "SubmitResult",
+    "claim_execution",
+    "follow_replacements",
+    "submit_execution",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import uuid
 
@@ -27,7 +28,13 @@ def submit(self: DustpanTask, execution_id: str) -> str:
     with log_context(execution_id=execution_id):
         try:
             result = submit_execution(
-                deps.unit_of_work(), deps.brokerage, uuid.UUID(execution_id), config.execution, deps.now()
+                deps.unit_of_work(),
+                deps.brokerage,
+                uuid.UUID(execution_id),
+                config.execution,
+                deps.now(),
+                worker=f"{self.request.hostname}:{os.getpid()}",  # who holds the claim while it calls
+                clock=deps.now,  # the outcome is stamped when the broker answered, not when the call began
             )
         except RETRY_ON as exc:
             delay = _retry_delay(self.request.retries, exc, timing.max_countdown_seconds)

@@ -53,6 +53,8 @@ def find_stranded_work(
                     and_(Execution.status == "pending", Execution.updated_at < now - pending_stale),
                     and_(Execution.status == "submitted", Execution.updated_at < now - submitted_stale),
                 ),
+                # A worker is calling the broker for it: its lease says until when.
+                or_(Execution.claimed_until.is_(None), Execution.claimed_until <= now),
                 # A paused account's orders wait for its probe time, not for every sweep.
                 ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
             )

@@ -1,4 +1,4 @@
-"""broker outcomes: unknown outcomes counted per execution, account pauses
+"""broker outcomes: unknown outcomes counted per execution, account pauses, execution claims
 
 Revision ID: 0005
 Revises: 0004
@@ -20,6 +20,9 @@ def upgrade() -> None:
     # Answers that say nothing (timeouts, 5xx, a 403 on a lookup) in a row; a person is alerted
     # once when it reaches execution.alert_after_unknown_outcomes, and it resets on an answer.
     op.add_column("executions", sa.Column("unknown_outcomes", sa.Integer(), server_default="0", nullable=False))
+    # The lease a worker holds on an execution while it calls the broker with no transaction open.
+    op.add_column("executions", sa.Column("claimed_by", sa.Text(), nullable=True))
+    op.add_column("executions", sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "account_pauses",
         sa.Column("account", sa.String(length=64), nullable=False),
@@ -33,4 +36,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("account_pauses")
+    op.drop_column("executions", "claimed_until")
+    op.drop_column("executions", "claimed_by")
     op.drop_column("executions", "unknown_outcomes")

@@ -1,0 +1,139 @@
+"""Claim, call, record: no broker call inside a transaction or under a row lock (SPEC 6), and
+the claim's lease keeps two workers from calling for one execution at once."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg2
+from sqlalchemy import select
+
+from models.db import UnitOfWork
+from models.domain.quantities import Side
+from models.domain.trades import IncomingTrade
+from models.tables import Execution
+from tasks.audit import audit_books
+from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
+from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
+from tasks.ports import BrokerOrder, OrderRequest
+from tests.support.fakes import FakeBrokerage
+
+D = Decimal
+NOW = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+EXECUTION = ExecutionConfig(D(1), rejection_backoff_seconds=30, freeze_after_rejections=3, claim_lease_seconds=60)
+
+
+class HangingBrokerage(FakeBrokerage):
+    """Holds every order POST until the test lets it go, and says when one is being held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_call = threading.Event()
+        self.release = threading.Event()
+
+    def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        self.in_call.set()
+        assert self.release.wait(30), "the test never released the call"
+        return super().submit_order(request)
+
+
+def pending_execution(uow: UnitOfWork) -> Execution:
+    store_trades(uow, [IncomingTrade("t1", "AAPL", Side.BUY, D("2.5"), D("100"), NOW)])
+    [execution_id] = accumulate_symbol(uow, "AAPL", AccumulationConfig(D(1), 100, frozenset()), NOW).executions
+    with uow:
+        return uow.session.scalars(select(Execution).where(Execution.id == execution_id)).one()
+
+
+def lock_nowait(url: str, query: str, *args: object) -> int:
+    """Lock rows the way a second worker would, failing at once if anyone holds them."""
+    connection = psycopg2.connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = 0")
+            cursor.execute(query, args)
+            return len(cursor.fetchall())
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def test_rows_are_free_while_the_broker_call_hangs(uow: UnitOfWork, clean_database: str) -> None:
+    execution = pending_execution(uow)
+    broker = HangingBrokerage()
+    outcome: list[SubmitOutcome] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            submit_execution(
+                uow_for(clean_database), lambda _a: broker, execution.id, EXECUTION, NOW, worker="w1"
+            ).outcome
+        )
+    )
+    worker.start()
+    try:
+        assert broker.in_call.wait(30), "the worker never reached the broker"
+        # While the POST hangs, every row it touches can be locked by someone else at once.
+        assert (
+            lock_nowait(clean_database, "SELECT id FROM executions WHERE id = %s FOR UPDATE NOWAIT", str(execution.id))
+            == 1
+        )
+        assert (
+            lock_nowait(clean_database, "SELECT symbol FROM accumulators WHERE symbol = 'AAPL' FOR UPDATE NOWAIT") == 1
+        )
+        # ...and a second worker for the same execution backs off without calling the broker.
+        second = submit_execution(uow_for(clean_database), lambda _a: broker, execution.id, EXECUTION, NOW, worker="w2")
+        assert second.outcome is SubmitOutcome.BUSY
+        claimed_by = lock_nowait(clean_database, "SELECT 1 FROM executions WHERE claimed_by = 'w1'")
+        assert claimed_by == 1
+    finally:
+        broker.release.set()
+        worker.join(30)
+    assert outcome == [SubmitOutcome.SETTLED]
+    assert broker.posts == {execution.client_order_id: 1}
+    with uow:
+        stored = uow.session.scalars(select(Execution).where(Execution.id == execution.id)).one()
+        assert (stored.status, stored.claimed_by, stored.claimed_until, stored.submit_attempts) == (
+            "filled",
+            None,
+            None,
+            1,
+        )
+    assert audit_books(uow, D(1), NOW).ok
+
+
+def test_a_call_that_outlives_its_lease_records_nothing_the_new_claimant_does(
+    uow: UnitOfWork, clean_database: str
+) -> None:
+    execution = pending_execution(uow)
+    broker = HangingBrokerage()
+    outcome: list[SubmitOutcome] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            submit_execution(
+                uow_for(clean_database), lambda _a: broker, execution.id, EXECUTION, NOW, worker="w1"
+            ).outcome
+        )
+    )
+    worker.start()
+    assert broker.in_call.wait(30)
+    # w1 hangs past its lease (a dead worker looks the same): w2 takes over. Its lookup finds
+    # nothing yet (w1's POST has not reached the book), so it places the order itself...
+    later = NOW + timedelta(seconds=61)
+    fast = FakeBrokerage()
+    fast.orders = broker.orders  # one far side
+    fast.posts = broker.posts
+    assert (
+        submit_execution(uow_for(clean_database), lambda _a: fast, execution.id, EXECUTION, later, worker="w2").outcome
+        is SubmitOutcome.SETTLED
+    )
+    # ...and w1's late POST meets the duplicate id at the broker: read back, and not recorded.
+    broker.release.set()
+    worker.join(30)
+    assert outcome == [SubmitOutcome.LEASE_LOST]
+    assert len(broker.orders) == 1
+    assert audit_books(uow, D(1), later).ok
+
+
+def uow_for(url: str) -> UnitOfWork:
+    return UnitOfWork(url)
