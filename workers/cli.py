@@ -35,9 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=None, help="processes (default DUSTPAN_API_WORKERS, 1)")
 
-    worker = commands.add_parser("worker", help="a Celery worker (every queue unless --queues)")
-    worker.add_argument("--queues", default=ALL_QUEUES)
-    worker.add_argument("--concurrency", type=int, default=2)
+    worker = commands.add_parser(
+        "worker",
+        help="a Celery worker: without --queues, a prefork pool on ingestion,ops and a threads pool on execution",
+    )
+    worker.add_argument("--queues", default=None, help="one pool on these queues (default: the two pools)")
+    worker.add_argument("--concurrency", type=int, default=2, help="processes (threads for --pool threads)")
+    worker.add_argument("--pool", choices=("auto", "prefork", "threads"), default="auto",
+                        help="auto: threads for --queues execution, else prefork")  # fmt: skip
+    worker.add_argument("--io-concurrency", type=int, default=16, help="threads of the execution pool")
     worker.add_argument("--name", default=None, help="node name (default worker-<pid>@<host>)")
 
     commands.add_parser("beat", help="the Celery Beat scheduler")
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "api":
         _serve_api(args.host, args.port, args.workers)
     elif command == "worker":
-        _run_worker(args.queues, args.concurrency, args.name)
+        _run_worker(args.queues, args.concurrency, args.name, args.pool, args.io_concurrency)
     elif command == "beat":
         _run_beat(settings.data_dir)
     elif command == "flower":
@@ -159,17 +165,26 @@ def _start_logging() -> Settings:
     return settings
 
 
-def _run_worker(queues: str, concurrency: int, name: str | None) -> None:
+def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: str, io_concurrency: int) -> None:
     _require_services()
     settings = _start_logging()
+    from celery.signals import worker_shutdown
+
     from workers.celery_app import app
+    from workers.worker_pools import FAST_QUEUES, IoPoolKeeper, pool_for
 
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
+    if queues is None:  # the two pools: this node on ingestion,ops, a threads node on execution
+        queues = FAST_QUEUES
+        keeper = IoPoolKeeper(f"io-{node}", io_concurrency)
+        worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
+        keeper.start()
     # JSON logs: --quiet drops the start-up banner Celery prints to stdout, so every line is JSON.
     # Task events stay on (celeryconfig): Flower needs them.
     quiet = ["--quiet"] if settings.log_format == "json" else []
     level = f"--loglevel={settings.log_level}"
-    app.worker_main([*quiet, "worker", level, "-Q", queues, "-c", str(concurrency), "-n", node, "--without-gossip"])
+    options = ["-Q", queues, "-c", str(concurrency), "-P", pool_for(queues, pool), "-n", node, "--without-gossip"]
+    app.worker_main([*quiet, "worker", level, *options])
 
 
 def _run_beat(data_dir: Path) -> None:

@@ -144,6 +144,9 @@ class AlpacaStub:
         self.order_fault_percent: dict[str, int] = {}
         self.lookup_fault_percent: dict[str, int] = {}
         self.account_refusal: str | None = None
+        self.hold_symbols: set[str] = set()  # order POSTs for these are stored, then held until release_held()
+        self.held_posts: Counter[str] = Counter()
+        self._release_held = threading.Event()
         self.faults_injected: Counter[str] = Counter()
         self.resent_after_accept: Counter[str] = Counter()
         self._by_client_order_id: dict[str, dict[str, Any]] = {}
@@ -173,6 +176,7 @@ class AlpacaStub:
 
     def stop(self) -> None:
         self._stopping.set()  # wakes handlers that are stalling on purpose
+        self._release_held.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -192,6 +196,11 @@ class AlpacaStub:
             raise ValueError(f"unknown fault {kind!r}; choose from {sorted(FAULT_KINDS)}")
         with self._lock:
             self._faults.extend([kind] * count)
+
+    def release_held(self) -> None:
+        """Answer every held order POST (and hold no more)."""
+        self.hold_symbols = set()
+        self._release_held.set()
 
     def fail_next_lookup(self, kind: str, count: int = 1) -> None:
         """Like ``fail_next``, for the next order lookups by client order id only."""
@@ -307,6 +316,10 @@ class AlpacaStub:
             order = self._store_replaced(payload) if fault == "replaced" else self._store(self._new_order(payload))
         if fault == "422_after_accept":
             return _error(422, 42210000, "potential wash trade detected. use complex orders")
+        if order["symbol"] in self.hold_symbols:  # accepted; the answer waits for the test
+            with self._lock:
+                self.held_posts[order["symbol"]] += 1
+            self._release_held.wait(300)
         return _json_reply(200, order)
 
     def _store_replaced(self, payload: dict[str, Any]) -> dict[str, Any]:

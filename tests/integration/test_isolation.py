@@ -1,0 +1,92 @@
+"""Bulkheads on real parts (SPEC 6): a symbol whose orders hang at the brokerage delays no other
+symbol. Real API, worker and Beat processes; the Alpaca stub holds the sick symbols' order
+POSTs open until the test lets them go. Assertions are on the order of events, not wall time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg2
+import pytest
+
+from tests.integration.conftest import WEBHOOK_SECRET, Books, fleet_env
+from tests.support.alpaca_stub import AlpacaStub
+from tests.support.feed import post_trades
+from tests.support.fleet import Fleet, wait_for
+
+SICK = ["SICK1", "SICK2", "SICK3"]  # more hanging symbols than the prefork pool has processes
+
+
+@pytest.fixture
+def stub() -> Iterator[AlpacaStub]:
+    with AlpacaStub() as running:
+        running.hold_symbols = set(SICK)
+        yield running
+
+
+@pytest.fixture
+def fleet(clean_database: str, broker_url: str, tmp_path: Path, log_dir: Path, stub: AlpacaStub) -> Iterator[Fleet]:
+    env = fleet_env(
+        clean_database,
+        broker_url,
+        tmp_path / "data",
+        DUSTPAN_BROKERAGE="alpaca",
+        DUSTPAN_ALPACA_TRADING_URL=stub.url,
+        DUSTPAN_ALPACA_DATA_URL=stub.url,
+        DUSTPAN_ALPACA_KEY_ID=stub.key_id,
+        DUSTPAN_ALPACA_SECRET_KEY=stub.secret_key,
+        DUSTPAN_ALPACA_TIMEOUT_SECONDS="120",  # the held calls hang longer than the test waits
+    )
+    running = Fleet(env, log_dir)
+    running.start_api()
+    running.start_worker(concurrency=2)  # one `dustpan worker`, no options: the default topology
+    running.start_beat()
+    yield running
+    stub.release_held()
+    running.stop()
+
+
+def send(fleet: Fleet, symbol: str, n: int) -> None:
+    batch = [
+        {"id": f"{symbol}-{n}", "symbol": symbol, "side": "sell", "quantity": "1.5", "price": "100",
+         "executed_at": "2026-11-02T14:30:00Z"}
+    ]  # fmt: skip
+    with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+        assert post_trades(client, WEBHOOK_SECRET, batch)["accepted"] == 1
+
+
+def lock_nowait(url: str, query: str, *args: object) -> int:
+    connection = psycopg2.connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query, args)
+            return len(cursor.fetchall())
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def test_healthy_symbols_trade_while_others_hang_at_the_brokerage(fleet: Fleet, books: Books, stub: AlpacaStub) -> None:
+    for symbol in SICK:
+        send(fleet, symbol, 1)
+    wait_for(lambda: sum(stub.held_posts.values()) == len(SICK), 30, "every sick symbol's order POST to hang")
+
+    # While those calls hang, a healthy symbol's trade is accumulated and its order placed...
+    send(fleet, "HEALTHY", 1)
+    # 30 s: far above a healthy order's latency, below the hard time limit that would free a stuck process.
+    wait_for(lambda: any(o["symbol"] == "HEALTHY" for o in stub.orders.values()), 30, "the healthy order")
+    assert books.value("SELECT status FROM trades WHERE id = 'HEALTHY-1'") == "accumulated"
+    assert sum(stub.held_posts.values()) == len(SICK) and stub.hold_symbols  # still hanging
+
+    # ...and nothing the hanging calls touch is locked: another worker could take every row now.
+    sick_executions = "SELECT id FROM executions WHERE symbol = ANY(%s) FOR UPDATE NOWAIT"
+    assert lock_nowait(books.url, sick_executions, SICK) == len(SICK)
+    assert lock_nowait(books.url, "SELECT symbol FROM accumulators WHERE symbol = ANY(%s) FOR UPDATE NOWAIT", SICK) == 3
+
+    stub.release_held()
+    wait_for(books.drained, 60, "the held orders to be recorded")
+    filled = books.rows("SELECT symbol, status FROM executions ORDER BY symbol")
+    assert filled == [(s, "filled") for s in sorted(["HEALTHY", *SICK])]
+    assert max(stub.posts_per_client_order_id.values()) == 1

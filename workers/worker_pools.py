@@ -1,0 +1,75 @@
+"""Two pools for one `dustpan worker` (SPEC 6 bulkheads).
+
+With no ``--queues`` this process is the prefork node for ``ingestion`` and ``ops`` (CPU work:
+accumulate runs, sweeps, dust jobs), and it keeps a second node alive beside it: a threads
+pool on ``execution``. Broker calls wait on the network, so a thread costs little while it
+waits, and a symbol whose orders hang ties up threads of that pool only, never the processes
+that ingest and accumulate. The second node is this process's child: it dies with it (a parent
+death signal), and it is started again within a second if it dies alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+FAST_QUEUES = "ingestion,ops"
+IO_QUEUES = "execution"
+RESTART_DELAY_SECONDS = 1
+_PR_SET_PDEATHSIG = 1
+
+
+def pool_for(queues: str, pool: str) -> str:
+    """``auto``: threads for a node that only sends orders, prefork for everything else."""
+    if pool != "auto":
+        return pool
+    return "threads" if queues == IO_QUEUES else "prefork"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # Not Linux: no parent death signal, but the keeper still stops it on a clean shutdown.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class IoPoolKeeper:
+    """Runs the execution pool's node as a child and starts it again when it dies."""
+
+    def __init__(self, node: str, concurrency: int) -> None:
+        self.command = [
+            sys.executable, "-m", "workers.cli", "worker",
+            "--queues", IO_QUEUES, "--pool", "threads", "--concurrency", str(concurrency), "--name", node,
+        ]  # fmt: skip
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._keep, name="io-pool-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._stopping.is_set():
+            self._process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            log.warning("execution pool exited (status %s); starting it again in %d s", code, RESTART_DELAY_SECONDS)
+            self._stopping.wait(RESTART_DELAY_SECONDS)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # Celery's warm shutdown: tasks under way finish, the rest go back
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
