@@ -1,4 +1,5 @@
-"""What a settled dust sale does to its aggregate: ``sold``, and whatever did not sell stays tracked.
+"""What a settled sale leaves behind: a dust sale's aggregate becomes ``sold`` (whatever did not
+sell stays tracked), and a notional sale's fill is written to the dust ledger.
 
 Called from the execution's settlement transaction (``tasks.exits.settle_position_order``).
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.domain.quantities import canonical
-from models.tables import Execution
+from models.tables import DustLedger, Execution
 from models.tables_ops import Lot
 
 
@@ -45,3 +47,30 @@ def settle_dust_sale(session: Session, execution: Execution, now: datetime) -> N
                 updated_at=now,
             )
         )
+
+
+def ledger_filled_sale(session: Session, execution: Execution, now: datetime) -> None:
+    """The ledger records what the brokerage filled (SPEC 1.8): nothing for a rejected or cancelled
+    sale, the real proceeds of a partial fill with the quoted value of what did not fill. Once per
+    sale: the execution id is unique in the ledger, so a settlement run twice writes one row."""
+    if execution.filled_quantity <= 0 or execution.average_price is None or execution.requested_notional is None:
+        return
+    quoted_price = execution.quoted_price or execution.average_price
+    proceeds = execution.filled_quantity * execution.average_price
+    session.execute(
+        insert(DustLedger)
+        .values(
+            execution_id=execution.id,
+            account=execution.account,
+            symbol=execution.symbol,
+            requested_notional=execution.requested_notional,
+            price=execution.average_price,
+            quantity=execution.filled_quantity,
+            proceeds=proceeds,
+            dust=execution.requested_notional - execution.quantity * quoted_price,
+            unfilled_notional=(execution.quantity - execution.filled_quantity) * quoted_price,
+            slippage=execution.filled_quantity * quoted_price - proceeds,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["execution_id"])
+    )

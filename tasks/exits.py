@@ -15,7 +15,7 @@ from models.db import UnitOfWork
 from models.domain.positions import remainder_is_dust
 from models.domain.venue import VenueRules
 from models.tables import Execution
-from tasks.dust_settlement import settle_dust_sale
+from tasks.dust_settlement import ledger_filled_sale, settle_dust_sale
 from tasks.guards import Refused, TradingPolicy, ensure_tradable
 from tasks.ingestion import client_order_id_for
 from tasks.positions import committed_to_sell, lock_position
@@ -111,6 +111,8 @@ def settle_position_order(
         position.updated_at = now
     if execution.source == "dust_sale":
         settle_dust_sale(session, execution, now)
+    if execution.source == "sell":
+        ledger_filled_sale(session, execution, now)
     return []
 
 

@@ -42,6 +42,13 @@ def committed_to_sell(session: Session, account: str, symbol: str) -> Decimal:
     )
 
 
+def pnl_reason(execution: Execution) -> str:
+    """An exit realises P&L under the operator's reason; a notional sale under ``sale`` (SPEC 1.10)."""
+    if execution.source == "exit":
+        return execution.reason or "exit"
+    return "sale" if execution.source == "sell" else execution.source
+
+
 def book_fill(session: Session, execution: Execution, filled: Decimal, average: Decimal | None, now: datetime) -> None:
     """Apply the part of ``filled`` not booked yet (the broker reports cumulative fills)."""
     delta = filled - execution.filled_quantity
@@ -63,7 +70,7 @@ def book_fill(session: Session, execution: Execution, filled: Decimal, average: 
                 entry_price=entry_price,
                 exit_price=price,
                 pnl=(price - entry_price) * effect.realized_quantity,
-                reason=execution.source,
+                reason=pnl_reason(execution),
                 created_at=now,
             )
         )

@@ -1,4 +1,4 @@
-"""Notional sales (SPEC 1.8): quote, cap the dust, and place the sale with its ledger row."""
+"""Notional sales (SPEC 1.8): quote, cap the dust, place the sale, and ledger it when it fills."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def place_notional_sale(
     cap: Decimal,
     now: datetime,
 ) -> PlacedSale:
-    """The sell execution and its dust ledger row, in one transaction; enqueue after commit."""
+    """The sell execution with its quote; enqueue after commit. The ledger row waits for the fill."""
     quote = quote_sale(notional, price, rules, cap)
     with uow:
         session = uow.session
@@ -74,19 +74,8 @@ def place_notional_sale(
                 f"{account} holds {max(available, Decimal(0))} {symbol} available; the sale needs {quote.quantity}",
             )
         execution = new_sell(session, account, symbol, quote.quantity, "sell", now, reason=f"sell {notional} USD")
-        session.add(
-            DustLedger(
-                execution_id=execution.id,
-                account=account,
-                symbol=symbol,
-                requested_notional=quote.requested,
-                price=quote.price,
-                quantity=quote.quantity,
-                proceeds=quote.proceeds,
-                dust=quote.dust,
-                created_at=now,
-            )
-        )
+        execution.requested_notional = quote.requested
+        execution.quoted_price = quote.price
         uow.commit()
     return PlacedSale(execution, quote)
 

@@ -159,6 +159,8 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
         "quantity",
         "proceeds",
         "dust",
+        "unfilled_notional",
+        "slippage",
     )
     return {
         "ledger": {
