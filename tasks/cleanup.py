@@ -1,14 +1,17 @@
 """Broker-level dust cleanup and account normalization (SPEC 1.4), dry run by default.
 
-Cleanup force-liquidates every position worth less than ``dust.broker_cleanup_usd``;
-normalization closes every position worth less than ``dust.normalize_usd`` that cleanup
-leaves behind. Both report what they saw and did (or would do). Both are safe to run
-twice: a closed position is gone at the broker, so the next run does not see it.
+Cleanup force-liquidates every position worth less than ``dust.broker_cleanup_usd`` and
+retries orphaned exit remainders (``tasks.orphans``); normalization closes every position
+worth less than ``dust.normalize_usd`` and consolidates those from there up to
+``dust.consolidate_usd`` (``tasks.consolidation``). Both report what they saw and did (or
+would do) per position. Both are safe to run twice: a closed position is gone at the broker,
+so the next run does not see it, and an order in flight is not planned again.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -19,8 +22,10 @@ from sqlalchemy import select
 from models.db import UnitOfWork
 from models.domain.quantities import canonical, money_text
 from models.tables import SymbolFreeze
+from tasks.consolidation import Consolidator, consolidate_position
 from tasks.guards import TradingPolicy
 from tasks.job_runs import recorded
+from tasks.orphans import retry_orphans
 from workers.brokerage import Brokerage, BrokerageError, BrokerPosition
 from workers.celery_app import app
 
@@ -33,8 +38,10 @@ class CleanupLine:
     symbol: str
     quantity: Decimal
     value: Decimal
-    action: str  # closed | would_close | skipped | failed
+    action: str  # closed | would_close | consolidated | would_consolidate | kept | skipped | failed
     reason: str
+    execution_id: str | None = None  # a consolidation's buy
+    kind: str = "close"  # close | consolidate
 
     def as_json(self) -> dict[str, str]:
         return {k: canonical(v) if isinstance(v, Decimal) else v for k, v in asdict(self).items()}
@@ -47,13 +54,18 @@ class CleanupSummary:
     threshold_usd: Decimal
     positions_seen: int = 0
     lines: list[CleanupLine] = field(default_factory=list)
+    orphans: list[dict[str, Any]] = field(default_factory=list)  # cleanup: orphaned remainders retried
 
     def count(self, action: str) -> int:
         return sum(1 for line in self.lines if line.action == action)
 
     @property
+    def closing(self) -> list[CleanupLine]:
+        return [line for line in self.lines if line.kind == "close"]
+
+    @property
     def dust_value(self) -> Decimal:
-        return sum((line.value for line in self.lines), Decimal(0))
+        return sum((line.value for line in self.closing), Decimal(0))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -61,13 +73,16 @@ class CleanupSummary:
             "dry_run": self.dry_run,
             "threshold_usd": money_text(self.threshold_usd),
             "positions_seen": self.positions_seen,
-            "dust_found": len(self.lines),
+            "dust_found": len(self.closing),
             "closed": self.count("closed"),
             "would_close": self.count("would_close"),
             "skipped": self.count("skipped"),
             "failed": self.count("failed"),
+            "consolidated": self.count("consolidated"),
+            "would_consolidate": self.count("would_consolidate"),
             "dust_value_usd": money_text(self.dust_value),
             "lines": [line.as_json() for line in self.lines],
+            "orphans": self.orphans,
         }
 
 
@@ -88,8 +103,11 @@ def close_small_positions(
     job: str,
     threshold_usd: Decimal,
     execute: bool,
+    consolidate_usd: Decimal = Decimal(0),
+    consolidate: Consolidator | None = None,
 ) -> CleanupSummary:
-    """Close (or, in a dry run, list) every position worth less than the threshold."""
+    """Close (or, in a dry run, list) every position worth less than the threshold; with a
+    ``consolidate``, hand it every position from there up to ``consolidate_usd``."""
     summary = CleanupSummary(job=job, dry_run=not execute, threshold_usd=threshold_usd)
     with uow:
         frozen = set(uow.session.scalars(select(SymbolFreeze.symbol)))
@@ -103,10 +121,20 @@ def close_small_positions(
         summary.positions_seen += len(positions)
         for position in positions:
             value = position_value(position)
-            if value is None or position.quantity == 0 or value >= threshold_usd:
+            if value is None or position.quantity == 0:
                 continue
-            summary.lines.append(_handle(brokerage, account, position, value, policy, frozen, execute))
+            if value < threshold_usd:
+                summary.lines.append(_handle(brokerage, account, position, value, policy, frozen, execute))
+            elif consolidate is not None and value < consolidate_usd and position.quantity > 0:
+                summary.lines.append(_consolidate(consolidate, account, position, value))
     return summary
+
+
+def _consolidate(consolidate: Consolidator, account: str, position: BrokerPosition, value: Decimal) -> CleanupLine:
+    price = position.current_price if position.current_price is not None else value / position.quantity
+    action, reason, execution_id = consolidate(account, position.symbol, position.quantity, price)
+    bought = None if execution_id is None else str(execution_id)
+    return CleanupLine(account, position.symbol, position.quantity, value, action, reason, bought, "consolidate")
 
 
 def _handle(
@@ -134,22 +162,74 @@ def _handle(
     return line("closed", f"worth {money_text(value)} USD: order {order.id} ({order.status})")
 
 
-def _run(job: str, threshold: Decimal, execute: bool) -> dict[str, Any]:
+def run_job(job: str, execute: bool) -> dict[str, Any]:
+    """One run of ``broker_cleanup`` (closes, then orphan retries) or ``normalize`` (closes and
+    consolidations), orders enqueued after their commit; what the task and the CLI both run."""
     from workers import runtime
 
     config = runtime.settings()
+    cleanup = job == "broker_cleanup"
     summary = close_small_positions(
         runtime.unit_of_work(),
         runtime.brokerage,
         list(config.accounts),
         runtime.trading_policy(),
         job=job,
-        threshold_usd=threshold,
+        threshold_usd=config.dust.broker_cleanup_usd if cleanup else config.dust.normalize_usd,
         execute=execute,
+        consolidate_usd=config.dust.consolidate_usd,
+        consolidate=None if cleanup else _consolidator(execute),
     )
+    if cleanup:
+        orphans = retry_orphans(
+            runtime.unit_of_work(), _held_at_broker, runtime.venue_rules, runtime.trading_policy(), runtime.now()
+        )
+        summary.orphans = [line.as_json() for line in orphans.lines]
+        for execution_id in orphans.execution_ids:
+            runtime.submit_after_commit(execution_id)
+    for line in summary.lines:
+        if line.execution_id is not None:
+            runtime.submit_after_commit(uuid.UUID(line.execution_id))
     result = summary.as_json()
-    log.info("%s: %s", job, {k: v for k, v in result.items() if k != "lines"})
+    _log_summary(job, summary, result)
     return result
+
+
+def _log_summary(job: str, summary: CleanupSummary, result: dict[str, Any]) -> None:
+    log.info("%s: %s", job, {k: v for k, v in result.items() if k not in ("lines", "orphans")})
+    for line in summary.lines:
+        if line.action == "failed":
+            log.warning("%s: %s %s %s failed: %s", job, line.account, line.symbol, line.quantity, line.reason)
+
+
+def _consolidator(execute: bool) -> Consolidator:
+    from workers import runtime
+
+    def consolidate(account: str, symbol: str, held: Decimal, price: Decimal) -> tuple[str, str, uuid.UUID | None]:
+        return consolidate_position(
+            runtime.unit_of_work(),
+            account,
+            symbol,
+            held,
+            price,
+            runtime.venue_rules(symbol),
+            runtime.trading_policy(),
+            runtime.balance_config(),
+            runtime.now(),
+            execute,
+        )
+
+    return consolidate
+
+
+def _held_at_broker(account: str) -> dict[str, Decimal] | None:
+    from workers import runtime
+
+    try:
+        return {p.symbol: p.quantity for p in runtime.brokerage(account).list_positions()}
+    except BrokerageError as exc:
+        log.warning("%s: broker positions unreadable, orphans wait for the next run: %s", account, exc)
+        return None
 
 
 @app.task(name="dust.broker_cleanup")
@@ -159,7 +239,7 @@ def broker_cleanup(execute: bool | None = None) -> dict[str, Any]:
 
     config = runtime.settings()
     chosen = config.operations.cleanup_execute if execute is None else execute
-    return _run("broker_cleanup", config.dust.broker_cleanup_usd, chosen)
+    return run_job("broker_cleanup", chosen)
 
 
 @app.task(name="dust.normalize")
@@ -169,4 +249,4 @@ def normalize(execute: bool | None = None) -> dict[str, Any]:
 
     config = runtime.settings()
     chosen = config.operations.normalize_execute if execute is None else execute
-    return _run("normalize", config.dust.normalize_usd, chosen)
+    return run_job("normalize", chosen)

@@ -7,6 +7,7 @@ Called from the execution's settlement transaction (``tasks.exits.settle_positio
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -47,6 +48,36 @@ def settle_dust_sale(session: Session, execution: Execution, now: datetime) -> N
                 updated_at=now,
             )
         )
+
+
+def align_aggregate_with_position(session: Session, execution: Execution, held: Decimal, now: datetime) -> None:
+    """An exit sold shares a waiting dust aggregate also tracks: the aggregate keeps no more than
+    the position still holds, and is ``sold`` once the exit took them all. A ``selling`` aggregate
+    is left to its own sale's settlement."""
+    if execution.filled_quantity <= 0:
+        return
+    # Locked like the dust scan locks live aggregates: one of the two changes it at a time.
+    aggregate = session.scalars(
+        select(Lot)
+        .where(
+            Lot.account == execution.account,
+            Lot.symbol == execution.symbol,
+            Lot.kind == "aggregate",
+            Lot.status.in_(("dust_pending", "dust_ready")),
+        )
+        .with_for_update()
+    ).one_or_none()
+    kept = max(held, Decimal(0))
+    if aggregate is None or aggregate.quantity <= kept:
+        return
+    by = f"{execution.source} {execution.id}"
+    if kept == 0:
+        aggregate.status = "sold"
+        aggregate.note = f"Sold by {by}"
+    else:
+        aggregate.note = f"Reduced from {canonical(aggregate.quantity)} to {canonical(kept)} by {by}"
+        aggregate.quantity = kept
+    aggregate.updated_at = now
 
 
 def ledger_filled_sale(session: Session, execution: Execution, now: datetime) -> None:

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from models.domain.positions import PRICE_SCALE, Holding, apply_fill
 from models.domain.quantities import ZERO, Side, signed
-from models.tables import Execution, Position, RealizedPnl
+from models.tables import Accumulator, Execution, Position, RealizedPnl
+from models.tables_ops import PriceHealth
 
 
 def lock_position(session: Session, account: str, symbol: str) -> Position:
@@ -40,6 +41,14 @@ def committed_to_sell(session: Session, account: str, symbol: str) -> Decimal:
         )
         or ZERO
     )
+
+
+def last_known_price(session: Session, symbol: str) -> Decimal | None:
+    """The price feed's last price, else the last accumulated trade's; None when neither is known."""
+    feed = session.scalar(select(PriceHealth.last_price).where(PriceHealth.symbol == symbol))
+    if feed is not None:
+        return feed
+    return session.scalar(select(Accumulator.last_price).where(Accumulator.symbol == symbol))
 
 
 def pnl_reason(execution: Execution) -> str:

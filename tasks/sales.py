@@ -14,7 +14,7 @@ from models.domain.sales import SaleQuote, quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution
 from tasks.exits import new_sell
-from tasks.guards import Refused, TradingPolicy, ensure_tradable
+from tasks.guards import Refused, TradingPolicy, ensure_tradable, ensure_venue_accepts
 from tasks.positions import committed_to_sell, lock_position
 
 
@@ -35,9 +35,7 @@ def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
             cap=money_text(quote.cap),
             would_be_dust=money_text(quote.dust),
         )
-    refusal = rules.refusal(quote.quantity, quote.price)
-    if refusal:
-        raise Refused(422, "not_tradable", f"{symbol}: {refusal} (at price {quote.price})")
+    ensure_venue_accepts(rules, symbol, quote.quantity, quote.price)
 
 
 def _advice(quote: SaleQuote) -> str:

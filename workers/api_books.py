@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
@@ -10,6 +11,7 @@ from sqlalchemy import select
 
 from models.domain.quantities import canonical, money_text
 from models.tables import Accumulator, DustLedger, Execution, Position, SymbolFreeze, Trade
+from models.tables_ops import Lot
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.lineage import TradeExecution, is_completed, trade_executions, trade_ids_by_execution
@@ -159,6 +161,9 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         recent = uow.session.scalars(select(DustLedger).order_by(DustLedger.id.desc()).limit(limit)).all()
         orphaned = uow.session.scalars(select(Position).where(Position.status == "dust_orphaned")).all()
+        lots = uow.session.scalars(
+            select(Lot).where(Lot.status != "open").order_by(Lot.id.desc()).limit(limit)
+        ).all()
     ledger_fields = (
         "execution_id",
         "account",
@@ -183,4 +188,14 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
             {"account": p.account, "symbol": p.symbol, "quantity": canonical(p.quantity), "status": p.status}
             for p in orphaned
         ],
+        "lots": _lots_by_status(lots),
     }
+
+
+def _lots_by_status(lots: Sequence[Lot]) -> dict[str, list[dict[str, Any]]]:
+    """Dust lots and aggregates by status, newest first; an aggregated lot names its aggregate."""
+    fields = ("id", "account", "symbol", "kind", "source", "quantity", "aggregate_id", "execution_id", "note")
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for lot in lots:
+        grouped.setdefault(lot.status, []).append({f: json_value(getattr(lot, f)) for f in fields})
+    return grouped

@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import extract, func, select
 
-from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Trade
+from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Position, Trade
 from workers import runtime
 
 if TYPE_CHECKING:
@@ -209,6 +209,9 @@ class _ScrapeCollector(Collector):
             counts = uow.session.execute(
                 select(Execution.source, Execution.status, func.count()).group_by(Execution.source, Execution.status)
             ).all()
+            orphans = uow.session.scalar(
+                select(func.count()).select_from(Position).where(Position.status == "dust_orphaned")
+            )
         net = GaugeMetricFamily(
             "dustpan_accumulator_net_quantity", "Signed net quantity waiting per symbol", labels=["symbol"]
         )
@@ -231,6 +234,11 @@ class _ScrapeCollector(Collector):
         for (source, status), n in sorted(by_status.items()):
             executions.add_metric([status, source], _sample(n))
         yield executions
+        yield GaugeMetricFamily(
+            "dustpan_dust_orphaned_positions",
+            "Exit remainders whose closing order failed, waiting for the cleanup job to retry them",
+            value=_sample(orphans or 0),
+        )
         yield GaugeMetricFamily(
             "dustpan_audit_unbalanced_symbols",
             f"Symbols failing the SPEC section 5 audit (cached up to {AUDIT_CACHE_SECONDS} s)",

@@ -48,6 +48,7 @@ def collect() -> Json:
                     "volume_with_dust": money_text(volume.volume_with_dust),
                 },
                 "aggregates": _dust_aggregates(session),
+                "lots": _dust_lots(session),
                 "orphaned": _orphaned(session),
             },
             "freezes": freezes_json(session),
@@ -100,6 +101,17 @@ def _dust_aggregates(session: Session) -> list[Json]:
         {"status": status, "symbol": symbol, "aggregates": n, "quantity": canonical(quantity)}
         for status, symbol, n, quantity in rows
     ]
+
+
+def _dust_lots(session: Session) -> list[Json]:
+    """Holding lots by status (``dust_aggregated``: moved into an aggregate) and symbol."""
+    rows = session.execute(
+        select(Lot.status, Lot.symbol, func.count(), func.sum(Lot.quantity))
+        .where(Lot.kind == "holding", Lot.status != "open")
+        .group_by(Lot.status, Lot.symbol)
+        .order_by(Lot.status, Lot.symbol)
+    ).all()
+    return [{"status": st, "symbol": sy, "lots": n, "quantity": canonical(q)} for st, sy, n, q in rows]
 
 
 def _orphaned(session: Session) -> list[Json]:
@@ -183,6 +195,10 @@ def print_dust(dust: Json, console: Console) -> None:
     for row in dust["aggregates"]:
         aggregates.add_row(row["status"], row["symbol"], str(row["aggregates"]), row["quantity"])
     console.print(aggregates if dust["aggregates"] else "Dust aggregates: none")
+    lots = table("Dust lots by status", ("status", "symbol", "lots", "quantity"), ("lots", "quantity"))
+    for row in dust["lots"]:
+        lots.add_row(row["status"], row["symbol"], str(row["lots"]), row["quantity"])
+    console.print(lots if dust["lots"] else "Dust lots: none aggregated")
     orphaned = table("Orphaned remainders (dust_orphaned)", ("account", "symbol", "quantity", "since"), ["quantity"])
     for row in dust["orphaned"]:
         orphaned.add_row(row["account"], row["symbol"], row["quantity"], _seconds(row["updated_at"]))

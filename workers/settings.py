@@ -71,6 +71,9 @@ class DustSettings(_Section):
     min_position_value: Decimal = Field(Decimal(0), ge=0, description="USD; smaller exit remainders are closed")
     broker_cleanup_usd: Decimal = Field(Decimal("1.00"), ge=0)
     normalize_usd: Decimal = Field(Decimal("7.50"), ge=0)
+    consolidate_usd: Decimal = Field(
+        Decimal("10.00"), ge=0, description="USD; normalization tops up unsellable positions below it, 0 disables"
+    )
 
 
 class VenueRule(_Section):
