@@ -85,7 +85,9 @@ def _blocked(
     return None
 
 
-def _new_buy(session: Session, account: str, symbol: str, quantity: Decimal, now: datetime, *, reason: str) -> uuid.UUID:
+def _new_buy(
+    session: Session, account: str, symbol: str, quantity: Decimal, now: datetime, *, reason: str
+) -> uuid.UUID:
     execution_id = uuid.uuid4()
     session.add(
         Execution(

@@ -161,9 +161,7 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         recent = uow.session.scalars(select(DustLedger).order_by(DustLedger.id.desc()).limit(limit)).all()
         orphaned = uow.session.scalars(select(Position).where(Position.status == "dust_orphaned")).all()
-        lots = uow.session.scalars(
-            select(Lot).where(Lot.status != "open").order_by(Lot.id.desc()).limit(limit)
-        ).all()
+        lots = uow.session.scalars(select(Lot).where(Lot.status != "open").order_by(Lot.id.desc()).limit(limit)).all()
     ledger_fields = (
         "execution_id",
         "account",

@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="check the invariants; exit 1 on any imbalance")
     audit.add_argument("--json", action="store_true")
 
-    report = commands.add_parser("report", help="accumulators, executions, dust, freezes, balances, positions, P&L and audit")
+    report = commands.add_parser(
+        "report", help="accumulators, executions, dust, freezes, balances, positions, P&L and audit"
+    )
     report.add_argument("--json", action="store_true")
     cli_ops.add_commands(commands)
     cli_dust.add_commands(commands)

@@ -156,7 +156,9 @@ class CelerySettings(_Section):
 
 
 class BalanceSettings(_Section):
-    attempts: int = Field(4, ge=1, le=10, description="tries per fetch (the first plus 3 retries), transient errors only")
+    attempts: int = Field(
+        4, ge=1, le=10, description="tries per fetch (the first plus 3 retries), transient errors only"
+    )
     backoff_seconds: Decimal = Field(Decimal(2), gt=0, description="first wait; doubles each try (2, 4, 8)")
     max_age_seconds: int = Field(300, ge=1, description="older than this the balance is unknown")
 

@@ -81,7 +81,11 @@ def started(make_fleet, **overrides: str) -> Fleet:  # type: ignore[no-untyped-d
 def test_rejected_notional_sale_writes_no_dust(make_fleet, books: Books) -> None:  # type: ignore[no-untyped-def]
     fleet = started(make_fleet, DUSTPAN_PAPER__REJECT_SYMBOLS="REJ")
     for symbol in ("REJ", "FINE"):
-        write(books, "INSERT INTO positions (account, symbol, quantity, average_price) VALUES ('default', %s, 10, 30)", symbol)
+        write(
+            books,
+            "INSERT INTO positions (account, symbol, quantity, average_price) VALUES ('default', %s, 10, 30)",
+            symbol,
+        )
     sales = {}
     for symbol in ("REJ", "FINE"):
         answer = post(fleet, "/sells", {"symbol": symbol, "notional": "250.00"})  # 2 shares at the paper's 100

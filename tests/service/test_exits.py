@@ -56,7 +56,10 @@ def test_partial_exit_below_min_value_closes_the_remainder_with_dust_cleanup_pnl
         assert (cleanup.source, cleanup.quantity, cleanup.status) == ("dust_cleanup", 2, "filled")
         assert cleanup.parent_execution_id == exit_order.id
         records = uow.session.scalars(select(RealizedPnl).order_by(RealizedPnl.id)).all()
-    assert [(r.reason, r.quantity, r.pnl) for r in records] == [("stop loss", 98, D(-12348)), ("dust_cleanup", 2, D(-252))]
+    assert [(r.reason, r.quantity, r.pnl) for r in records] == [
+        ("stop loss", 98, D(-12348)),
+        ("dust_cleanup", 2, D(-252)),
+    ]
     assert records[1].related_execution_id == exit_order.id  # both trades in the P&L record
     assert (position(uow).quantity, position(uow).status) == (0, "open")
 
