@@ -14,6 +14,7 @@ from models.db import UnitOfWork
 from models.domain.sales import quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution, Position
+from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, submit_execution
 from tasks.guards import Refused, TradingPolicy
 from tasks.sales import ledger_volume, place_notional_sale
@@ -95,6 +96,8 @@ def test_partial_fill_ledgers_its_real_proceeds_and_the_unfilled_notional(uow: U
     assert (row.quantity, row.price, row.proceeds, row.dust) == (1, D("29.50"), D("29.50"), D("1.00"))
     assert (row.unfilled_notional, row.slippage) == (D("60.00"), D("0.50"))
     assert row.requested_notional == row.proceeds + row.dust + row.unfilled_notional + row.slippage
+    audit = audit_books(uow, D(1), NOW)
+    assert audit.ok and audit.as_json()["unbalanced_sales"] == []
 
 
 def test_cap_zero_accepts_any_dust(uow: UnitOfWork) -> None:
