@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -64,7 +65,10 @@ def test_partial_exit_below_min_value_closes_the_remainder_with_dust_cleanup_pnl
     assert (position(uow).quantity, position(uow).status) == (0, "open")
 
 
-def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned(uow: UnitOfWork) -> None:
+def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned_and_warns(
+    uow: UnitOfWork, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tasks.exits")
     entered(uow)
     broker = FakeBrokerage(fill_ratio=D("0.98"), price=D(24))
     [cleanup_id] = submit_execution(uow, broker.by_account, exit_all(uow).id, config("50"), NOW).follow_ups
@@ -72,6 +76,8 @@ def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned(uow: UnitOfWork)
     submit_execution(uow, broker.by_account, cleanup_id, config("50"), NOW)
     remainder = position(uow)
     assert (remainder.quantity, remainder.status) == (2, "dust_orphaned")
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "orphaned" in warning.getMessage() and "XYZ" in warning.getMessage()
 
 
 def test_min_value_zero_keeps_the_remainder(uow: UnitOfWork) -> None:
