@@ -116,13 +116,17 @@ def _decide(
     policy: TradingPolicy,
     now: datetime,
 ) -> OrphanLine:
-    account, symbol = position.account, position.symbol
+    account, symbol, tracked = position.account, position.symbol, position.quantity
 
     def line(action: str, reason: str, execution_id: uuid.UUID | None = None) -> OrphanLine:
-        return OrphanLine(account, symbol, position.quantity, action, reason, execution_id)
+        return OrphanLine(account, symbol, tracked, action, reason, execution_id)
 
     if held is None:
         return line("failed", "broker positions could not be read; retried next run")
+    in_flight = committed_to_sell(session, account, symbol)
+    if in_flight > 0:
+        # Its fill is still to be booked: the broker's count may already leave those shares out.
+        return line("skipped", "an order for it is in flight")
     if held.get(symbol, ZERO) <= 0:
         clear_orphan(position, "the broker no longer holds the shares", now)
         position.quantity, position.average_price = ZERO, None
@@ -131,9 +135,7 @@ def _decide(
         return line("skipped", "restricted symbol: never traded")
     if session.get(SymbolFreeze, symbol) is not None:
         return line("skipped", "symbol is frozen")
-    quantity = min(position.quantity, held[symbol]) - committed_to_sell(session, account, symbol)
-    if quantity <= 0:
-        return line("skipped", "an order for it is in flight")
+    quantity = min(position.quantity, held[symbol])
     refusal = venue_refusal(rules, quantity, last_known_price(session, symbol))
     if refusal is not None:
         return line("skipped", f"the venue would refuse {canonical(quantity)}: {refusal}")

@@ -140,7 +140,7 @@ def test_orphan_cleared_when_the_broker_no_longer_holds_it_or_an_exit_sells_it(m
     run = dustpan(fleet, "cleanup", "--json")
     assert run.returncode == 0, run.stderr
     [orphan] = json.loads(run.stdout)["orphans"]
-    assert (orphan["symbol"], orphan["action"]) == ("GONE", "cleared")
+    assert (orphan["symbol"], orphan["action"], orphan["quantity"]) == ("GONE", "cleared", "2")
     assert get(fleet, "/dust")["orphaned"] == []
     assert books.value("SELECT count(*) FROM executions WHERE symbol = 'GONE'") == 0  # nothing sold
 
