@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +14,8 @@ from workers.api_common import Operator
 from workers.webhook import SYMBOL_PATTERN
 
 router = APIRouter()
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @router.get("/positions")
@@ -30,7 +32,23 @@ def list_pnl(
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> dict[str, Any]:
     """Realized P&L entries and their totals by symbol and reason."""
-    if since is not None and since.tzinfo is None:
+    moment = None if since is None else _in_utc(since)
+    return realized_pnl(runtime.unit_of_work(), PnlFilter(since=moment, symbol=symbol, limit=limit))
+
+
+def _in_utc(since: datetime) -> datetime:
+    """Normalized to UTC within 1970..9999 (SPEC 3); PostgreSQL takes no offset beyond 15:59."""
+    if since.tzinfo is None:
         # A time without an offset is ambiguous: refuse it rather than guess the zone.
-        raise RequestValidationError([{"loc": ("query", "since"), "msg": "needs an offset, e.g. Z or +00:00"}])
-    return realized_pnl(runtime.unit_of_work(), PnlFilter(since=since, symbol=symbol, limit=limit))
+        _refuse("needs an offset, e.g. Z or +00:00")
+    try:
+        moment = since.astimezone(UTC)
+    except OverflowError:
+        _refuse("is outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z")
+    if not EARLIEST <= moment <= LATEST:
+        _refuse("is outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z")
+    return moment
+
+
+def _refuse(problem: str) -> NoReturn:
+    raise RequestValidationError([{"loc": ("query", "since"), "msg": problem}])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 COMMANDS = ("positions", "pnl")
 
@@ -16,7 +16,10 @@ def _since(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time, e.g. 2026-12-01T00:00:00Z") from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs an offset, e.g. Z or +00:00")
-    return moment
+    try:
+        return moment.astimezone(UTC)  # PostgreSQL takes no offset beyond 15:59
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the years 1..9999 in UTC") from None
 
 
 def add_commands(commands: object) -> None:

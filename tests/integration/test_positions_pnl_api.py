@@ -81,3 +81,7 @@ def test_positions_show_average_cost_value_and_unrealized_pnl(make_fleet, books:
     assert position["unrealized_pnl"] == "0.00"
     assert get(fleet, "/pnl").json() == {"entries": [], "totals": [], "total": "0.00"}
     assert get(fleet, "/pnl?since=2026-01-01T00:00:00").status_code == 422  # no offset: ambiguous
+    # Any offset is read and normalized to UTC; a time outside 1970..9999 after that is refused.
+    assert get(fleet, "/pnl?since=6628-01-24T00:18:16.331018%2B23:12").status_code == 200
+    assert get(fleet, "/pnl?since=0957-08-21T18:21:27-17:29").status_code == 422
+    assert get(fleet, "/pnl?since=2026-01-01T00:00:00Z").json()["total"] == "0.00"
