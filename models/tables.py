@@ -35,8 +35,8 @@ NAMING = {
 TRADE_STATUSES = ("received", "accumulated", "rejected")
 EXECUTION_STATUSES = ("pending", "submitted", "partially_filled", "filled", "rejected", "cancelled")
 # hedge: nets of upstream trades; sell: notional sales; exit: position exits; dust_cleanup: a remainder closed
-EXECUTION_SOURCES = ("hedge", "sell", "exit", "dust_cleanup", "dust_sale", "broker_cleanup")
-PNL_REASONS = ("sell", "exit", "dust_cleanup", "dust_sale", "broker_cleanup")
+# consolidate: a normalization buy that tops a small position up to a sellable quantity
+EXECUTION_SOURCES = ("hedge", "sell", "exit", "dust_cleanup", "dust_sale", "broker_cleanup", "consolidate")
 # manual: an operator; rejections: orders kept failing; prices: the price feed kept failing
 FREEZE_SOURCES = ("manual", "rejections", "prices")
 
@@ -131,6 +131,9 @@ class Execution(Base):
     # The exit whose remainder a dust_cleanup closes.
     parent_execution_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("executions.id"))
     reason: Mapped[str | None]  # what the operator gave for an exit
+    # A notional sale's quote, kept until it fills: the dust ledger row is written from the fill.
+    requested_notional: Mapped[Decimal | None]
+    quoted_price: Mapped[Decimal | None]
 
     __table_args__ = (
         CheckConstraint("side IN ('buy', 'sell')", name="side"),
@@ -189,6 +192,19 @@ class Contribution(Base):
         CheckConstraint("quantity <> 0", name="quantity_non_zero"),
         CheckConstraint("(trade_id IS NULL) <> (return_id IS NULL)", name="one_source"),
     )
+
+
+class ContributionOrigin(Base):
+    """The trades behind shares a re-execution took from a return: the lineage survives rejections."""
+
+    __tablename__ = "contribution_origins"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("executions.id"), index=True)
+    return_id: Mapped[int] = mapped_column(ForeignKey("execution_returns.id"), index=True)
+    trade_id: Mapped[str] = mapped_column(ForeignKey("trades.id"), index=True)
+    quantity: Mapped[Decimal]  # signed
+
+    __table_args__ = (CheckConstraint("quantity <> 0", name="quantity_non_zero"),)
 
 
 class SymbolFreeze(Base):
@@ -266,18 +282,20 @@ class RealizedPnl(Base):
     entry_price: Mapped[Decimal]
     exit_price: Mapped[Decimal]
     pnl: Mapped[Decimal]
-    reason: Mapped[str] = mapped_column(String(16))
+    # The exit's own reason, or sale, dust_cleanup, dust_sale, broker_cleanup (SPEC 1.10).
+    reason: Mapped[str]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity_positive"),
-        CheckConstraint(_in("reason", PNL_REASONS), name="reason"),
+        CheckConstraint("length(reason) > 0", name="reason"),
         CheckConstraint("pnl = (exit_price - entry_price) * quantity", name="pnl_is_exact"),
     )
 
 
 class DustLedger(Base):
-    """One row per accepted notional sale: requested = proceeds + dust, always."""
+    """One row per filled (or partially filled) notional sale, written from the fill:
+    requested = proceeds + dust + unfilled notional + slippage, always."""
 
     __tablename__ = "dust_ledger"
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -289,10 +307,16 @@ class DustLedger(Base):
     quantity: Mapped[Decimal]
     proceeds: Mapped[Decimal]
     dust: Mapped[Decimal]
+    # The quoted value of shares that did not fill, and quoted minus filled value of those that did.
+    unfilled_notional: Mapped[Decimal] = mapped_column(server_default="0")
+    slippage: Mapped[Decimal] = mapped_column(server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
-        CheckConstraint("requested_notional = proceeds + dust", name="requested_is_proceeds_plus_dust"),
+        CheckConstraint(
+            "requested_notional = proceeds + dust + unfilled_notional + slippage",
+            name="requested_is_proceeds_plus_dust",
+        ),
         CheckConstraint("proceeds = quantity * price", name="proceeds_is_quantity_times_price"),
         CheckConstraint("dust >= 0 AND quantity > 0 AND price > 0", name="positive_parts"),
     )

@@ -24,6 +24,8 @@ def check_once(deps: Dependencies) -> dict[str, Any]:
     for symbol in report.symbols:
         if not symbol.balanced:
             log.error("audit imbalance on %s: %s", symbol.symbol, "; ".join(symbol.problems))
+    for execution_id in report.unbalanced_sales:
+        log.error("audit imbalance: sale %s requested != proceeds + dust + unfilled", execution_id)
     return {
         "ok": report.ok,
         "symbols": len(report.symbols),

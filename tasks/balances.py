@@ -43,7 +43,7 @@ UNKNOWN = "unknown"  # never 0: a balance that cannot be vouched for is not repo
 
 @dataclass(frozen=True)
 class BalanceConfig:
-    attempts: int = 3
+    attempts: int = 4  # the first try plus 3 retries (SPEC 1.5)
     backoff_seconds: Decimal = Decimal(2)  # first wait; doubles after each failure
     max_age_seconds: int = 300
     budget_seconds: Decimal | None = None  # total waiting one fetch may plan; None: attempts alone bound it

@@ -1,9 +1,11 @@
 """Broker-level dust cleanup and account normalization (SPEC 1.4), dry run by default.
 
-Cleanup force-liquidates every position worth less than ``dust.broker_cleanup_usd``;
-normalization closes every position worth less than ``dust.normalize_usd`` that cleanup
-leaves behind. Both report what they saw and did (or would do). Both are safe to run
-twice: a closed position is gone at the broker, so the next run does not see it.
+Cleanup force-liquidates every position worth less than ``dust.broker_cleanup_usd`` and
+retries orphaned exit remainders (``tasks.orphans``); normalization closes every position
+worth less than ``dust.normalize_usd`` and consolidates those from there up to
+``dust.consolidate_usd`` (``tasks.consolidation``). Both report what they saw and did (or
+would do) per position. Both are safe to run twice: a closed position is gone at the broker,
+so the next run does not see it, and an order in flight is not planned again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from models.db import UnitOfWork
 from models.domain.quantities import canonical, money_text
 from models.domain.symbols import is_restricted
 from models.tables import SymbolFreeze
+from tasks.consolidation import Consolidator
 from tasks.guards import TradingPolicy
 from tasks.ports import Brokerage, BrokerageError, BrokerPosition
 
@@ -32,8 +35,10 @@ class CleanupLine:
     symbol: str
     quantity: Decimal
     value: Decimal
-    action: str  # closed | would_close | skipped | failed
+    action: str  # closed | would_close | consolidated | would_consolidate | kept | skipped | failed
     reason: str
+    execution_id: str | None = None  # a consolidation's buy
+    kind: str = "close"  # close | consolidate
 
     def as_json(self) -> dict[str, str]:
         return {k: canonical(v) if isinstance(v, Decimal) else v for k, v in asdict(self).items()}
@@ -46,13 +51,18 @@ class CleanupSummary:
     threshold_usd: Decimal
     positions_seen: int = 0
     lines: list[CleanupLine] = field(default_factory=list)
+    orphans: list[dict[str, Any]] = field(default_factory=list)  # cleanup: orphaned remainders retried
 
     def count(self, action: str) -> int:
         return sum(1 for line in self.lines if line.action == action)
 
     @property
+    def closing(self) -> list[CleanupLine]:
+        return [line for line in self.lines if line.kind == "close"]
+
+    @property
     def dust_value(self) -> Decimal:
-        return sum((line.value for line in self.lines), Decimal(0))
+        return sum((line.value for line in self.closing), Decimal(0))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -60,13 +70,16 @@ class CleanupSummary:
             "dry_run": self.dry_run,
             "threshold_usd": money_text(self.threshold_usd),
             "positions_seen": self.positions_seen,
-            "dust_found": len(self.lines),
+            "dust_found": len(self.closing),
             "closed": self.count("closed"),
             "would_close": self.count("would_close"),
             "skipped": self.count("skipped"),
             "failed": self.count("failed"),
+            "consolidated": self.count("consolidated"),
+            "would_consolidate": self.count("would_consolidate"),
             "dust_value_usd": money_text(self.dust_value),
             "lines": [line.as_json() for line in self.lines],
+            "orphans": self.orphans,
         }
 
 
@@ -87,8 +100,11 @@ def close_small_positions(
     job: str,
     threshold_usd: Decimal,
     execute: bool,
+    consolidate_usd: Decimal = Decimal(0),
+    consolidate: Consolidator | None = None,
 ) -> CleanupSummary:
-    """Close (or, in a dry run, list) every position worth less than the threshold."""
+    """Close (or, in a dry run, list) every position worth less than the threshold; with a
+    ``consolidate``, hand it every position from there up to ``consolidate_usd``."""
     summary = CleanupSummary(job=job, dry_run=not execute, threshold_usd=threshold_usd)
     with uow:
         frozen = set(uow.session.scalars(select(SymbolFreeze.symbol)))
@@ -102,10 +118,20 @@ def close_small_positions(
         summary.positions_seen += len(positions)
         for position in positions:
             value = position_value(position)
-            if value is None or position.quantity == 0 or value >= threshold_usd:
+            if value is None or position.quantity == 0:
                 continue
-            summary.lines.append(_handle(brokerage, account, position, value, policy, frozen, execute))
+            if value < threshold_usd:
+                summary.lines.append(_handle(brokerage, account, position, value, policy, frozen, execute))
+            elif consolidate is not None and value < consolidate_usd and position.quantity > 0:
+                summary.lines.append(_consolidate(consolidate, account, position, value))
     return summary
+
+
+def _consolidate(consolidate: Consolidator, account: str, position: BrokerPosition, value: Decimal) -> CleanupLine:
+    price = position.current_price if position.current_price is not None else value / position.quantity
+    action, reason, execution_id = consolidate(account, position.symbol, position.quantity, price)
+    bought = None if execution_id is None else str(execution_id)
+    return CleanupLine(account, position.symbol, position.quantity, value, action, reason, bought, "consolidate")
 
 
 def _handle(

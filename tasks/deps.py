@@ -44,6 +44,7 @@ class CleanupConfig:
     normalize_usd: Decimal
     cleanup_execute: bool
     normalize_execute: bool
+    consolidate_usd: Decimal  # normalization tops up positions below this (0 disables)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.domain.quantities import canonical
 from models.domain.symbols import is_restricted
+from models.domain.venue import VenueRules
 from models.tables import SymbolFreeze
 
 
@@ -38,3 +41,26 @@ def ensure_tradable(session: Session, policy: TradingPolicy, symbol: str, accoun
     freeze = session.get(SymbolFreeze, symbol)
     if freeze is not None:
         raise Refused(409, "symbol_frozen", f"{symbol} is frozen: {freeze.reason}")
+
+
+def venue_refusal(rules: VenueRules, quantity: Decimal, price: Decimal | None) -> str | None:
+    """Why the venue would refuse the quantity. Without a known price the notional minimum
+    cannot be judged and is left to the venue."""
+    judged = rules if price is not None else replace(rules, min_notional=Decimal(0))
+    return judged.refusal(quantity, price if price is not None else Decimal(0))
+
+
+def ensure_venue_accepts(rules: VenueRules, symbol: str, quantity: Decimal, price: Decimal | None) -> None:
+    """422 naming the venue's minimum when it would refuse the order (sales and exits alike)."""
+    refusal = venue_refusal(rules, quantity, price)
+    if refusal is None:
+        return
+    at = f" at price {canonical(price)}" if price is not None else ""
+    raise Refused(
+        422,
+        "not_tradable",
+        f"{symbol}: {canonical(quantity)} cannot be sold{at}: {refusal}",
+        min_quantity=canonical(max(rules.min_quantity, rules.increment)),
+        min_notional=canonical(rules.min_notional),
+        increment=canonical(rules.increment),
+    )

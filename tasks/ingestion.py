@@ -25,7 +25,16 @@ from models.domain.accumulation import Allocation, Portion, crosses_threshold, p
 from models.domain.quantities import ZERO
 from models.domain.symbols import is_restricted
 from models.domain.trades import IncomingTrade
-from models.tables import Accumulator, Contribution, Execution, ExecutionReturn, SymbolFreeze, Trade
+from models.tables import (
+    Accumulator,
+    Contribution,
+    ContributionOrigin,
+    Execution,
+    ExecutionReturn,
+    SymbolFreeze,
+    Trade,
+)
+from tasks.lineage import origins_of_take
 
 
 @dataclass(frozen=True)
@@ -334,6 +343,23 @@ def _take_from_portions(session: Session, execution_id: uuid.UUID, allocations: 
             for a in allocations
         ],
     )
+    _record_origins(session, execution_id, return_takes)
+
+
+def _record_origins(session: Session, execution_id: uuid.UUID, return_takes: Sequence[tuple[int, Decimal]]) -> None:
+    """Shares taken back from a return keep the trades they came from (the re-execution's lineage)."""
+    rows = [
+        {
+            "execution_id": execution_id,
+            "return_id": return_id,
+            "trade_id": part.trade_id,
+            "quantity": part.quantity if taken > 0 else -part.quantity,
+        }
+        for return_id, taken in return_takes
+        for part in origins_of_take(session, return_id, taken)
+    ]
+    if rows:
+        session.execute(insert(ContributionOrigin), rows)
 
 
 def client_order_id_for(execution_id: uuid.UUID) -> str:

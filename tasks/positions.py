@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from models.domain.positions import PRICE_SCALE, Holding, apply_fill
 from models.domain.quantities import ZERO, Side, signed
-from models.tables import Execution, Position, RealizedPnl
+from models.tables import Accumulator, Execution, Position, RealizedPnl
+from models.tables_ops import PriceHealth
 
 
 def lock_position(session: Session, account: str, symbol: str) -> Position:
@@ -42,6 +43,21 @@ def committed_to_sell(session: Session, account: str, symbol: str) -> Decimal:
     )
 
 
+def last_known_price(session: Session, symbol: str) -> Decimal | None:
+    """The price feed's last price, else the last accumulated trade's; None when neither is known."""
+    feed = session.scalar(select(PriceHealth.last_price).where(PriceHealth.symbol == symbol))
+    if feed is not None:
+        return feed
+    return session.scalar(select(Accumulator.last_price).where(Accumulator.symbol == symbol))
+
+
+def pnl_reason(execution: Execution) -> str:
+    """An exit realises P&L under the operator's reason; a notional sale under ``sale`` (SPEC 1.10)."""
+    if execution.source == "exit":
+        return execution.reason or "exit"
+    return "sale" if execution.source == "sell" else execution.source
+
+
 def book_fill(session: Session, execution: Execution, filled: Decimal, average: Decimal | None, now: datetime) -> None:
     """Apply the part of ``filled`` not booked yet (the broker reports cumulative fills)."""
     delta = filled - execution.filled_quantity
@@ -63,7 +79,7 @@ def book_fill(session: Session, execution: Execution, filled: Decimal, average: 
                 entry_price=entry_price,
                 exit_price=price,
                 pnl=(price - entry_price) * effect.realized_quantity,
-                reason=execution.source,
+                reason=pnl_reason(execution),
                 created_at=now,
             )
         )

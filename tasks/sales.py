@@ -1,4 +1,4 @@
-"""Notional sales (SPEC 1.8): quote, cap the dust, and place the sale with its ledger row."""
+"""Notional sales (SPEC 1.8): quote, cap the dust, place the sale, and ledger it when it fills."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from models.domain.sales import SaleQuote, quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution
 from tasks.exits import new_sell
-from tasks.guards import Refused, TradingPolicy, ensure_tradable
+from tasks.guards import Refused, TradingPolicy, ensure_tradable, ensure_venue_accepts
 from tasks.positions import committed_to_sell, lock_position
 
 
@@ -35,9 +35,7 @@ def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
             cap=money_text(quote.cap),
             would_be_dust=money_text(quote.dust),
         )
-    refusal = rules.refusal(quote.quantity, quote.price)
-    if refusal:
-        raise Refused(422, "not_tradable", f"{symbol}: {refusal} (at price {quote.price})")
+    ensure_venue_accepts(rules, symbol, quote.quantity, quote.price)
 
 
 def _advice(quote: SaleQuote) -> str:
@@ -59,7 +57,7 @@ def place_notional_sale(
     cap: Decimal,
     now: datetime,
 ) -> PlacedSale:
-    """The sell execution and its dust ledger row, in one transaction; enqueue after commit."""
+    """The sell execution with its quote; enqueue after commit. The ledger row waits for the fill."""
     quote = quote_sale(notional, price, rules, cap)
     with uow:
         session = uow.session
@@ -74,19 +72,8 @@ def place_notional_sale(
                 f"{account} holds {max(available, Decimal(0))} {symbol} available; the sale needs {quote.quantity}",
             )
         execution = new_sell(session, account, symbol, quote.quantity, "sell", now, reason=f"sell {notional} USD")
-        session.add(
-            DustLedger(
-                execution_id=execution.id,
-                account=account,
-                symbol=symbol,
-                requested_notional=quote.requested,
-                price=quote.price,
-                quantity=quote.quantity,
-                proceeds=quote.proceeds,
-                dust=quote.dust,
-                created_at=now,
-            )
-        )
+        execution.requested_notional = quote.requested
+        execution.quoted_price = quote.price
         uow.commit()
     return PlacedSale(execution, quote)
 

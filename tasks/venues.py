@@ -132,3 +132,10 @@ def _upsert(
         .values(symbol=symbol, **values)
         .on_conflict_do_update(index_elements=["symbol"], set_=values)
     )
+
+
+def rules_for_symbol(uow: UnitOfWork, symbol: str, config: VenueConfig) -> VenueRules:
+    """The symbol's rules: the row ``venues.sync`` wrote from the broker's asset data (the
+    configured default when never synced), config overrides on top."""
+    with uow:
+        return venue_rules_for(uow.session, [symbol], config)[symbol]

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from workers import api_balances, api_books, api_orders, api_webhook, metrics, runtime
+from workers import api_balances, api_books, api_orders, api_positions, api_webhook, metrics, runtime
 from workers.api_common import Operator
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ app.include_router(api_webhook.router)
 app.include_router(api_books.router)
 app.include_router(api_orders.router)
 app.include_router(api_balances.router)
+app.include_router(api_positions.router)
 
 
 @app.exception_handler(RequestValidationError)

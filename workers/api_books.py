@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from models.domain.quantities import canonical, money_text
-from models.tables import Accumulator, Contribution, DustLedger, Execution, Position, SymbolFreeze, Trade
+from models.tables import Accumulator, DustLedger, Execution, Position, SymbolFreeze, Trade
+from models.tables_ops import Lot
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
+from tasks.lineage import TradeExecution, is_completed, trade_executions, trade_ids_by_execution
 from tasks.sales import ledger_volume
 from workers import runtime
 from workers.api_common import TRADE_ID_PATTERN, FreeText, Operator, execution_json, json_value
@@ -71,14 +73,7 @@ def list_executions(
         query = query.where(Execution.seq > after)
     with runtime.unit_of_work() as uow:
         rows = uow.session.scalars(query).all()
-        links = uow.session.execute(
-            select(Contribution.execution_id, Contribution.trade_id).where(
-                Contribution.execution_id.in_([r.id for r in rows]), Contribution.trade_id.is_not(None)
-            )
-        ).all()
-    trade_ids: dict[uuid.UUID, list[str]] = {}
-    for execution_id, trade_id in links:
-        trade_ids.setdefault(execution_id, []).append(str(trade_id))
+        trade_ids = trade_ids_by_execution(uow.session, [r.id for r in rows])
     items = [execution_json(r, trade_ids.get(r.id, [])) for r in rows]
     return {"items": items, "next": items[-1]["cursor"] if len(items) == limit else None}
 
@@ -89,9 +84,7 @@ def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Opera
         trade = uow.session.get(Trade, trade_id)
         if trade is None:
             raise HTTPException(404, f"no trade {trade_id}")
-        contributions = uow.session.execute(
-            select(Contribution.execution_id, Contribution.quantity).where(Contribution.trade_id == trade_id)
-        ).all()
+        executions = trade_executions(uow.session, trade_id)
     fields = (
         "id",
         "symbol",
@@ -103,10 +96,28 @@ def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Opera
         "status",
         "status_reason",
     )
+    completed = trade.status == "accumulated" and is_completed(trade.quantity, executions)
     return {
         **{f: json_value(getattr(trade, f)) for f in fields},
+        "status": "completed" if completed else trade.status,
+        "accumulated_at": json_value(trade.accumulated_at),
         "open_quantity": canonical(trade.open_quantity),
-        "executions": [{"execution_id": str(e), "quantity": canonical(q)} for e, q in contributions],
+        "executions": [_trade_execution_json(e) for e in executions],
+    }
+
+
+def _trade_execution_json(share: TradeExecution) -> dict[str, Any]:
+    execution = share.execution
+    filled_at = execution.updated_at if execution.status == "filled" else None
+    return {
+        "execution_id": str(execution.id),
+        "quantity": canonical(share.quantity),
+        "filled_quantity": canonical(share.filled),
+        "via_return": share.via_return,
+        "status": execution.status,
+        "created_at": json_value(execution.created_at),
+        "submitted_at": json_value(execution.submitted_at),
+        "filled_at": json_value(filled_at),
     }
 
 
@@ -150,6 +161,7 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         recent = uow.session.scalars(select(DustLedger).order_by(DustLedger.id.desc()).limit(limit)).all()
         orphaned = uow.session.scalars(select(Position).where(Position.status == "dust_orphaned")).all()
+        lots = uow.session.scalars(select(Lot).where(Lot.status != "open").order_by(Lot.id.desc()).limit(limit)).all()
     ledger_fields = (
         "execution_id",
         "account",
@@ -159,6 +171,8 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
         "quantity",
         "proceeds",
         "dust",
+        "unfilled_notional",
+        "slippage",
     )
     return {
         "ledger": {
@@ -172,4 +186,14 @@ def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
             {"account": p.account, "symbol": p.symbol, "quantity": canonical(p.quantity), "status": p.status}
             for p in orphaned
         ],
+        "lots": _lots_by_status(lots),
     }
+
+
+def _lots_by_status(lots: Sequence[Lot]) -> dict[str, list[dict[str, Any]]]:
+    """Dust lots and aggregates by status, newest first; an aggregated lot names its aggregate."""
+    fields = ("id", "account", "symbol", "kind", "source", "quantity", "aggregate_id", "execution_id", "note")
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for lot in lots:
+        grouped.setdefault(lot.status, []).append({f: json_value(getattr(lot, f)) for f in fields})
+    return grouped

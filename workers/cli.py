@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from workers import cli_cleanup, cli_dust, cli_ops
+from workers import cli_books, cli_cleanup, cli_dust, cli_ops
 from workers.settings import Settings, SettingsError, get_settings, read_settings
 
 ALL_QUEUES = "ingestion,execution,ops"
@@ -60,11 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="check the invariants; exit 1 on any imbalance")
     audit.add_argument("--json", action="store_true")
 
-    report = commands.add_parser("report", help="accumulators, executions, dust, freezes, balances and audit")
+    report = commands.add_parser(
+        "report", help="accumulators, executions, dust, freezes, balances, positions, P&L and audit"
+    )
     report.add_argument("--json", action="store_true")
     cli_ops.add_commands(commands)
     cli_dust.add_commands(commands)
     cli_cleanup.add_commands(commands)
+    cli_books.add_commands(commands)
     return parser
 
 
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cli_dust.run(args))
     elif command in cli_cleanup.COMMANDS:
         raise SystemExit(cli_cleanup.run(args))
+    elif command in cli_books.COMMANDS:
+        raise SystemExit(cli_books.run(args))
 
 
 def _require_database(url: str | None) -> str:

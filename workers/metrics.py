@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import extract, func, select
 
-from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Trade
+from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Position, Trade
 from models.tables_ops import AccountPause
 from workers import runtime
 
@@ -217,6 +217,9 @@ class _ScrapeCollector(Collector):
                     Execution.unknown_outcomes >= runtime.settings().execution.alert_after_unknown_outcomes,
                 )
             )
+            orphans = uow.session.scalar(
+                select(func.count()).select_from(Position).where(Position.status == "dust_orphaned")
+            )
         net = GaugeMetricFamily(
             "dustpan_accumulator_net_quantity", "Signed net quantity waiting per symbol", labels=["symbol"]
         )
@@ -251,6 +254,11 @@ class _ScrapeCollector(Collector):
             "dustpan_executions_outcome_unknown",
             "In-flight executions whose broker answers have said nothing for the alert threshold or more",
             value=_sample(held or 0),
+        )
+        yield GaugeMetricFamily(
+            "dustpan_dust_orphaned_positions",
+            "Exit remainders whose closing order failed, waiting for the cleanup job to retry them",
+            value=_sample(orphans or 0),
         )
         yield GaugeMetricFamily(
             "dustpan_audit_unbalanced_symbols",

@@ -30,6 +30,7 @@ Json = dict[str, Any]
 def collect() -> Json:
     """Every section of the report; the audit runs last, in its own snapshot."""
     from tasks.audit import audit_books  # imports the Celery app: only when a report is asked for
+    from tasks.position_book import open_positions, realized_pnl
     from tasks.sales import ledger_volume
 
     volume = ledger_volume(runtime.unit_of_work())
@@ -47,11 +48,15 @@ def collect() -> Json:
                     "volume_with_dust": money_text(volume.volume_with_dust),
                 },
                 "aggregates": _dust_aggregates(session),
+                "lots": _dust_lots(session),
                 "orphaned": _orphaned(session),
             },
             "freezes": freezes_json(session),
         }
     data["balances"] = balances_json()
+    data["positions"] = open_positions(runtime.unit_of_work())
+    pnl = realized_pnl(runtime.unit_of_work())
+    data["pnl"] = {"totals": pnl["totals"], "total": pnl["total"]}
     threshold = runtime.settings().accumulation.threshold
     data["audit"] = audit_books(runtime.unit_of_work(), threshold, runtime.now()).as_json()
     return data
@@ -96,6 +101,17 @@ def _dust_aggregates(session: Session) -> list[Json]:
         {"status": status, "symbol": symbol, "aggregates": n, "quantity": canonical(quantity)}
         for status, symbol, n, quantity in rows
     ]
+
+
+def _dust_lots(session: Session) -> list[Json]:
+    """Holding lots by status (``dust_aggregated``: moved into an aggregate) and symbol."""
+    rows = session.execute(
+        select(Lot.status, Lot.symbol, func.count(), func.sum(Lot.quantity))
+        .where(Lot.kind == "holding", Lot.status != "open")
+        .group_by(Lot.status, Lot.symbol)
+        .order_by(Lot.status, Lot.symbol)
+    ).all()
+    return [{"status": st, "symbol": sy, "lots": n, "quantity": canonical(q)} for st, sy, n, q in rows]
 
 
 def _orphaned(session: Session) -> list[Json]:
@@ -145,6 +161,8 @@ def print_report(as_json: bool = False) -> None:
     print_dust(data["dust"], console)
     print_freezes(data["freezes"], console)
     print_balances(data["balances"], console)
+    print_positions(data["positions"], console)
+    print_pnl(data["pnl"], console)
     print_audit_json(data["audit"], console)
 
 
@@ -177,6 +195,10 @@ def print_dust(dust: Json, console: Console) -> None:
     for row in dust["aggregates"]:
         aggregates.add_row(row["status"], row["symbol"], str(row["aggregates"]), row["quantity"])
     console.print(aggregates if dust["aggregates"] else "Dust aggregates: none")
+    lots = table("Dust lots by status", ("status", "symbol", "lots", "quantity"), ("lots", "quantity"))
+    for row in dust["lots"]:
+        lots.add_row(row["status"], row["symbol"], str(row["lots"]), row["quantity"])
+    console.print(lots if dust["lots"] else "Dust lots: none aggregated")
     orphaned = table("Orphaned remainders (dust_orphaned)", ("account", "symbol", "quantity", "since"), ["quantity"])
     for row in dust["orphaned"]:
         orphaned.add_row(row["account"], row["symbol"], row["quantity"], _seconds(row["updated_at"]))
@@ -198,6 +220,23 @@ def print_balances(balances: Json, console: Console) -> None:
         age = "unknown" if b["age_seconds"] is None else f"{b['age_seconds']} s"
         shown.add_row(b["account"], b["cash"], b["buying_power"], b["equity"], age, escape(b["last_error"] or ""))
     console.print(shown)
+
+
+def print_positions(rows: list[Json], console: Console) -> None:
+    numbers = ("quantity", "average cost", "last price", "value", "unrealized P&L")
+    shown = table("Open positions", ("account", "symbol", *numbers, "status"), numbers)
+    for p in rows:
+        cells = [p["quantity"], p["average_cost"], p["last_price"], p["value"], p["unrealized_pnl"]]
+        shown.add_row(p["account"], p["symbol"], *(c or "unknown" for c in cells), p["status"])
+    console.print(shown if rows else "Open positions: none")
+
+
+def print_pnl(pnl: Json, console: Console) -> None:
+    shown = table("Realized P&L by symbol and reason (USD)", ("symbol", "reason", "P&L"), ["P&L"])
+    for row in pnl["totals"]:
+        shown.add_row(row["symbol"], escape(row["reason"]), row["pnl"])
+    shown.add_row("", "total", pnl["total"])
+    console.print(shown if pnl["totals"] else "Realized P&L: none")
 
 
 def print_audit(report: AuditReport, console: Console | None = None) -> None:

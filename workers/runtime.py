@@ -21,7 +21,7 @@ from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
 from tasks.ports import Brokerage, Enqueue
 from tasks.prices import PriceConfig
-from tasks.venues import VenueConfig, venue_rules_for
+from tasks.venues import VenueConfig, rules_for_symbol
 from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,7 @@ def venue_config() -> VenueConfig:
 def venue_rules(symbol: str) -> VenueRules:
     """The symbol's rules: the row ``venues.sync`` wrote from the broker's asset data (the
     configured default when never synced), config overrides on top (``tasks.venues``)."""
-    with unit_of_work() as uow:
-        return venue_rules_for(uow.session, [symbol], venue_config())[symbol]
+    return rules_for_symbol(unit_of_work(), symbol, venue_config())
 
 
 def dust_scan_config() -> DustScanConfig:
@@ -161,6 +160,7 @@ def _build_task_config(config: Settings) -> TaskConfig:
             config.dust.normalize_usd,
             config.operations.cleanup_execute,
             config.operations.normalize_execute,
+            config.dust.consolidate_usd,
         ),
         timing=Timing(
             poll_seconds=config.execution.poll_seconds,

@@ -80,6 +80,9 @@ class DustSettings(_Section):
     min_position_value: Decimal = Field(Decimal(0), ge=0, description="USD; smaller exit remainders are closed")
     broker_cleanup_usd: Decimal = Field(Decimal("1.00"), ge=0)
     normalize_usd: Decimal = Field(Decimal("7.50"), ge=0)
+    consolidate_usd: Decimal = Field(
+        Decimal("10.00"), ge=0, description="USD; normalization tops up unsellable positions below it, 0 disables"
+    )
 
 
 class VenueRule(_Section):
@@ -162,7 +165,9 @@ class CelerySettings(_Section):
 
 
 class BalanceSettings(_Section):
-    attempts: int = Field(3, ge=1, le=10, description="tries per fetch, transient errors only")
+    attempts: int = Field(
+        4, ge=1, le=10, description="tries per fetch (the first plus 3 retries), transient errors only"
+    )
     backoff_seconds: Decimal = Field(Decimal(2), gt=0, description="first wait; doubles each try (2, 4, 8)")
     max_age_seconds: int = Field(300, ge=1, description="older than this the balance is unknown")
 

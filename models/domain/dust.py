@@ -7,7 +7,7 @@ minimum notional) is ``VenueRules``; this module decides what to do about what i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -90,3 +90,30 @@ def sale_refusal(quantity: Decimal, rules: VenueRules, price: Decimal | None) ->
     if price is None:
         return "no price to check the notional minimum" if rules.min_notional > 0 else rules.refusal(quantity, ZERO)
     return rules.refusal(quantity, price)
+
+
+def top_up_to_sellable(held: Decimal, price: Decimal, rules: VenueRules) -> Decimal | None:
+    """The smallest buy after which the whole position can be sold again (normalization's
+    consolidation, SPEC 1.4): 0 when it already can, None when no buy can make it so (a
+    fractional holding on a whole-share venue, a venue that trades nothing, no price)."""
+    if price <= 0 or not rules.tradable:
+        return None
+    if rules.refusal(held, price) is None:
+        return ZERO
+    if held % rules.increment != 0:
+        return None
+    floor = max(rules.min_quantity, rules.increment)
+    if rules.min_notional > 0:
+        floor = max(floor, _round_up(rules.min_notional / price, rules.increment))
+    # Both orders must pass the venue: the buy itself and the consolidated position's sale.
+    buy = _round_up(floor - held, rules.increment)
+    while rules.refusal(buy, price) is not None or rules.refusal(held + buy, price) is not None:
+        buy += rules.increment
+        if buy > floor * 2:  # a buy's own minimum is at most the floor: past twice it, give up
+            return None
+    return buy
+
+
+def _round_up(quantity: Decimal, increment: Decimal) -> Decimal:
+    steps = (quantity / increment).to_integral_value(rounding=ROUND_CEILING)
+    return max(steps, ONE) * increment

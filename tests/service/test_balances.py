@@ -37,11 +37,11 @@ from tests.support.fakes import FakeBrokerage
 
 D = Decimal
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
-CONFIG = BalanceConfig(attempts=3, backoff_seconds=D(2), max_age_seconds=300)
+CONFIG = BalanceConfig()  # the defaults: the first try plus 3 retries, 2 s / 4 s / 8 s, max age 300 s
 EXECUTION = ExecutionConfig(D(1), 30, 3, balances=CONFIG)
 ACCUMULATION = AccumulationConfig(D(1), 1000, frozenset())
 # The jitter bounds the module promises: each wait is its base plus up to a quarter of the first wait.
-FIRST_WAIT, SECOND_WAIT = (D(2), D("2.5")), (D(4), D("4.5"))
+FIRST_WAIT, SECOND_WAIT, THIRD_WAIT = (D(2), D("2.5")), (D(4), D("4.5")), (D(8), D(9))
 
 
 class AccountFeed(FakeBrokerage):
@@ -112,6 +112,16 @@ def test_an_error_a_person_must_fix_is_tried_once_without_waiting(uow: UnitOfWor
     assert not known_balance(uow, "default", CONFIG.max_age, NOW).known
 
 
+def test_default_fetch_is_the_first_try_plus_three_retries_waiting_2_then_4_then_8_seconds(uow: UnitOfWork) -> None:
+    broker = AccountFeed()
+    broker.always_failing = TemporaryError("503 service unavailable")
+    waits = Waits()
+    failed = fetch_balance(uow, broker, "default", CONFIG, NOW, sleep=waits)
+    assert (failed.ok, failed.attempts, broker.account_calls) == (False, 4, 4)
+    assert len(waits) == 3
+    assert within(waits[0], FIRST_WAIT) and within(waits[1], SECOND_WAIT) and within(waits[2], THIRD_WAIT)
+
+
 def test_a_rate_limit_waits_as_long_as_the_broker_asks(uow: UnitOfWork) -> None:
     waits = Waits()
     fetch_balance(uow, AccountFeed(RateLimited("429", retry_after=7)), "default", CONFIG, NOW, sleep=waits)
@@ -130,8 +140,8 @@ def test_failed_fetches_keep_the_last_known_balance_with_its_age_until_the_max_a
     broker.always_failing = TemporaryError("read timeout")
     waits = Waits()
     failed = fetch_balance(uow, broker, "default", CONFIG, NOW + timedelta(seconds=100), sleep=waits)
-    assert (failed.ok, failed.attempts) == (False, 3)
-    assert within(waits[0], FIRST_WAIT) and within(waits[1], SECOND_WAIT) and len(waits) == 2
+    assert (failed.ok, failed.attempts) == (False, 4)
+    assert len(waits) == 3 and within(waits[2], THIRD_WAIT)
 
     served = known_balance(uow, "default", CONFIG.max_age, NOW + timedelta(seconds=100))
     assert served.known and served.cash == D(100_000) and served.age_seconds == 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -56,12 +57,18 @@ def test_partial_exit_below_min_value_closes_the_remainder_with_dust_cleanup_pnl
         assert (cleanup.source, cleanup.quantity, cleanup.status) == ("dust_cleanup", 2, "filled")
         assert cleanup.parent_execution_id == exit_order.id
         records = uow.session.scalars(select(RealizedPnl).order_by(RealizedPnl.id)).all()
-    assert [(r.reason, r.quantity, r.pnl) for r in records] == [("exit", 98, D(-12348)), ("dust_cleanup", 2, D(-252))]
+    assert [(r.reason, r.quantity, r.pnl) for r in records] == [
+        ("stop loss", 98, D(-12348)),
+        ("dust_cleanup", 2, D(-252)),
+    ]
     assert records[1].related_execution_id == exit_order.id  # both trades in the P&L record
     assert (position(uow).quantity, position(uow).status) == (0, "open")
 
 
-def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned(uow: UnitOfWork) -> None:
+def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned_and_warns(
+    uow: UnitOfWork, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tasks.exits")
     entered(uow)
     broker = FakeBrokerage(fill_ratio=D("0.98"), price=D(24))
     [cleanup_id] = submit_execution(uow, broker.by_account, exit_all(uow).id, config("50"), NOW).follow_ups
@@ -69,6 +76,8 @@ def test_failed_dust_order_keeps_the_remainder_as_dust_orphaned(uow: UnitOfWork)
     submit_execution(uow, broker.by_account, cleanup_id, config("50"), NOW)
     remainder = position(uow)
     assert (remainder.quantity, remainder.status) == (2, "dust_orphaned")
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "orphaned" in warning.getMessage() and "XYZ" in warning.getMessage()
 
 
 def test_min_value_zero_keeps_the_remainder(uow: UnitOfWork) -> None:

@@ -14,9 +14,12 @@ from models.db import UnitOfWork
 from models.domain.sales import quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution, Position
+from tasks.audit import audit_books
+from tasks.execution import ExecutionConfig, submit_execution
 from tasks.guards import Refused, TradingPolicy
 from tasks.sales import ledger_volume, place_notional_sale
 from tests.conftest import truncate_all
+from tests.support.fakes import FakeBrokerage
 
 D = Decimal
 NOW = datetime(2026, 4, 1, 15, 0, tzinfo=UTC)
@@ -56,14 +59,45 @@ def test_dust_above_the_cap_is_refused_with_the_contract_payload(uow: UnitOfWork
         assert uow.session.scalar(select(func.count()).select_from(Execution)) == 0  # nothing written
 
 
-def test_dust_within_the_cap_is_accepted_and_ledgered(uow: UnitOfWork) -> None:
+def ledger(uow: UnitOfWork) -> list[DustLedger]:
+    with uow:
+        return list(uow.session.scalars(select(DustLedger).order_by(DustLedger.id)))
+
+
+def settle(uow: UnitOfWork, execution_id: object, broker: FakeBrokerage) -> None:
+    submit_execution(uow, broker.by_account, execution_id, ExecutionConfig(D(1), 30, 3), NOW)  # type: ignore[arg-type]
+
+
+def test_dust_within_the_cap_is_accepted_and_ledgered_when_it_fills(uow: UnitOfWork) -> None:
     hold(uow, "AAPL", "10")
     placed = sell(uow, "91.00", "30.00", cap="2")
     assert (placed.quote.quantity, placed.quote.proceeds, placed.quote.dust) == (3, D("90.00"), D("1.00"))
     assert (placed.execution.side, placed.execution.quantity, placed.execution.source) == ("sell", 3, "sell")
-    with uow:
-        row = uow.session.scalars(select(DustLedger)).one()
-        assert (row.requested_notional, row.proceeds, row.dust) == (D("91.00"), D("90.00"), D("1.00"))
+    assert ledger(uow) == []  # a quote is not a sale: nothing is ledgered before the fill
+    settle(uow, placed.execution.id, FakeBrokerage(price=D("30.00")))
+    [row] = ledger(uow)
+    assert (row.requested_notional, row.proceeds, row.dust) == (D("91.00"), D("90.00"), D("1.00"))
+    assert (row.unfilled_notional, row.slippage) == (0, 0)
+
+
+def test_rejected_sale_writes_no_ledger_entry(uow: UnitOfWork) -> None:
+    hold(uow, "AAPL", "10")
+    broker = FakeBrokerage(price=D("30.00"))
+    broker.reject_symbols.add("AAPL")
+    settle(uow, sell(uow, "91.00", "30.00", cap="2").execution.id, broker)
+    assert ledger(uow) == []
+
+
+def test_partial_fill_ledgers_its_real_proceeds_and_the_unfilled_notional(uow: UnitOfWork) -> None:
+    hold(uow, "AAPL", "10")
+    placed = sell(uow, "91.00", "30.00", cap="2")  # 3 shares quoted at 30.00
+    settle(uow, placed.execution.id, FakeBrokerage(fill_ratio=D("0.34"), price=D("29.50")))  # 1 share at 29.50
+    [row] = ledger(uow)
+    assert (row.quantity, row.price, row.proceeds, row.dust) == (1, D("29.50"), D("29.50"), D("1.00"))
+    assert (row.unfilled_notional, row.slippage) == (D("60.00"), D("0.50"))
+    assert row.requested_notional == row.proceeds + row.dust + row.unfilled_notional + row.slippage
+    audit = audit_books(uow, D(1), NOW)
+    assert audit.ok and audit.as_json()["unbalanced_sales"] == []
 
 
 def test_cap_zero_accepts_any_dust(uow: UnitOfWork) -> None:
@@ -123,6 +157,7 @@ def test_every_accepted_sale_keeps_requested_equal_proceeds_plus_dust(database_u
         assert placed.quote.requested == placed.quote.proceeds + placed.quote.dust
         assert 0 <= placed.quote.dust <= 5
         accepted.append(notional)
-    volume = ledger_volume(uow)
-    assert volume.sales == len(accepted)
-    assert volume.volume_with_dust == sum(accepted, D(0))
+    with uow:
+        quoted = uow.session.scalars(select(Execution.requested_notional).where(Execution.source == "sell")).all()
+    assert sorted(quoted) == sorted(accepted)  # every accepted sale keeps its request until it fills
+    assert ledger_volume(uow).sales == 0

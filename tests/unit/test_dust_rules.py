@@ -6,7 +6,14 @@ from decimal import Decimal
 
 import pytest
 
-from models.domain.dust import PENDING_NOTE, AggregateStatus, aggregate_readiness, sale_refusal, split_dust
+from models.domain.dust import (
+    PENDING_NOTE,
+    AggregateStatus,
+    aggregate_readiness,
+    sale_refusal,
+    split_dust,
+    top_up_to_sellable,
+)
 from models.domain.venue import VenueRules
 from models.domain.venue_sources import FRACTIONAL_STEP, RuleOverride, apply_override, rules_from_asset
 
@@ -87,3 +94,23 @@ def test_override_wins_field_by_field_and_keeps_what_it_leaves_unset() -> None:
         whole_shares=False, step=D("0.00001"), min_quantity=D(0), min_notional=D(0), tradable=False
     )
     assert apply_override(synced, None) is synced
+
+
+@pytest.mark.parametrize(
+    ("held", "price", "rules", "buy"),
+    [
+        pytest.param("2", "4", VenueRules(min_quantity=D(3)), "3", id="the buy itself must reach the minimum"),
+        pytest.param("2", "4", VenueRules(min_notional=D(10)), "3", id="buy and position both worth >= 10"),
+        pytest.param("0.00008", "60000", BTC, "0.0001", id="fractional: the buy at its minimum"),
+        pytest.param("2", "4", WHOLE, "0", id="already sellable: no buy"),
+        pytest.param("0.5", "4", WHOLE, None, id="a fraction on a whole-share venue: no buy helps"),
+        pytest.param("2", "4", VenueRules(tradable=False), None, id="the venue trades nothing"),
+    ],
+)
+def test_top_up_to_sellable_buys_the_least_that_makes_the_position_sellable(
+    held: str, price: str, rules: VenueRules, buy: str | None
+) -> None:
+    found = top_up_to_sellable(D(held), D(price), rules)
+    assert found == (None if buy is None else D(buy))
+    if found:
+        assert rules.refusal(found, D(price)) is None and rules.refusal(D(held) + found, D(price)) is None
