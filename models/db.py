@@ -98,10 +98,15 @@ class UnitOfWork:
     """
 
     def __init__(self, url: str, *, autocommit: bool = False) -> None:
+        self.url = url
         self._factory = session_factory(url, autocommit=autocommit)
         self._autocommit = autocommit
         self._session: Session | None = None
         self._pooled: PoolProxiedConnection | None = None  # autocommit rows() without a session
+
+    def another(self) -> UnitOfWork:
+        """A unit of work of its own on the same database (one per thread: a session is not shared)."""
+        return UnitOfWork(self.url, autocommit=self._autocommit)
 
     @property
     def session(self) -> Session:

@@ -20,7 +20,9 @@ followed to its replacement; an account the broker refuses as a whole is paused.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
@@ -70,7 +72,7 @@ class Claim:
     """An execution this worker may call the broker for until ``until``; what the call needs."""
 
     execution_id: uuid.UUID
-    worker: str
+    token: str  # claimed_by: the worker's name and a nonce, so a claim is never mistaken for another
     until: datetime
     symbol: str
     side: str
@@ -107,7 +109,8 @@ def submit_execution(
     claim = claim_execution(uow, execution_id, config, now, worker)
     if isinstance(claim, SubmitResult):
         return claim
-    call = _call_broker(uow, brokerages(claim.account), claim, config, now, sleep)
+    with _Heartbeat(uow.another(), claim, config, clock):
+        call = _call_broker(uow, brokerages(claim.account), claim, config, now, sleep)
     result = _record(uow, claim, call, config, clock() if clock else now)
     if isinstance(call.error, UNKNOWN) and result.outcome is not SubmitOutcome.LEASE_LOST:
         raise call.error
@@ -117,10 +120,26 @@ def submit_execution(
 def claim_execution(
     uow: UnitOfWork, execution_id: uuid.UUID, config: ExecutionConfig, now: datetime, worker: str
 ) -> Claim | SubmitResult:
-    """The short transaction before any broker call: take the lease, or say why not."""
+    """The short transaction before any broker call: take the lease, or say why not.
+
+    At most ``config.calls_per_symbol`` claims of one symbol are live at once (an advisory lock
+    per symbol makes the count exact), so a symbol whose calls hang holds that many threads of
+    the execution pool and no more; its other executions answer ``SYMBOL_BUSY`` and wait."""
     until = now + timedelta(seconds=config.claim_lease_seconds)
+    token = f"{worker} {uuid.uuid4().hex[:12]}"
     with uow:
         session = uow.session
+        symbol = session.scalar(select(Execution.symbol).where(Execution.id == execution_id))
+        if symbol is None:
+            return SubmitResult(SubmitOutcome.MISSING)
+        session.execute(select(func.pg_advisory_xact_lock(_symbol_lock_key(symbol))))
+        live = session.scalar(
+            select(func.count()).where(
+                Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
+            )
+        )
+        if (live or 0) >= config.calls_per_symbol:
+            return SubmitResult(SubmitOutcome.SYMBOL_BUSY)
         row = session.execute(
             update(Execution)
             .where(
@@ -128,15 +147,13 @@ def claim_execution(
                 Execution.status.in_(IN_FLIGHT),
                 or_(Execution.claimed_until.is_(None), Execution.claimed_until <= now),
             )
-            .values(claimed_by=worker, claimed_until=until)
+            .values(claimed_by=token, claimed_until=until)
             .returning(
                 Execution.symbol, Execution.side, Execution.quantity, Execution.account, Execution.client_order_id
             )
         ).one_or_none()
         if row is None:
             status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
-            if status is None:
-                return SubmitResult(SubmitOutcome.MISSING)
             return SubmitResult(SubmitOutcome.BUSY if status in IN_FLIGHT else SubmitOutcome.SETTLED)
         # Leaving without a commit rolls the claim back: nothing is asked of the broker.
         if session.get(SymbolFreeze, row.symbol) is not None:
@@ -146,8 +163,50 @@ def claim_execution(
             return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
         uow.commit()
     return Claim(
-        execution_id, worker, until, row.symbol, row.side, row.quantity, row.account, row.client_order_id, access
+        execution_id, token, until, row.symbol, row.side, row.quantity, row.account, row.client_order_id, access
     )
+
+
+def _symbol_lock_key(symbol: str) -> int:
+    digest = hashlib.sha256(f"dustpan:claims:{symbol}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class _Heartbeat:
+    """Keeps the claim alive while the call runs, so the lease can be short: a worker that died
+    mid-call lets its execution go within one lease, not after the longest possible call.
+    Without a ``clock`` (tests that fix the time) the lease is not extended."""
+
+    def __init__(self, uow: UnitOfWork, claim: Claim, config: ExecutionConfig, clock: Callable[[], datetime] | None):
+        self._uow, self._claim, self._clock = uow, claim, clock
+        self._lease = timedelta(seconds=config.claim_lease_seconds)
+        self._every = max(config.claim_lease_seconds / 3, 0.2)  # float-ok: a duration
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        if self._clock is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        assert self._clock is not None
+        while not self._stop.wait(self._every):
+            try:
+                with self._uow as uow:
+                    uow.session.execute(
+                        update(Execution)
+                        .where(Execution.id == self._claim.execution_id, Execution.claimed_by == self._claim.token)
+                        .values(claimed_until=self._clock() + self._lease)
+                    )
+                    uow.commit()
+            except Exception as exc:  # the database is away: the lease may lapse, and a takeover is safe
+                log.warning("claim of execution %s not extended: %s", self._claim.execution_id, exc)
 
 
 def _call_broker(
@@ -166,7 +225,7 @@ def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig,
     with uow:
         session = uow.session
         execution = session.scalars(select(Execution).where(Execution.id == claim.execution_id).with_for_update()).one()
-        if (execution.claimed_by, execution.claimed_until) != (claim.worker, claim.until):
+        if execution.claimed_by != claim.token:
             log.warning(
                 "%s %s %s: the broker call outlived its claim; the worker that took over records it",
                 claim.side,

@@ -42,6 +42,9 @@ def submit(self: DustpanTask, execution_id: str) -> str:
             raise self.retry(exc=exc, countdown=delay) from None
         log.info("submit outcome: %s", result.outcome.value)
         deps.enqueue.submit(result.follow_ups)
+        if result.outcome is SubmitOutcome.SYMBOL_BUSY:
+            # The symbol's calls under way end within a timeout; their row is free meanwhile.
+            raise self.retry(countdown=1, max_retries=None)
         if result.outcome is SubmitOutcome.WORKING:
             raise self.retry(countdown=min(timing.poll_seconds, timing.max_countdown_seconds))
         if result.outcome is SubmitOutcome.WAITING_FOR_BALANCE:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class SubmitOutcome(StrEnum):
     MISSING = "missing"
     BUSY = "busy"  # another worker holds the execution's claim right now
+    SYMBOL_BUSY = "symbol_busy"  # the symbol has its limit of calls under way: try again shortly
     FROZEN = "frozen"  # left pending until the symbol is unfrozen
     WORKING = "working"  # the broker has it and it can still fill: poll again
     SETTLED = "settled"  # filled, partially filled, rejected or cancelled
@@ -52,9 +53,10 @@ class ExecutionConfig:
     balances: BalanceConfig = field(default_factory=BalanceConfig)  # buys wait for a balance younger than its max age
     alert_after_unknown_outcomes: int = 5  # answers in a row that say nothing, then one ERROR for a person
     account_pause_seconds: int = 300  # a refused account waits this long before one probe order
-    # How long a claimed execution belongs to its worker while it talks to the broker; it must
-    # outlast the calls of one attempt (each bounded by the client timeouts).
-    claim_lease_seconds: int = 60
+    # How long a claim lasts without a heartbeat; a live call renews it every third of it, so a
+    # worker that died mid-call lets its execution go within this.
+    claim_lease_seconds: int = 3
+    calls_per_symbol: int = 2  # claims of one symbol live at once (a sick symbol's share of the pool)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,10 @@ def find_stranded_work(
                 or_(
                     and_(Execution.status == "pending", Execution.updated_at < now - pending_stale),
                     and_(Execution.status == "submitted", Execution.updated_at < now - submitted_stale),
+                    # Claimed by a worker that stopped renewing it (killed mid-call): at once.
+                    and_(Execution.claimed_by.is_not(None), Execution.claimed_until <= now),
                 ),
+                Execution.status.in_(("pending", "submitted")),
                 # A worker is calling the broker for it: its lease says until when.
                 or_(Execution.claimed_until.is_(None), Execution.claimed_until <= now),
                 # A paused account's orders wait for its probe time, not for every sweep.

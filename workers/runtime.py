@@ -62,6 +62,7 @@ def execution_config() -> ExecutionConfig:
         alert_after_unknown_outcomes=section.alert_after_unknown_outcomes,
         account_pause_seconds=section.account_pause_seconds,
         claim_lease_seconds=section.claim_lease_seconds,
+        calls_per_symbol=section.calls_per_symbol,
     )
 
 

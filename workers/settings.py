@@ -56,8 +56,9 @@ class ExecutionSettings(_Section):
         5, ge=1, description="broker answers in a row that say nothing about an order before one ERROR for a person"
     )
     claim_lease_seconds: int = Field(
-        60, ge=5, le=3600, description="how long a worker's claim on an execution lasts while it calls the broker"
+        3, ge=2, le=600, description="a claim on an execution lasts this long without its worker's heartbeat"
     )
+    calls_per_symbol: int = Field(2, ge=1, le=64, description="broker calls of one symbol under way at once")
     account_pause_seconds: int = Field(
         300, ge=1, le=86400, description="an account the broker refused waits this long before one probe order"
     )

@@ -90,3 +90,27 @@ def test_healthy_symbols_trade_while_others_hang_at_the_brokerage(fleet: Fleet, 
     filled = books.rows("SELECT symbol, status FROM executions ORDER BY symbol")
     assert filled == [(s, "filled") for s in sorted(["HEALTHY", *SICK])]
     assert max(stub.posts_per_client_order_id.values()) == 1
+
+
+def test_execution_pool_killed_mid_call_is_replaced_and_its_work_finished(
+    fleet: Fleet, books: Books, stub: AlpacaStub
+) -> None:
+    import signal
+    import time
+
+    for symbol in SICK:
+        send(fleet, symbol, 1)
+    wait_for(lambda: sum(stub.held_posts.values()) == len(SICK), 30, "every sick symbol's order POST to hang")
+    [worker] = fleet.workers
+    [io_pool] = [p for p in worker.children() if "execution" in " ".join(p.cmdline())]
+    for process in [*io_pool.children(recursive=True), io_pool]:
+        process.send_signal(signal.SIGKILL)  # the pool dies with three calls under way
+    killed = time.monotonic()
+
+    # The answers the dead pool waited for never come; the orders are at the broker all the same.
+    wait_for(books.drained, 60, "the replacement pool to find the orders and record them")
+    recovered = time.monotonic() - killed
+    print(f"\nexecution pool SIGKILLed mid-call: its 3 executions recorded {recovered:.1f} s later")
+    assert [p for p in worker.children() if "execution" in " ".join(p.cmdline()) and p.is_running()]
+    assert books.rows("SELECT DISTINCT status FROM executions") == [("filled",)]
+    assert max(stub.posts_per_client_order_id.values()) == 1  # looked up, never re-sent

@@ -32,8 +32,10 @@ class HangingBrokerage(FakeBrokerage):
         super().__init__()
         self.in_call = threading.Event()
         self.release = threading.Event()
+        self.entered = 0  # order POSTs that reached the far side, held or not
 
     def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        self.entered += 1
         self.in_call.set()
         assert self.release.wait(30), "the test never released the call"
         return super().submit_order(request)
@@ -84,7 +86,7 @@ def test_rows_are_free_while_the_broker_call_hangs(uow: UnitOfWork, clean_databa
         # ...and a second worker for the same execution backs off without calling the broker.
         second = submit_execution(uow_for(clean_database), lambda _a: broker, execution.id, EXECUTION, NOW, worker="w2")
         assert second.outcome is SubmitOutcome.BUSY
-        claimed_by = lock_nowait(clean_database, "SELECT 1 FROM executions WHERE claimed_by = 'w1'")
+        claimed_by = lock_nowait(clean_database, "SELECT 1 FROM executions WHERE claimed_by LIKE 'w1 %%'")
         assert claimed_by == 1
     finally:
         broker.release.set()
@@ -137,3 +139,61 @@ def test_a_call_that_outlives_its_lease_records_nothing_the_new_claimant_does(
 
 def uow_for(url: str) -> UnitOfWork:
     return UnitOfWork(url)
+
+
+def test_a_symbol_gets_its_limit_of_calls_and_its_other_executions_wait(uow: UnitOfWork, clean_database: str) -> None:
+    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(2)])
+    config = AccumulationConfig(D(1), 1, frozenset())  # one trade a run: two executions
+    first = accumulate_symbol(uow, "AAPL", config, NOW).executions
+    second = accumulate_symbol(uow, "AAPL", config, NOW).executions
+    one_call = ExecutionConfig(D(1), 30, 3, calls_per_symbol=1)
+    broker = HangingBrokerage()
+    worker = threading.Thread(
+        target=lambda: submit_execution(
+            uow_for(clean_database), lambda _a: broker, first[0], one_call, NOW, worker="w1"
+        )
+    )
+    worker.start()
+    try:
+        assert broker.in_call.wait(30)
+        waiting = submit_execution(uow_for(clean_database), lambda _a: broker, second[0], one_call, NOW, worker="w2")
+        assert waiting.outcome is SubmitOutcome.SYMBOL_BUSY
+        assert broker.entered == 1  # the second never reached the broker
+    finally:
+        broker.release.set()
+        worker.join(30)
+    after = submit_execution(uow_for(clean_database), lambda _a: broker, second[0], one_call, NOW, worker="w2")
+    assert after.outcome is SubmitOutcome.SETTLED
+
+
+def test_the_heartbeat_keeps_a_long_call_claimed(uow: UnitOfWork, clean_database: str) -> None:
+    execution = pending_execution(uow)
+    broker = HangingBrokerage()
+    clock = [NOW]
+    short = ExecutionConfig(D(1), 30, 3, claim_lease_seconds=1)
+    worker = threading.Thread(
+        target=lambda: submit_execution(
+            uow_for(clean_database), lambda _a: broker, execution.id, short, NOW, worker="w1", clock=lambda: clock[0]
+        )
+    )
+    worker.start()
+    try:
+        assert broker.in_call.wait(30)
+        clock[0] = NOW + timedelta(seconds=100)  # time passes; the live worker renews its lease
+        wait_until_claimed_past(clean_database, clock[0])
+        late = submit_execution(uow_for(clean_database), lambda _a: broker, execution.id, short, clock[0], worker="w2")
+        assert late.outcome is SubmitOutcome.BUSY
+    finally:
+        broker.release.set()
+        worker.join(30)
+    assert broker.posts == {execution.client_order_id: 1}
+
+
+def wait_until_claimed_past(url: str, moment: datetime) -> None:
+    import time
+
+    for _ in range(100):
+        if lock_nowait(url, "SELECT 1 FROM executions WHERE claimed_until > %s", moment):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the heartbeat never renewed the claim")
