@@ -37,7 +37,8 @@ def test_unreachable_database_exits_3_naming_it_and_its_url_without_credentials(
     tmp_path: Path, command: list[str]
 ) -> None:
     url = closed_database_url()
-    done = dustpan(*command, env=clean_env(DUSTPAN_DATABASE_URL=url, DUSTPAN_BROKER_URL=closed_broker_url()), cwd=tmp_path)
+    env = clean_env(DUSTPAN_DATABASE_URL=url, DUSTPAN_BROKER_URL=closed_broker_url())
+    done = dustpan(*command, env=env, cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     line = one_line(done.stderr)
     assert line.startswith("dustpan: database unreachable at postgresql://127.0.0.1:"), line
