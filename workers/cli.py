@@ -186,13 +186,19 @@ def _serve_api(host: str, port: int, workers: int | None) -> None:
             "DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API"
             " (or run it beside `dustpan up`, which keeps them in .dustpan/secrets.json)"
         )
+    from workers.api_access import log_startup
+    from workers.logging_setup import configure
+
+    processes = workers or settings.api_workers
+    configure(settings.log_format, settings.log_level)
+    log_startup(f"http://{host}:{port}", version(), settings.database_url, processes)
     uvicorn.run(
         "workers.api:app",
         host=host,
         port=port,
         # One by default: on 2 cores a second process measured no faster (it halves each one's
         # webhook groups and adds a process to schedule); more cores may want more.
-        workers=workers or settings.api_workers,
+        workers=processes,
         log_config=logging_config(settings.log_format, settings.log_level),
         log_level="warning",
         access_log=False,
