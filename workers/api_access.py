@@ -69,4 +69,5 @@ def log_startup(address: str, version: str, database_url: str | None, workers: i
     from workers.cli_errors import without_credentials
 
     database = without_credentials(database_url) if database_url else "not set"
-    logging.getLogger("dustpan.api").info("dustpan %s API listening on %s (database %s, %d process(es))", version, address, database, workers)
+    startup = logging.getLogger("dustpan.api")
+    startup.info("dustpan %s API listening on %s (database %s, %d process(es))", version, address, database, workers)

