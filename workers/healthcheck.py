@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 
 TIMEOUT_SECONDS = 5
 
@@ -40,14 +41,14 @@ def check_beat() -> str | None:
     import celeryconfig
 
     key = f"{celeryconfig.redbeat_key_prefix}:lock"
-    client = redis.Redis.from_url(celeryconfig.broker_url, socket_timeout=TIMEOUT_SECONDS)
+    client = redis.Redis.from_url(str(celeryconfig.broker_url), socket_timeout=TIMEOUT_SECONDS)
     # The leader renews the lock every loop and it expires after redbeat_lock_timeout: a Beat
     # that hangs or dies lets it lapse.
     return None if client.exists(key) else f"no Beat holds the schedule lock {key}"
 
 
 def main(argv: list[str]) -> int:
-    checks = {"http": check_http, "worker": check_worker, "beat": check_beat}
+    checks: dict[str, Callable[..., str | None]] = {"http": check_http, "worker": check_worker, "beat": check_beat}
     if not argv or argv[0] not in checks:
         print("usage: python -m workers.healthcheck http URL | worker NODE | beat", file=sys.stderr)
         return 2
