@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -158,3 +159,40 @@ def test_up_on_a_busy_port_exits_2_naming_the_port(directory: Path) -> None:
         done = dustpan("up", "--port", str(port), env=clean_env(), cwd=directory, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"port {port}" in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+def test_second_terminal_api_flower_and_demo_use_the_running_up(directory: Path) -> None:
+    up = Up(directory, "up")
+    extra: list[subprocess.Popen[bytes]] = []
+    try:
+        up.wait_healthy()
+        stored = json.loads((directory / ".dustpan" / "secrets.json").read_text())
+        api_port, flower_port = free_port(), free_port()
+        for argv in (["api", "--port", str(api_port)], ["flower", "--port", str(flower_port)]):
+            log = (directory / f"second-{argv[0]}.log").open("wb")
+            # No DUSTPAN_* variable at all: what a second terminal has.
+            extra.append(subprocess.Popen([*DUSTPAN, *argv], env=clean_env(), cwd=directory, stdout=log, stderr=log))
+        token = {"Authorization": f"Bearer {stored['api_token']}"}
+        wait_for(lambda: _answers(f"http://127.0.0.1:{api_port}/accumulators", headers=token), 60, "the second api")
+        flower = f"http://127.0.0.1:{flower_port}/api/workers"
+        auth = (stored["flower_user"], stored["flower_password"])
+        wait_for(lambda: _answers(flower, auth=auth), 60, "the second flower with up's password")
+        assert httpx.get(flower, timeout=5).status_code == 401
+
+        demo = dustpan("demo", "--trades", "60", env=clean_env(), cwd=directory, timeout=180)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "using the dustpan up already running here" in demo.stdout, demo.stdout
+        assert "audit ok" in demo.stdout, demo.stdout
+        assert up.process.poll() is None, up.output()
+    finally:
+        for process in extra:
+            process.terminate()
+            process.wait(30)
+        up.stop()
+
+
+def _answers(url: str, **options: object) -> bool:
+    try:
+        return httpx.get(url, timeout=5, **options).status_code == 200  # type: ignore[arg-type]
+    except httpx.HTTPError:
+        return False
