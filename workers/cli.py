@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> None:
     if command not in ("up", "demo"):
         # Other commands find the services a running `dustpan up` started when no URL is set.
         settings = settings.with_embedded_services()
-    cli_errors.require(NEEDS.get(command, ()))
+    cli_errors.require(NEEDS.get(command, ()) or _configured_services(settings, command))
     if command == "up":
         from workers.stack import run_up
 
@@ -149,6 +149,13 @@ def _run(args: argparse.Namespace) -> None:
         raise SystemExit(cli_dust.run(args))
     elif command in cli_cleanup.COMMANDS:
         raise SystemExit(cli_cleanup.run(args))
+
+
+def _configured_services(settings: Settings, command: str) -> tuple[str, ...]:
+    """`up` and `demo` check the servers they were pointed at; the embedded ones they start."""
+    if command not in ("up", "demo"):
+        return ()
+    return tuple(name for name, url in (("database", settings.database_url), ("broker", settings.broker_url)) if url)
 
 
 def _require_database(url: str | None) -> str:

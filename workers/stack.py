@@ -236,7 +236,9 @@ class Stack(AbstractContextManager["Stack"]):
         }
 
     def _run(self, command: list[str]) -> None:
-        subprocess.run([sys.executable, "-m", "workers.cli", *command], env=self.env, check=True)
+        done = subprocess.run([sys.executable, "-m", "workers.cli", *command], env=self.env, check=False)
+        if done.returncode != 0:  # it printed its own one line above
+            raise CrashLoopError(f"`dustpan {' '.join(command)}` failed with exit status {done.returncode}")
 
     def _say(self, message: str) -> None:
         if not self.quiet:

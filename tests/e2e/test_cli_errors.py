@@ -32,7 +32,7 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [["audit"], ["report", "--json"], ["freezes"], ["migrate"]])
+@pytest.mark.parametrize("command", [["audit"], ["report", "--json"], ["freezes"], ["migrate"], ["up"], ["demo"]])
 def test_unreachable_database_exits_3_naming_it_and_its_url_without_credentials(
     tmp_path: Path, command: list[str]
 ) -> None:
