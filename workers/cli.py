@@ -108,6 +108,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    owner = os.environ.get("DUSTPAN_UP_PID", "")
+    if owner.isdigit():  # started by `dustpan up`: never outlive it (workers/up_lifecycle.py)
+        from workers.up_lifecycle import watch_owner
+
+        watch_owner(int(owner))
     with cli_errors.boundary(getattr(args, "verbose", False)):
         _run(args)
 

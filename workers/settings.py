@@ -324,7 +324,7 @@ def _first_line(exc: yaml.YAMLError) -> str:
 
 
 # Environment variables with our prefix that are not settings themselves.
-_NOT_SETTINGS = ("DUSTPAN_CONFIG", "DUSTPAN_TEST_")
+_NOT_SETTINGS = ("DUSTPAN_CONFIG", "DUSTPAN_TEST_", "DUSTPAN_UP_PID")
 
 
 def _unknown_variables() -> list[str]:

@@ -7,6 +7,7 @@ same `dustpan` commands a fleet runs; a child that dies is restarted; Ctrl-C sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -108,7 +109,8 @@ class Stack(AbstractContextManager["Stack"]):
         _require_free_port(self.host, self.port, "--port")
         if self.flower_port is not None:
             _require_free_port("127.0.0.1", self.flower_port, "--flower-port")
-        self.env = {**os.environ, **self._service_urls(), **self._credentials()}
+        owner = {up_lifecycle.OWNER_VARIABLE: str(os.getpid())}
+        self.env = {**os.environ, **self._service_urls(), **self._credentials(), **owner}
         self._say(f"database {self.env['DUSTPAN_DATABASE_URL']}\nbroker   {self.env['DUSTPAN_BROKER_URL']}")
         self._run(["migrate"])
         dustpan = [sys.executable, "-m", "workers.cli"]
@@ -273,23 +275,49 @@ def _require_free_port(host: str, port: int, option: str) -> None:
 
 def run_up(settings: Settings, host: str, port: int, flower_port: int | None) -> None:
     stop = False
+    starting = True
 
-    def request_stop(*_: object) -> None:
-        nonlocal stop
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stop, starting
         stop = True
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
+        if starting:  # once only: the clean-up this starts must not be interrupted in turn
+            starting = False
+            raise _StopRequested  # out of the start-up; Stack.__exit__ stops what had started
 
-    # SIGHUP: the terminal was closed. Each handler only sets the flag: the loop below stops
-    # the children in order, whichever signal came.
+    # SIGHUP: the terminal was closed. Once running, each handler only sets the flag: the loop
+    # below stops the children in order, whichever signal came.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, request_stop)
-    with Stack(settings, host=host, port=port, flower_port=flower_port) as stack:
-        stack.wait_until_healthy()
-        print("dustpan is up; Ctrl-C stops it.", flush=True)
-        with StatusDisplay(stack) as status:
-            while not stop:
-                stack.keep_alive()
-                status.refresh()
-                time.sleep(0.5)
+    try:
+        with Stack(settings, host=host, port=port, flower_port=flower_port) as stack:
+            stack.wait_until_healthy()
+            starting = False
+            print("dustpan is up; Ctrl-C stops it.", flush=True)
+            with StatusDisplay(stack) as status:
+                while not stop:
+                    stack.keep_alive()
+                    status.refresh()
+                    time.sleep(0.5)
+    except _StopRequested:
+        pass  # stopped as asked, while still starting: everything it had started is stopped
+
+
+class _StopRequested(BaseException):
+    """Ctrl-C, SIGTERM or SIGHUP while `up` is still starting (BaseException: no handler eats it)."""
+
+
+def _detach_from_terminal() -> None:
+    """A closed terminal fails every later write (EIO): the shutdown's messages go nowhere
+    instead of raising halfway through stopping the children."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 class StatusDisplay(AbstractContextManager["StatusDisplay"]):

@@ -5,6 +5,9 @@ Three layers, because no single one covers every way `up` can end:
 - Ctrl-C, SIGTERM and SIGHUP (a closed terminal) are caught and stop the children in order;
 - every child asks the kernel for a death signal (Linux ``PR_SET_PDEATHSIG``), so even a
   SIGKILL of `up` stops them: no supervisor of our own would survive that SIGKILL either;
+- and, should that graceful stop hang (a Celery worker told to stop while it still starts
+  goes on reconnecting to the Redis that died with `up`), each child's own watchdog thread
+  (:func:`watch_owner`) kills its process group once its owner has been gone for a while;
 - `up` holds ``up.lock`` and records its children in ``up.json``; a later `up` that gets the
   lock knows the recorded owner is dead and stops any recorded child still running (and the
   embedded servers stop their own orphans, ``workers.embedded._supervised``).
@@ -18,6 +21,8 @@ import fcntl
 import json
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -26,6 +31,8 @@ import psutil
 
 from workers.cli_errors import UsageError
 
+OWNER_VARIABLE = "DUSTPAN_UP_PID"  # set by `up` in its children's environment
+OWNER_GONE_GRACE_SECONDS = 20
 LOCK_FILE = "up.lock"
 RECORD_FILE = "up.json"
 PR_SET_PDEATHSIG = 1
@@ -49,6 +56,22 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None]:
             os.kill(os.getpid(), sig)
 
     return arm
+
+
+def watch_owner(owner_pid: int, grace_seconds: float = OWNER_GONE_GRACE_SECONDS) -> None:  # float-ok: seconds
+    """In a child of `up`: once ``owner_pid`` is no longer our parent, allow the death signal's
+    graceful stop ``grace_seconds``, then SIGKILL our whole process group (a worker's pool too)."""
+
+    if os.getppid() != owner_pid:  # a grandchild that inherited the variable: its parent watches
+        return
+
+    def watch() -> None:
+        while os.getppid() == owner_pid:
+            time.sleep(0.5)
+        time.sleep(grace_seconds)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="up-owner-watchdog", daemon=True).start()
 
 
 def take_ownership(data_dir: Path) -> IO[str]:

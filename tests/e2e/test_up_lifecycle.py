@@ -196,3 +196,21 @@ def _answers(url: str, **options: object) -> bool:
         return httpx.get(url, timeout=5, **options).status_code == 200  # type: ignore[arg-type]
     except httpx.HTTPError:
         return False
+
+
+def test_closed_terminal_while_up_is_still_starting_leaves_no_process(directory: Path) -> None:
+    up = Up(directory, "up")
+    try:
+        wait_for(lambda: "starting embedded" in up.output() or up.process.poll() is not None, 60, "up to start")
+        tree = psutil.Process(up.process.pid).children(recursive=True)
+        up.process.send_signal(signal.SIGHUP)
+        up.process.wait(GONE_TIMEOUT)
+        assert_all_gone(tree, directory, up.output())
+    finally:
+        up.stop()
+    second = Up(directory, "second")
+    try:
+        second.wait_healthy()
+    finally:
+        second.stop()
+    assert second.process.returncode == 0, second.output()
