@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--name", default=None, help="node name (default worker-<pid>@<host>)")
 
-    commands.add_parser("beat", help="the Celery Beat scheduler")
+    beat = commands.add_parser("beat", help="the Celery Beat scheduler")
 
     flower = commands.add_parser("flower", help="Flower, the Celery monitor")
     flower.add_argument("--port", type=int, default=5555)
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="accumulators, executions, dust, freezes, balances and audit")
     report.add_argument("--json", action="store_true")
+    for role in (worker, beat, flower):
+        role.add_argument("--wait", type=int, default=60, help="seconds to wait for the database and broker at start")
     cli_ops.add_commands(commands)
     cli_dust.add_commands(commands)
     cli_cleanup.add_commands(commands)
@@ -123,7 +125,7 @@ def _run(args: argparse.Namespace) -> None:
     if command not in ("up", "demo"):
         # Other commands find the services a running `dustpan up` started when no URL is set.
         settings = settings.with_embedded_services()
-    cli_errors.require(NEEDS.get(command, ()) or _configured_services(settings, command))
+    cli_errors.require(NEEDS.get(command, ()) or _configured_services(settings, command), getattr(args, "wait", 0))
     if command == "up":
         from workers.stack import run_up
 

@@ -9,6 +9,7 @@ any work starts; the boundary also reads an outage out of an exception raised la
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,11 +128,20 @@ def _fail(status: int, line: str, verbose: bool) -> None:
 # --- pre-flight checks ----------------------------------------------------------------------
 
 
-def require(services: tuple[str, ...]) -> None:
-    """Check that each named service answers, before the command does any work."""
+def require(services: tuple[str, ...], wait_seconds: int = 0) -> None:
+    """Check that each named service answers, before the command does any work; a role
+    (worker, Beat, Flower) waits up to ``wait_seconds`` for them, as a restart takes seconds."""
     checks = {"database": check_database, "broker": check_broker, "brokerage": check_brokerage}
+    deadline = time.monotonic() + wait_seconds
     for service in services:
-        checks[service]()
+        while True:
+            try:
+                checks[service]()
+                break
+            except ServiceUnreachable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1)
 
 
 def check_database() -> None:

@@ -45,7 +45,9 @@ def test_unreachable_database_exits_3_naming_it_and_its_url_without_credentials(
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("command", [["worker"], ["beat"], ["flower", "--insecure"]])
+@pytest.mark.parametrize(
+    "command", [["worker", "--wait", "0"], ["beat", "--wait", "2"], ["flower", "--insecure", "--wait", "0"]]
+)
 def test_unreachable_broker_exits_3_naming_it(tmp_path: Path, clean_database: str, command: list[str]) -> None:
     env = clean_env(DUSTPAN_DATABASE_URL=clean_database, DUSTPAN_BROKER_URL=closed_broker_url())
     done = dustpan(*command, env=env, cwd=tmp_path)
