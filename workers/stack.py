@@ -132,7 +132,8 @@ class Stack(AbstractContextManager["Stack"]):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._say("stopping...")
+        if self.children or self._services:
+            self._say("stopping...")
         for child in reversed(self.children):
             child.stop()
         if self._services:
