@@ -8,6 +8,7 @@ same `dustpan` commands a fleet runs; a child that dies is restarted; Ctrl-C sto
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -269,8 +270,11 @@ def _require_free_port(host: str, port: int, option: str) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
-            message = f"port {port} on {host} is in use by another program; pick another with {option}"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                message = f"port {port} on {host} is in use by another program; pick another with {option}"
+            else:  # an address this machine does not have, a privileged port...
+                message = f"cannot listen on {host}:{port} ({exc.strerror}); check --host and {option}"
             raise UsageError(message) from None
 
 

@@ -89,6 +89,8 @@ def test_verbose_adds_the_traceback_to_the_same_line(tmp_path: Path) -> None:
         pytest.param(["frobnicate"], {}, id="unknown command"),
         pytest.param(["audit"], {}, id="no database configured"),
         pytest.param(["api"], {"DUSTPAN_DATABASE_URL": "postgresql://x@127.0.0.1/x"}, id="api without broker"),
+        pytest.param(["up", "--host", "10.255.255.1"], {}, id="up on an address this machine lacks"),
+        pytest.param(["worker", "--concurrency", "two"], {}, id="not a number"),
     ],
 )
 def test_bad_usage_or_missing_setting_exits_2(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
