@@ -6,12 +6,14 @@ Each unreachable service is a closed port on this machine; the commands run as r
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import clean_env, dustpan
-from tests.support.fleet import free_port
+from tests.e2e.test_cli import DUSTPAN, clean_env, dustpan
+from tests.support.fleet import free_port, wait_for
 
 SECRET = "hunter2-not-to-be-shown"
 
@@ -126,3 +128,25 @@ def test_subcommand_help_shows_the_defaults(tmp_path: Path, command: list[str], 
     done = dustpan(*command, "--help", env=clean_env(), cwd=tmp_path)
     assert done.returncode == 0
     assert expected in " ".join(done.stdout.split())
+
+
+def test_a_worker_started_while_the_broker_is_down_waits_for_it_and_starts(tmp_path: Path, clean_database: str) -> None:
+    from workers.embedded import EmbeddedRedis
+
+    port = free_port()
+    env = clean_env(DUSTPAN_DATABASE_URL=clean_database, DUSTPAN_BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [*DUSTPAN, "worker", "--wait", "60", "--concurrency", "1"], env=env, cwd=tmp_path, stdout=log, stderr=log
+        )
+    redis_server = EmbeddedRedis(tmp_path / "redis-data", port=port)
+    try:
+        time.sleep(3)  # the broker is down at the worker's start, as during a restart
+        assert worker.poll() is None, log_path.read_text()
+        redis_server.start()
+        wait_for(lambda: "ready" in log_path.read_text(errors="replace"), 60, "the worker to start once Redis is up")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        redis_server.stop()
