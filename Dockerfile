@@ -18,14 +18,15 @@ RUN groupadd --system --gid 10001 dustpan \
 
 # Only what the package needs (see .dockerignore): a change to tests or docs does not rebuild it.
 WORKDIR /src
-COPY pyproject.toml README.md celeryconfig.py ./
+COPY pyproject.toml README.md celeryconfig.py constraints.txt ./
 COPY models ./models
 COPY tasks ./tasks
 COPY workers ./workers
 COPY migrations ./migrations
-# Runtime dependencies only: the dev extra (pytest, ruff, ...) stays out of the image. Every
-# dependency ships a manylinux wheel, so no compiler is needed.
-RUN pip install . && rm -rf /src
+# Runtime dependencies only, at the versions the tests ran with (constraints.txt): neither the
+# dev extra (pytest, ruff, ...) nor the embedded servers (PostgreSQL and Redis binaries, some
+# 80 MB; compose runs real ones) go into the image. Every dependency ships a manylinux wheel.
+RUN pip install -c constraints.txt . && rm -rf /src
 
 # Numeric, so that a runtime can verify it is not root (e.g. Kubernetes runAsNonRoot).
 USER 10001:10001
@@ -33,7 +34,7 @@ WORKDIR /home/dustpan
 
 EXPOSE 8000 5555
 
-# No image-wide HEALTHCHECK: workers, Beat and migrate have no HTTP port. docker-compose.yml
-# checks the API's /health (database, broker and brokerage reachability) on the api service.
+# No image-wide HEALTHCHECK: each role is checked its own way (docker-compose.yml, through
+# `python -m workers.healthcheck`): the API's /health/live, a worker's ping, Beat's lock, Flower's page.
 ENTRYPOINT ["dustpan"]
 CMD ["api", "--host", "0.0.0.0", "--port", "8000"]

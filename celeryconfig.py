@@ -73,6 +73,9 @@ task_routes = {
 # redbeat_lock_timeout when the leader dies. Every countdown stays far below the visibility timeout.
 beat_scheduler = "redbeat.RedBeatScheduler"
 redbeat_redis_url = broker_url
+# Set, even empty: left unset, RedBeat falls back to broker_transport_options (broker options it
+# does not forward to its client anyway) and warns at every start that the fallback will go.
+redbeat_redis_options: dict[str, object] = {}
 redbeat_key_prefix = "dustpan:redbeat"
 redbeat_lock_timeout = _settings.schedule.leader_lock_seconds
 beat_max_loop_interval = max(1, min(5, redbeat_lock_timeout // 3))  # the lock is renewed every loop

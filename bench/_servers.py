@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
+from sqlalchemy.engine import make_url
 
 from models.db import dispose_engines
 
@@ -100,14 +101,27 @@ def _admin_run(admin_url: str, statement: sql.Composable) -> None:
         connection.close()
 
 
+def database_url_for(admin_url: str, name: str) -> str:
+    """The admin URL with another database: parsed, so that a Unix-socket URL
+    (``postgresql://u@/postgres?host=/run/postgresql``) or a password with a ``/`` keeps working."""
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def database_name(url: str) -> str:
+    name = make_url(url).database
+    if not name:
+        raise ValueError("the database URL names no database")
+    return name
+
+
 def create_database(admin_url: str, name: str) -> str:
     _admin_run(admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return f"{admin_url.rpartition('/')[0]}/{name}"
+    return database_url_for(admin_url, name)
 
 
 def drop_database(admin_url: str, database_url: str) -> None:
     dispose_engines()
-    name = sql.Identifier(database_url.rpartition("/")[2])
+    name = sql.Identifier(database_name(database_url))
     _admin_run(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg2
 from sqlalchemy import event
 
-from bench._servers import postgres_server
+from bench._servers import database_url_for, postgres_server
 from models.db import UnitOfWork, dispose_engines, engine_for
 from tasks.dust import DustScanConfig, ScanReport, scan_dust
 from tasks.guards import TradingPolicy
@@ -108,7 +108,7 @@ def run(admin_url: str, lots: int, accounts: int, symbols: int, *, verbose: bool
     admin = psycopg2.connect(admin_url)
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + "/" + name
+    url = database_url_for(admin_url, name)
     now = datetime.now(UTC)
     try:
         migrate(url)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg2
 
-from bench._servers import postgres_server
+from bench._servers import database_url_for, postgres_server
 from models.db import UnitOfWork, dispose_engines
 from tasks.sales import ledger_volume
 from workers.cli import migrate
@@ -76,7 +76,7 @@ def run(admin_url: str, rows: int, runs: int) -> None:
     admin = psycopg2.connect(admin_url)
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + "/" + name
+    url = database_url_for(admin_url, name)
     try:
         migrate(url)
         started = time.perf_counter()

@@ -11,11 +11,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from workers import api_balances, api_books, api_orders, api_positions, api_webhook, metrics, runtime
+from workers.api_access import AccessLog
 from workers.api_common import Operator
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="dustpan", version="0.1.0", description="Fractional trades in, exact whole-share orders out.")
 app.add_middleware(api_webhook.WebhookFastPath)
+app.add_middleware(AccessLog)  # added last: outermost, so the fast path is logged too
 app.include_router(api_webhook.router)
 app.include_router(api_books.router)
 app.include_router(api_orders.router)
@@ -43,8 +45,30 @@ def prometheus_metrics(_: Operator) -> Response:
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 
+@app.get("/health/live")
+def live() -> JSONResponse:
+    """The process answers: what a container's healthcheck restarts on. A dependency outage
+    is no reason to restart the API (it answers 503 meanwhile), so none is checked here."""
+    return JSONResponse({"ok": True})
+
+
+@app.get("/health/ready")
+def ready() -> JSONResponse:
+    """Whether it can take webhooks now: the database and the broker. The brokerage is
+    reported but not required: trades are stored and netted while it is away."""
+    components = _components()
+    healthy = components["database"] == "ok" and components["broker"] == "ok"
+    return JSONResponse({"ok": healthy, "components": components}, status_code=200 if healthy else 503)
+
+
 @app.get("/health")
 def health() -> JSONResponse:
+    components = _components()
+    healthy = all(v == "ok" for v in components.values())
+    return JSONResponse({"ok": healthy, "components": components}, status_code=200 if healthy else 503)
+
+
+def _components() -> dict[str, str]:
     components: dict[str, str] = {}
     try:
         with runtime.unit_of_work() as uow:
@@ -62,5 +86,4 @@ def health() -> JSONResponse:
         components["brokerage"] = "ok"
     except Exception as exc:
         components["brokerage"] = f"error: {type(exc).__name__}"
-    healthy = all(v == "ok" for v in components.values())
-    return JSONResponse({"ok": healthy, "components": components}, status_code=200 if healthy else 503)
+    return components

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.domain.trades import IncomingTrade
 from tasks.ingestion import StoreResult, store_webhooks
-from workers import metrics, runtime
+from tasks.log_context import log_context
+from workers import logging_setup, metrics, runtime
 from workers.group_commit import GroupCommit
 from workers.webhook import PayloadError, read_trades, verify_signature
 
@@ -59,7 +60,7 @@ async def receive_trades(request: Request) -> JSONResponse:
     finally:
         threads = _threads_of_this_loop()
         if result is not None and result.symbols:
-            threads.wakes.post(result.symbols)
+            threads.wakes.post((logging_setup.current_request_id(), result.symbols))
         threads.counts.post(_Answered(status, result, time.perf_counter_ns() - started))
 
 
@@ -127,11 +128,19 @@ def _store(webhooks: list[list[IncomingTrade]]) -> list[StoreResult]:
     return store_webhooks(runtime.unit_of_work(autocommit=True), webhooks)
 
 
-def _wake(symbol_lists: list[list[str]]) -> list[None]:
-    # A hint: the trades are committed, and what a failure here misses the sweep finds.
+def _wake(symbol_lists: list[tuple[str | None, list[str]]]) -> list[None]:
+    # A hint: the trades are committed, and what a failure here misses the sweep finds. Each
+    # symbol is woken once, under the id of the first request that brought it, so that the
+    # task's log lines name a request that caused it.
     from workers.celery_app import enqueue  # the Celery app loads on the first wake, not at import
 
-    enqueue.wake(sorted({symbol for symbols in symbol_lists for symbol in symbols}))
+    woken: set[str] = set()
+    for request_id, symbols in symbol_lists:
+        fresh = sorted(set(symbols) - woken)
+        woken.update(fresh)
+        if fresh:
+            with log_context(request_id=request_id):
+                enqueue.wake(fresh)
     return [None] * len(symbol_lists)
 
 
@@ -152,7 +161,7 @@ class _Threads:
     """One of each per event loop (one loop per API process in production)."""
 
     writer: GroupCommit[list[IncomingTrade], StoreResult]
-    wakes: GroupCommit[list[str], None]
+    wakes: GroupCommit[tuple[str | None, list[str]], None]
     counts: GroupCommit[_Answered, None]
 
 

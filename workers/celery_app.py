@@ -6,7 +6,14 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_failure, task_retry, task_success, worker_process_init
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_failure,
+    task_retry,
+    task_success,
+    worker_process_init,
+)
 
 import workers.celery_patches  # noqa: F401 - guards kombu's Redis channel before any connection (see there)
 from models.db import dispose_engines
@@ -47,6 +54,15 @@ def _dustpan_logging(loglevel: int | str | None = None, **_: Any) -> None:
 def _fresh_connections_after_fork(**_: Any) -> None:
     # Pooled connections inherited from the parent must never be shared with a forked child.
     dispose_engines()
+
+
+@before_task_publish.connect
+def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # The request (or the task) that enqueues this one: its id reaches the worker's log lines,
+    # so an operator can follow one webhook from the API's access line to the order it caused.
+    request_id = logging_setup.current_request_id()
+    if request_id and headers is not None:
+        headers.setdefault("request_id", request_id)
 
 
 # Fleet-wide counters in Redis; the handlers log instead of raising into the task.

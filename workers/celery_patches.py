@@ -36,10 +36,25 @@ from __future__ import annotations
 from queue import Empty
 from typing import Any
 
+import kombu
 import redis
 from kombu.transport import redis as kombu_redis
 
 _GUARD = "_dustpan_guarded"
+# The kombu releases whose Redis channel this patch was read against and tested with.
+TESTED_KOMBU = ((5, 7),)
+
+
+def require_tested_kombu(version: str) -> None:
+    """Refuse to start on a kombu whose internals this patch was not tested against: patching
+    a channel that changed shape could lose messages more quietly than the crash it prevents."""
+    release = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if release not in TESTED_KOMBU:
+        tested = ", ".join(".".join(map(str, r)) + ".x" for r in TESTED_KOMBU)
+        raise SystemExit(
+            f"dustpan: kombu {version} is untested with workers/celery_patches.py (tested: {tested});"
+            " install the versions in constraints.txt"
+        )
 
 
 def install() -> None:
@@ -68,4 +83,5 @@ def install() -> None:
     setattr(channel, _GUARD, True)
 
 
+require_tested_kombu(kombu.__version__)
 install()

@@ -9,20 +9,23 @@ import socket
 import sys
 from pathlib import Path
 
-from workers import cli_books, cli_cleanup, cli_dust, cli_ops
-from workers.settings import Settings, SettingsError, get_settings, read_settings
+from workers import cli_books, cli_cleanup, cli_dust, cli_errors, cli_ops
+from workers.settings import Settings, get_settings, read_settings
 
 ALL_QUEUES = "ingestion,execution,ops"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dustpan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dustpan {version()}")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a failure")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="the whole stack in one terminal (embedded services when unset)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--flower", action="store_true", help="also run Flower")
+    up.add_argument("--flower-port", type=int, default=5555, help="Flower's port with --flower")
 
     demo = commands.add_parser("demo", help="up, a simulated signed trade feed, then a report")
     demo.add_argument("--trades", type=int, default=3000)
@@ -46,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--io-concurrency", type=int, default=16, help="threads of the execution pool")
     worker.add_argument("--name", default=None, help="node name (default worker-<pid>@<host>)")
 
-    commands.add_parser("beat", help="the Celery Beat scheduler")
+    beat = commands.add_parser("beat", help="the Celery Beat scheduler")
 
     flower = commands.add_parser("flower", help="Flower, the Celery monitor")
     flower.add_argument("--port", type=int, default=5555)
@@ -64,28 +67,78 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="accumulators, executions, dust, freezes, balances, positions, P&L and audit"
     )
     report.add_argument("--json", action="store_true")
+    for role in (worker, beat, flower):
+        role.add_argument("--wait", type=int, default=60, help="seconds to wait for the database and broker at start")
     cli_ops.add_commands(commands)
     cli_dust.add_commands(commands)
     cli_cleanup.add_commands(commands)
     cli_books.add_commands(commands)
+    for command in commands.choices.values():
+        _show_defaults(command)
+        # SUPPRESS: an unset flag after the command must not undo `dustpan --verbose COMMAND`.
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
+
+
+def _show_defaults(command: argparse.ArgumentParser) -> None:
+    """Name every option's default in its help (argparse's own formatter skips options without a help text)."""
+    for action in command._actions:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(" not in text:
+            action.help = f"{text} (default: %(default)s)".strip()
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("dustpan")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+# The services each command needs, checked before it starts (exit 3 with one line if one is down).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "migrate": ("database",),
+    "worker": ("database", "broker"),
+    "beat": ("database", "broker"),
+    "flower": ("broker",),
+    "audit": ("database",),
+    "report": ("database",),
+    "freeze": ("database",),
+    "unfreeze": ("database",),
+    "freezes": ("database",),
+    "balances": ("database",),
+    "scan": ("database", "brokerage"),
+    "sync": ("database", "brokerage"),
+    "cleanup": ("database", "brokerage"),
+    "normalize": ("database", "brokerage"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
-        settings = read_settings()
-    except SettingsError as exc:
-        print(f"dustpan: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    owner = os.environ.get("DUSTPAN_UP_PID", "")
+    if owner.isdigit():  # started by `dustpan up`: never outlive it (workers/up_lifecycle.py)
+        from workers.up_lifecycle import watch_owner
+
+        watch_owner(int(owner))
+    with cli_errors.boundary(getattr(args, "verbose", False)):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
+    settings = read_settings()
     command = args.command
     if command not in ("up", "demo"):
         # Other commands find the services a running `dustpan up` started when no URL is set.
         settings = settings.with_embedded_services()
+    cli_errors.require(NEEDS.get(command, ()) or _configured_services(settings, command), getattr(args, "wait", 0))
     if command == "up":
         from workers.stack import run_up
 
-        run_up(settings, args.host, args.port, args.flower)
+        run_up(settings, args.host, args.port, args.flower_port if args.flower else None)
     elif command == "demo":
         from workers.demo import run_demo
 
@@ -116,9 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cli_books.run(args))
 
 
+def _configured_services(settings: Settings, command: str) -> tuple[str, ...]:
+    """`up` and `demo` check the servers they were pointed at; the embedded ones they start."""
+    if command not in ("up", "demo"):
+        return ()
+    return tuple(name for name, url in (("database", settings.database_url), ("broker", settings.broker_url)) if url)
+
+
 def _require_database(url: str | None) -> str:
     if not url:
-        raise SystemExit("dustpan: DUSTPAN_DATABASE_URL is not set (dustpan up starts an embedded database)")
+        raise cli_errors.UsageError("DUSTPAN_DATABASE_URL is not set (dustpan up starts an embedded database)")
     return url
 
 
@@ -126,7 +186,7 @@ def _require_services() -> None:
     settings = get_settings()
     _require_database(settings.database_url)
     if not settings.broker_url:
-        raise SystemExit("dustpan: DUSTPAN_BROKER_URL is not set (dustpan up starts an embedded Redis)")
+        raise cli_errors.UsageError("DUSTPAN_BROKER_URL is not set (dustpan up starts an embedded Redis)")
 
 
 def migrate(database_url: str) -> None:
@@ -147,14 +207,23 @@ def _serve_api(host: str, port: int, workers: int | None) -> None:
     _require_services()
     settings = get_settings()
     if not settings.webhook_secret or not settings.api_token:
-        raise SystemExit("dustpan: DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API")
+        raise cli_errors.UsageError(
+            "DUSTPAN_WEBHOOK_SECRET and DUSTPAN_API_TOKEN must be set for the API"
+            " (or run it beside `dustpan up`, which keeps them in .dustpan/secrets.json)"
+        )
+    from workers.api_access import log_startup
+    from workers.logging_setup import configure
+
+    processes = workers or settings.api_workers
+    configure(settings.log_format, settings.log_level)
+    log_startup(f"http://{host}:{port}", version(), settings.database_url, processes)
     uvicorn.run(
         "workers.api:app",
         host=host,
         port=port,
         # One by default: on 2 cores a second process measured no faster (it halves each one's
         # webhook groups and adds a process to schedule); more cores may want more.
-        workers=workers or settings.api_workers,
+        workers=processes,
         log_config=logging_config(settings.log_format, settings.log_level),
         log_level="warning",
         access_log=False,

@@ -11,6 +11,8 @@ from decimal import Decimal
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from workers import up_lifecycle
+from workers.cli_errors import UsageError
 from workers.settings import Settings
 from workers.stack import Stack
 from workers.webhook import sign
@@ -68,11 +70,56 @@ def post_batch(client: httpx.Client, secret: str, trades: list[dict[str, str]]) 
     return dict(response.json())
 
 
+class RunningUp:
+    """The stack of a `dustpan up` already running in this directory: the demo feeds it instead
+    of starting a second one (which its lock on the data directory would refuse)."""
+
+    def __init__(self, settings: Settings, api_url: str) -> None:
+        self.api_url = api_url
+        self.env = {
+            "DUSTPAN_WEBHOOK_SECRET": ",".join(settings.webhook_secret),
+            "DUSTPAN_API_TOKEN": settings.api_token or "",
+        }
+
+    def __enter__(self) -> RunningUp:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None  # it belongs to the `up` in the other terminal
+
+    def keep_alive(self) -> None:
+        return None
+
+    def wait_until_healthy(self) -> None:
+        try:
+            httpx.get(f"{self.api_url}/health/live", timeout=5).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise UsageError(
+                f"a dustpan up runs in this directory but its API at {self.api_url} does not answer ({exc});"
+                " stop that up, or run the demo in another directory"
+            ) from None
+
+
+def _stack(settings: Settings, port: int) -> Stack | RunningUp:
+    data_dir = settings.data_dir.resolve()
+    try:
+        up_lifecycle.take_ownership(data_dir).close()
+    except up_lifecycle.AlreadyRunning:
+        api_url = str(up_lifecycle.read_record(data_dir).get("api_url") or "")
+        if not api_url:
+            raise
+        print(f"using the dustpan up already running here (API {api_url})", flush=True)
+        return RunningUp(settings.with_embedded_services(), api_url)
+    except FileNotFoundError:  # no data directory yet: nothing runs here
+        pass
+    return Stack(settings, port=port)
+
+
 def run_demo(settings: Settings, trades: int, symbols: int, port: int, seed: int | None) -> int:
     rng = random.Random(seed)
     feed = simulated_trades(trades, SYMBOLS[: max(1, min(symbols, len(SYMBOLS)))], rng)
     redeliveries = [t for t in feed if Decimal(rng.randrange(100)) < REDELIVERY_SHARE * 100]
-    with Stack(settings, port=port) as stack:
+    with _stack(settings, port) as stack:
         stack.wait_until_healthy()
         secret = stack.env["DUSTPAN_WEBHOOK_SECRET"].split(",")[0]
         batches = [feed[i : i + BATCH] for i in range(0, len(feed), BATCH)]
@@ -93,7 +140,7 @@ def run_demo(settings: Settings, trades: int, symbols: int, port: int, seed: int
     return 0 if ok else 1
 
 
-def _wait_for_drain(stack: Stack, timeout: float = 120.0) -> bool:  # float-ok: seconds
+def _wait_for_drain(stack: Stack | RunningUp, timeout: float = 120.0) -> bool:  # float-ok: seconds
     """Until no trade waits and no execution is in flight, and the audit balances."""
     headers = {"Authorization": f"Bearer {stack.env['DUSTPAN_API_TOKEN']}"}
     deadline = time.monotonic() + timeout

@@ -20,8 +20,20 @@ from celery._state import get_current_task  # what Celery's own TaskFormatter re
 
 from tasks.log_context import bound_fields
 
-FIELDS = ("task_name", "task_id", "symbol", "execution_id", "trade_ids")
+FIELDS = ("task_name", "task_id", "symbol", "execution_id", "trade_ids", "request_id")
+# The API's access lines carry these too (given with ``extra=``).
+ACCESS_FIELDS = ("method", "path", "status", "duration_ms")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def current_request_id() -> str | None:
+    """The id of the API request being served, or of the request that caused the running task."""
+    bound = bound_fields().get("request_id")
+    if bound:
+        return str(bound)
+    task = get_current_task()
+    carried = getattr(task.request, "request_id", None) if task is not None else None
+    return str(carried) if carried else None
 
 
 def context_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -32,9 +44,11 @@ def context_fields(record: logging.LogRecord) -> dict[str, Any]:
     fallbacks = {
         "task_name": task.name if task is not None else celery_data.get("name"),
         "task_id": task.request.id if task is not None else celery_data.get("id"),
+        # Carried in the task message's headers from the API request that enqueued it.
+        "request_id": getattr(task.request, "request_id", None) if task is not None else None,
     }
     fields = {}
-    for name in FIELDS:
+    for name in (*FIELDS, *ACCESS_FIELDS):
         value = getattr(record, name, None)
         if value is None:
             value = bound.get(name, fallbacks.get(name))

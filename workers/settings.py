@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 SERVICES_FILE = "services.json"
+SECRETS_FILE = "secrets.json"
 
 
 def _comma_list(value: Any) -> Any:
@@ -261,19 +262,40 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     def with_embedded_services(self) -> Settings:
-        """Fill unset URLs from the services a running ``dustpan up`` recorded in data_dir."""
-        if self.database_url and self.broker_url:
-            return self
-        record = self.data_dir / SERVICES_FILE
-        if not record.exists():
-            return self
-        urls = json.loads(record.read_text())
-        return self.model_copy(
-            update={
-                "database_url": self.database_url or urls.get("database_url"),
-                "broker_url": self.broker_url or urls.get("broker_url"),
-            }
-        )
+        """Fill unset URLs and secrets from what a running ``dustpan up`` recorded in data_dir,
+        so that a second terminal's commands (api, flower, operator commands) find its stack."""
+        update = _recorded_urls(self) | _recorded_secrets(self)
+        return self.model_copy(update=update) if update else self
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent, or being written by `up` right now: as if there were none
+    return data if isinstance(data, dict) else {}
+
+
+def _recorded_urls(settings: Settings) -> dict[str, Any]:
+    if settings.database_url and settings.broker_url:
+        return {}
+    urls = _read_record(settings.data_dir / SERVICES_FILE)
+    return {
+        name: urls[name] for name in ("database_url", "broker_url") if not getattr(settings, name) and urls.get(name)
+    }
+
+
+def _recorded_secrets(settings: Settings) -> dict[str, Any]:
+    stored = _read_record(settings.data_dir / SECRETS_FILE)
+    update: dict[str, Any] = {}
+    if not settings.webhook_secret and stored.get("webhook_secret"):
+        update["webhook_secret"] = [stored["webhook_secret"]]
+    if not settings.api_token and stored.get("api_token"):
+        update["api_token"] = stored["api_token"]
+    if not (settings.flower_user or settings.flower_password) and stored.get("flower_password"):
+        update["flower_user"] = stored.get("flower_user", "dustpan")
+        update["flower_password"] = SecretStr(stored["flower_password"])
+    return update
 
 
 class _DecimalSafeLoader(yaml.SafeLoader):
@@ -318,7 +340,7 @@ def _first_line(exc: yaml.YAMLError) -> str:
 
 
 # Environment variables with our prefix that are not settings themselves.
-_NOT_SETTINGS = ("DUSTPAN_CONFIG", "DUSTPAN_TEST_")
+_NOT_SETTINGS = ("DUSTPAN_CONFIG", "DUSTPAN_TEST_", "DUSTPAN_UP_PID")
 
 
 def _unknown_variables() -> list[str]:

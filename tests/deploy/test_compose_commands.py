@@ -26,7 +26,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import Services
-from tests.deploy.compose_files import command, env_example
+from tests.deploy.compose_files import command, env_example, services
 from tests.integration.conftest import Books
 from tests.support.feed import post_trades
 from tests.support.fleet import free_port, wait_for
@@ -151,6 +151,22 @@ def start_worker(start_role: Callable[..., Role], service: str, env: dict[str, s
     return worker
 
 
+def healthcheck(role: Role) -> subprocess.CompletedProcess[str]:
+    """The service's compose healthcheck, run here as the container would run it."""
+    test = list(services()[role.service]["healthcheck"]["test"])
+    assert test[:2] == ["CMD", "python"], test
+    published = {"api": "8000", "flower": "5555"}.get(role.service)
+    argv = [sys.executable, *test[2:]]
+    if published and role.port:
+        argv = [part.replace(f":{published}/", f":{role.port}/") for part in argv]
+    return subprocess.run(argv, env=role.env, cwd=role.workdir, capture_output=True, text=True, timeout=60)
+
+
+def assert_healthy(role: Role) -> None:
+    done = healthcheck(role)
+    assert done.returncode == 0, f"{done.stderr}\n{role.tail()}"
+
+
 def post_fractional_buys(api: Role, env: dict[str, str], symbol: str) -> list[str]:
     """1.5 shares in two signed fractional trades: one whole-share execution and a 0.5 residual."""
     trades = [
@@ -210,6 +226,8 @@ def test_api_and_worker_orders_services_take_a_trade_to_a_filled_order(
     wait_until(worker, lambda: books.rows(executions) == [("filled", Decimal(1))], "one filled whole-share execution")
     assert books.value("SELECT net_quantity FROM accumulators WHERE symbol = 'CMPS'") == Decimal("0.5")
     assert "Task ingestion.accumulate[" in worker.log() and "Task execution.submit[" in worker.log()
+    assert_healthy(api)
+    assert_healthy(worker)
 
 
 def test_beat_service_sends_the_schedule_and_worker_ops_runs_it(
@@ -227,6 +245,11 @@ def test_beat_service_sends_the_schedule_and_worker_ops_runs_it(
     assert "Task sweep.rewake[" in ops.log()
     assert "Task sweep.rewake[" not in orders.log(), "worker-orders consumed the ops queue"
     assert beat.running(), beat.tail()
+    for role in (orders, ops, beat):
+        assert_healthy(role)
+    orders.stop()  # scoped to its own node: a stopped worker is unhealthy while the other answers
+    assert healthcheck(orders).returncode == 1
+    assert_healthy(ops)
 
 
 def test_flower_service_lists_the_fleet_tasks_behind_basic_auth(
@@ -237,6 +260,7 @@ def test_flower_service_lists_the_fleet_tasks_behind_basic_auth(
     flower = start_role("flower", env)
     tasks_url = f"http://127.0.0.1:{flower.port}/api/tasks"
     wait_until(flower, answers(tasks_url, auth=credentials), "flower to answer /api/tasks with basic auth")
+    assert_healthy(flower)
     api = start_api(start_role, env)
     start_worker(start_role, "worker-orders", env)
     post_fractional_buys(api, env, "FLWR")

@@ -32,6 +32,7 @@ from tests.deploy.compose_files import (
     services,
 )
 from workers.cli import ALL_QUEUES, _parser
+from workers.embedded import PG_VERSION
 from workers.settings import Settings, SettingsError, read_settings
 
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|_KEY\b|_KEY_ID\b")
@@ -130,12 +131,13 @@ def test_redis_keeps_queued_messages_and_never_evicts_them() -> None:
     assert "--appendonly yes" in argv and "--maxmemory-policy noeviction" in argv
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"])
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "--maxmemory 256mb" in argv
 
 
 def test_postgres_keeps_its_data_in_a_named_volume_and_reports_readiness() -> None:
     compose, postgres = load_compose(), services()["postgres"]
-    assert postgres["image"] == "postgres:16"
-    volume = next(str(v) for v in postgres["volumes"] if str(v).endswith(":/var/lib/postgresql/data"))
+    assert postgres["image"] == f"postgres:{PG_VERSION}"  # the major version the tests run against
+    volume = next(str(v) for v in postgres["volumes"] if str(v).endswith(":/var/lib/postgresql"))
     assert volume.split(":")[0] in compose["volumes"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
 
@@ -162,9 +164,38 @@ def test_start_order_is_gated_on_health_and_a_finished_migration() -> None:
     assert services()["migrate"]["restart"] == "no"
 
 
-def test_the_api_healthcheck_asks_health() -> None:
+def test_the_api_healthcheck_asks_liveness_only() -> None:
     healthcheck = services()["api"]["healthcheck"]
-    assert "http://127.0.0.1:8000/health" in " ".join(healthcheck["test"])
+    assert "http://127.0.0.1:8000/health/live" in healthcheck["test"]
+
+
+LONG_RUNNING = [name for name in services() if name != "migrate"]
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_every_long_running_service_has_a_healthcheck_log_rotation_and_resource_limits(name: str) -> None:
+    spec = services()[name]
+    assert spec["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), spec["healthcheck"]
+    assert spec["logging"]["options"]["max-size"] and spec["logging"]["options"]["max-file"]
+    limits = spec["deploy"]["resources"]["limits"]
+    assert limits["memory"] and limits["cpus"]
+
+
+@pytest.mark.parametrize("name", ["worker-orders", "worker-ops"])
+def test_a_worker_healthcheck_pings_its_own_node(name: str) -> None:
+    argv = command(name)
+    node = argv[argv.index("--name") + 1]
+    assert "%h" in node  # one node name per replica
+    assert services()[name]["healthcheck"]["test"][-2:] == ["worker", node]
+
+
+def test_redis_memory_is_bounded_below_its_container_limit() -> None:
+    redis = services()["redis"]
+    argv = redis["command"]
+    maxmemory = argv[argv.index("--maxmemory") + 1]
+    assert maxmemory.endswith("mb")
+    limit = redis["deploy"]["resources"]["limits"]["memory"]
+    assert limit.endswith("M") and int(maxmemory[:-2]) < int(limit[:-1])
 
 
 def strings(node: object) -> list[str]:
@@ -260,8 +291,8 @@ def test_dockerfile_installs_the_package_without_dev_extras_and_runs_dustpan_as_
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "python:3.11-slim")
     runs = [argument for keyword, argument in instructions if keyword == "RUN"]
-    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in runs), runs
-    assert not any("[dev]" in run or "-e " in run for run in runs)
+    assert any(re.search(r"\bpip install -c constraints\.txt \.(\s|$)", run) for run in runs), runs
+    assert not any("[" in run or "-e " in run for run in runs)  # no dev extra, no embedded servers
     users = [argument for keyword, argument in instructions if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     last = {keyword: argument for keyword, argument in instructions}

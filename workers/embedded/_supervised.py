@@ -18,6 +18,8 @@ from typing import IO, Any, ClassVar
 
 import psutil
 
+from workers.up_lifecycle import die_with_parent
+
 HOST = "127.0.0.1"
 # Never picked automatically: the machine's own PostgreSQL and Redis may listen there.
 RESERVED_PORTS = frozenset({5432, 6379})
@@ -45,6 +47,9 @@ class _Supervised(ABC):
         self._process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
         self._owner_pid = os.getpid()
+        # `dustpan up` sets it: the server then stops when its owner dies, even by SIGKILL.
+        self.die_with_owner = False
+        self.replaced_orphan: int | None = None
 
     @abstractmethod
     def _prepare(self) -> None: ...
@@ -80,7 +85,7 @@ class _Supervised(ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            _stop_orphan(self.home, self.home / self.pid_file_name, self.stop_signal)
+            self.replaced_orphan = _stop_orphan(self.home, self.home / self.pid_file_name, self.stop_signal)
             self._prepare()
             self._launch()
             self._owner_pid = os.getpid()
@@ -129,6 +134,7 @@ class _Supervised(ABC):
                     stderr=subprocess.STDOUT,
                     cwd=self.data_dir,
                     start_new_session=True,
+                    preexec_fn=die_with_parent(self.stop_signal) if self.die_with_owner else None,
                     **self._popen_user(),
                 )
             if self._wait_ready(log_start):
@@ -226,18 +232,21 @@ def _end_child(process: subprocess.Popen[bytes], sig: signal.Signals, timeout: f
         process.wait()
 
 
-def _stop_orphan(home: Path, pid_file: Path, sig: signal.Signals) -> None:
-    """Stop a server that a dead owner left running in home; leave any other process alone."""
+def _stop_orphan(home: Path, pid_file: Path, sig: signal.Signals) -> int | None:
+    """Stop a server that a dead owner left running in home; leave any other process alone.
+
+    Returns the pid of the server it stopped, if any."""
     try:
         process = psutil.Process(int(pid_file.read_text().split()[0]))
         if Path(process.cwd()).resolve() != home.resolve():
-            return
+            return None
         process.send_signal(sig)
     except (OSError, ValueError, IndexError, psutil.Error):
-        return  # no pid file, a dead pid or a process that is not ours
+        return None  # no pid file, a dead pid or a process that is not ours
     if _wait_gone([process], STOP_TIMEOUT):
         process.kill()
         _wait_gone([process], 5)
+    return process.pid
 
 
 def _children(pid: int) -> list[psutil.Process]:
