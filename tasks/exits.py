@@ -44,7 +44,6 @@ def request_exit(
         wanted = available if quantity is None else quantity
         if available <= 0 or wanted > available:
             raise Refused(
-                409,
                 "insufficient_position",
                 f"{account} holds {max(available, Decimal(0))} {symbol} available to exit",
             )

@@ -15,11 +15,14 @@ from models.tables import SymbolFreeze
 
 
 class Refused(Exception):
-    """A request the operator sent that cannot be carried out; nothing was written."""
+    """A request the operator sent that cannot be carried out; nothing was written.
 
-    def __init__(self, status: int, error: str, message: str, **details: Any) -> None:
+    ``error`` names the reason (``symbol_frozen``, ``not_tradable``...); what it means to a
+    caller (an HTTP status, an exit code) is decided at the edge, in one table
+    (``workers.api_orders.REFUSAL_STATUS``)."""
+
+    def __init__(self, error: str, message: str, **details: Any) -> None:
         super().__init__(message)
-        self.status = status
         self.error = error
         self.details = details
 
@@ -35,12 +38,12 @@ class TradingPolicy:
 
 def ensure_tradable(session: Session, policy: TradingPolicy, symbol: str, account: str) -> None:
     if account not in policy.accounts:
-        raise Refused(422, "unknown_account", f"account {account!r} is not configured")
+        raise Refused("unknown_account", f"account {account!r} is not configured")
     if is_restricted(symbol, policy.restricted_symbols):
-        raise Refused(422, "symbol_restricted", f"{symbol} is restricted and never traded")
+        raise Refused("symbol_restricted", f"{symbol} is restricted and never traded")
     freeze = session.get(SymbolFreeze, symbol)
     if freeze is not None:
-        raise Refused(409, "symbol_frozen", f"{symbol} is frozen: {freeze.reason}")
+        raise Refused("symbol_frozen", f"{symbol} is frozen: {freeze.reason}")
 
 
 def venue_refusal(rules: VenueRules, quantity: Decimal, price: Decimal | None) -> str | None:
@@ -51,13 +54,12 @@ def venue_refusal(rules: VenueRules, quantity: Decimal, price: Decimal | None) -
 
 
 def ensure_venue_accepts(rules: VenueRules, symbol: str, quantity: Decimal, price: Decimal | None) -> None:
-    """422 naming the venue's minimum when it would refuse the order (sales and exits alike)."""
+    """A refusal naming the venue's minimum when it would refuse the order (sales and exits alike)."""
     refusal = venue_refusal(rules, quantity, price)
     if refusal is None:
         return
     at = f" at price {canonical(price)}" if price is not None else ""
     raise Refused(
-        422,
         "not_tradable",
         f"{symbol}: {canonical(quantity)} cannot be sold{at}: {refusal}",
         min_quantity=canonical(max(rules.min_quantity, rules.increment)),

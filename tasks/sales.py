@@ -28,7 +28,6 @@ def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
     """Refuse what cannot become a sale: nothing tradable, or dust above the cap."""
     if not quote.within_cap:
         raise Refused(
-            422,
             "dust_cap_exceeded",
             f"selling {money_text(quote.requested)} USD of {symbol} would leave {money_text(quote.dust)} USD of "
             f"dust, above the cap of {money_text(quote.cap)}; {_advice(quote)}",
@@ -67,7 +66,6 @@ def place_notional_sale(
         available = position.quantity - committed_to_sell(session, account, symbol)
         if quote.quantity > available:
             raise Refused(
-                409,
                 "insufficient_position",
                 f"{account} holds {max(available, Decimal(0))} {symbol} available; the sale needs {quote.quantity}",
             )

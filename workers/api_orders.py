@@ -45,8 +45,12 @@ class ExitIn(BaseModel):
         return self
 
 
+# What each refusal of the use cases (tasks.guards.Refused) answers; any other is 422.
+REFUSAL_STATUS = {"symbol_frozen": 409, "insufficient_position": 409}
+
+
 def _refused(exc: Refused) -> JSONResponse:
-    return JSONResponse(exc.payload(), status_code=exc.status)
+    return JSONResponse(exc.payload(), status_code=REFUSAL_STATUS.get(exc.error, 422))
 
 
 def _quote_json(quote: Any) -> dict[str, Any]:
@@ -65,7 +69,7 @@ def _quote_json(quote: Any) -> dict[str, Any]:
 
 async def _price(sale: SellIn) -> Decimal:
     if sale.account not in runtime.settings().accounts:
-        raise Refused(422, "unknown_account", f"account {sale.account!r} is not configured")
+        raise Refused("unknown_account", f"account {sale.account!r} is not configured")
     return await run_in_threadpool(runtime.brokerage(sale.account).latest_price, sale.symbol)
 
 

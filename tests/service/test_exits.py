@@ -16,6 +16,7 @@ from tasks.execution import ExecutionConfig, submit_execution
 from tasks.exits import request_exit
 from tasks.guards import Refused, TradingPolicy
 from tests.support.fakes import FakeBrokerage
+from workers.api_orders import REFUSAL_STATUS
 
 D = Decimal
 NOW = datetime(2026, 4, 2, 15, 0, tzinfo=UTC)
@@ -98,4 +99,4 @@ def test_exit_larger_than_the_position_is_refused(uow: UnitOfWork) -> None:
     entered(uow, quantity="3")
     with pytest.raises(Refused) as refused:
         request_exit(uow, POLICY, VenueRules(), symbol="XYZ", quantity=D(4), reason="x", account="default", now=NOW)
-    assert (refused.value.status, refused.value.error) == (409, "insufficient_position")
+    assert (REFUSAL_STATUS.get(refused.value.error, 422), refused.value.error) == (409, "insufficient_position")
