@@ -270,11 +270,8 @@ def ensure_known_balance(
         )
     if not failed_lately:
         budget = min(config.budget_seconds or GATE_BUDGET_SECONDS, GATE_BUDGET_SECONDS)
-        fetched = read_balance(brokerage, account, replace(config, budget_seconds=budget), sleep)
-        with uow:
-            record_fetch(uow.session, fetched, now)
-            uow.commit()
-            known = balance_as_known(uow.session, account, config.max_age, now)
-            if known.known:
-                return known
+        fetch_balance(uow, brokerage, account, replace(config, budget_seconds=budget), now, sleep)
+        known = known_balance(uow, account, config.max_age, now)
+        if known.known:
+            return known
     raise BalanceUnknown(known.why_unknown(config.max_age))

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books, fleet_env
+from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books, alpaca_fleet_env
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.chaos import FAULT_KINDS, ChaosPlan, FaultInjector, Feed, chaos_feed
 from tests.support.fault_proxy import FaultProxy
@@ -102,15 +102,11 @@ def test_chaos_loses_nothing_and_orders_nothing_twice(
 
 
 def _env(database_url: str, broker_url: str, stub: AlpacaStub, tmp_path: Path) -> dict[str, str]:
-    return fleet_env(
+    return alpaca_fleet_env(
         database_url,
         broker_url,
         tmp_path / "data",
-        DUSTPAN_BROKERAGE="alpaca",
-        DUSTPAN_ALPACA_TRADING_URL=stub.url,
-        DUSTPAN_ALPACA_DATA_URL=stub.url,
-        DUSTPAN_ALPACA_KEY_ID=stub.key_id,
-        DUSTPAN_ALPACA_SECRET_KEY=stub.secret_key,
+        stub,
         DUSTPAN_ALPACA_TIMEOUT_SECONDS="1",
         DUSTPAN_SCHEDULE__BALANCES_SECONDS="2",
         # A SIGKILLed worker's unacknowledged messages come back after 20 s, not an hour.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -32,6 +33,21 @@ def fleet_env(database_url: str, broker_url: str, data_dir: Path, **overrides: s
     )
     env.update(overrides)
     return env
+
+
+def alpaca_fleet_env(database_url: str, broker_url: str, data_dir: Path, stub: Any, **overrides: str) -> dict[str, str]:
+    """A fleet that speaks Alpaca's wire format to a local stub (tests/support/alpaca_stub.py)."""
+    return fleet_env(
+        database_url,
+        broker_url,
+        data_dir,
+        DUSTPAN_BROKERAGE="alpaca",
+        DUSTPAN_ALPACA_TRADING_URL=stub.url,
+        DUSTPAN_ALPACA_DATA_URL=stub.url,
+        DUSTPAN_ALPACA_KEY_ID=stub.key_id,
+        DUSTPAN_ALPACA_SECRET_KEY=stub.secret_key,
+        **overrides,
+    )
 
 
 @pytest.fixture

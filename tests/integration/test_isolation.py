@@ -11,7 +11,7 @@ import httpx
 import psycopg2
 import pytest
 
-from tests.integration.conftest import WEBHOOK_SECRET, Books, fleet_env
+from tests.integration.conftest import WEBHOOK_SECRET, Books, alpaca_fleet_env
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, wait_for
@@ -28,15 +28,11 @@ def stub() -> Iterator[AlpacaStub]:
 
 @pytest.fixture
 def fleet(clean_database: str, broker_url: str, tmp_path: Path, log_dir: Path, stub: AlpacaStub) -> Iterator[Fleet]:
-    env = fleet_env(
+    env = alpaca_fleet_env(
         clean_database,
         broker_url,
         tmp_path / "data",
-        DUSTPAN_BROKERAGE="alpaca",
-        DUSTPAN_ALPACA_TRADING_URL=stub.url,
-        DUSTPAN_ALPACA_DATA_URL=stub.url,
-        DUSTPAN_ALPACA_KEY_ID=stub.key_id,
-        DUSTPAN_ALPACA_SECRET_KEY=stub.secret_key,
+        stub,
         DUSTPAN_ALPACA_TIMEOUT_SECONDS="120",  # the held calls hang longer than the test waits
     )
     running = Fleet(env, log_dir)
