@@ -58,6 +58,7 @@ def test_worker_log_lines_are_json_and_name_the_task_symbol_and_trades(
     assert accumulated["trade_ids"] == ["log-0", "log-1"]
     submitted = [line for line in lines if line.get("execution_id") == execution_id]
     assert {line.get("task_name") for line in submitted} >= {"ingestion.accumulate", "execution.submit"}
-    assert any(line.get("symbol") == "AAPL" and line["logger"] == "tasks.execution" for line in submitted)
+    # The broker's answer is logged where it is recorded (tasks/settlement.py).
+    assert any(line.get("symbol") == "AAPL" and line["logger"] == "tasks.settlement" for line in submitted)
     received = [line for line in lines if str(line["message"]).endswith("received")]
     assert received and all(line["task_id"] and line["task_name"] for line in received)
