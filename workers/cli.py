@@ -253,6 +253,12 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
         keeper = IoPoolKeeper(f"io-{node}", io_concurrency)
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()
+    if pool_for(queues, pool) == "prefork":  # the node that ingests sweeps too, with or without Beat
+        from workers.worker_sweep import WorkerSweep
+
+        sweep = WorkerSweep(app.dependencies, settings.schedule.sweep_seconds)
+        worker_shutdown.connect(lambda **_: sweep.stop(), weak=False)
+        sweep.start()
     # JSON logs: --quiet drops the start-up banner Celery prints to stdout, so every line is JSON.
     # Task events stay on (celeryconfig): Flower needs them.
     quiet = ["--quiet"] if settings.log_format == "json" else []
