@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
 from models.domain.positions import remainder_is_dust
+from models.domain.quantities import ZERO, canonical
 from models.domain.venue import VenueRules
 from models.tables import Execution
 from tasks.dust_settlement import settle_dust_sale
@@ -43,10 +44,12 @@ def request_exit(
             raise Refused(
                 409,
                 "insufficient_position",
-                f"{account} holds {max(available, Decimal(0))} {symbol} available to exit",
+                f"{account} holds {canonical(max(available, ZERO))} {symbol} available to exit",
             )
         if wanted % rules.increment != 0:
-            raise Refused(422, "not_tradable", f"{wanted} {symbol} is not a multiple of {rules.increment}")
+            raise Refused(
+                422, "not_tradable", f"{canonical(wanted)} {symbol} is not a multiple of {canonical(rules.increment)}"
+            )
         execution = new_sell(session, account, symbol, wanted, "exit", now, reason=reason)
         uow.commit()
         return execution

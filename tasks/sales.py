@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from models.db import UnitOfWork
-from models.domain.quantities import money_text
+from models.domain.quantities import ZERO, canonical, money_text
 from models.domain.sales import SaleQuote, quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution
@@ -37,7 +37,7 @@ def check_quote(quote: SaleQuote, rules: VenueRules, symbol: str) -> None:
         )
     refusal = rules.refusal(quote.quantity, quote.price)
     if refusal:
-        raise Refused(422, "not_tradable", f"{symbol}: {refusal} (at price {quote.price})")
+        raise Refused(422, "not_tradable", f"{symbol}: {refusal} (at price {canonical(quote.price)})")
 
 
 def _advice(quote: SaleQuote) -> str:
@@ -71,9 +71,11 @@ def place_notional_sale(
             raise Refused(
                 409,
                 "insufficient_position",
-                f"{account} holds {max(available, Decimal(0))} {symbol} available; the sale needs {quote.quantity}",
+                f"{account} holds {canonical(max(available, ZERO))} {symbol} available;"
+                f" the sale needs {canonical(quote.quantity)}",
             )
-        execution = new_sell(session, account, symbol, quote.quantity, "sell", now, reason=f"sell {notional} USD")
+        reason = f"sell {canonical(notional)} USD"
+        execution = new_sell(session, account, symbol, quote.quantity, "sell", now, reason=reason)
         session.add(
             DustLedger(
                 execution_id=execution.id,

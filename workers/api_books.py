@@ -9,16 +9,17 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
+from models.domain.grammar import SYMBOL_PATTERN, TRADE_ID_PATTERN
 from models.domain.quantities import canonical, money_text
 from models.tables import Accumulator, Contribution, DustLedger, Execution, Position, SymbolFreeze, Trade
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.sales import ledger_volume
 from workers import runtime
-from workers.api_common import TRADE_ID_PATTERN, FreeText, Operator, execution_json, json_value
-from workers.webhook import SYMBOL_PATTERN
+from workers.api_common import FreeText, Operator, execution_json, json_value
+from workers.api_contract import responses
 
-router = APIRouter()
+router = APIRouter(responses=responses(401, 408, 422, 503))
 Symbol = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
@@ -26,7 +27,7 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 def _accumulator_json(row: Accumulator) -> dict[str, Any]:
     return {
         "symbol": row.symbol,
-        "net_quantity": str(row.net_quantity),
+        "net_quantity": canonical(row.net_quantity),
         "updated_at": row.updated_at.isoformat(),
     }
 
@@ -45,7 +46,7 @@ def list_accumulators(
     return {"items": items, "next": items[-1]["symbol"] if len(items) == limit else None}
 
 
-@router.get("/accumulators/{symbol:path}")  # :path: symbols such as BTC/USD contain a slash
+@router.get("/accumulators/{symbol:path}", responses=responses(404))  # :path: symbols such as BTC/USD contain a slash
 def get_accumulator(symbol: Symbol, _: Operator) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         row = uow.session.get(Accumulator, symbol)
@@ -83,7 +84,7 @@ def list_executions(
     return {"items": items, "next": items[-1]["cursor"] if len(items) == limit else None}
 
 
-@router.get("/trades/{trade_id}")
+@router.get("/trades/{trade_id}", responses=responses(404))
 def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Operator) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         trade = uow.session.get(Trade, trade_id)
@@ -137,7 +138,7 @@ def freeze(symbol: Symbol, _: Operator, response: Response, body: FreezeIn | Non
     return {"symbol": symbol, "frozen": True, "created": created}
 
 
-@router.delete("/freezes/{symbol:path}", status_code=204)
+@router.delete("/freezes/{symbol:path}", status_code=204, responses=responses(404))
 def unfreeze(symbol: Symbol, _: Operator) -> Response:
     if not unfreeze_symbol(runtime.unit_of_work(), symbol, runtime.now()):
         raise HTTPException(404, f"{symbol} is not frozen")

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.domain.trades import IncomingTrade
 from tasks.ingestion import StoreResult, store_webhooks
 from workers import metrics, runtime
+from workers.api_contract import responses, unavailable
 from workers.group_commit import GroupCommit
 from workers.webhook import PayloadError, read_trades, verify_signature
 
@@ -36,13 +38,13 @@ log = logging.getLogger(__name__)
 PATH = "/webhooks/trades"
 # Trades per group transaction: a few hundred-trade webhooks, or many one-trade ones.
 GROUP_MAX_TRADES = 2000
-UNAVAILABLE = {"error": "unavailable", "message": "database unavailable, retry"}
+CLIENT_GONE = 499  # nginx's "client closed request", for the metrics: no one receives it
 METRICS_PAUSE_SECONDS = 0.1  # float-ok: a duration
 
 router = APIRouter()
 
 
-@router.post(PATH, status_code=202)
+@router.post(PATH, status_code=202, responses=responses(401, 408, 413, 422, 503))
 async def receive_trades(request: Request) -> JSONResponse:
     started, status, result = time.perf_counter_ns(), 500, None
     try:
@@ -55,7 +57,14 @@ async def receive_trades(request: Request) -> JSONResponse:
         # any re-delivery after a lost answer does.
         log.error("database unavailable: %s", exc.orig)
         status = 503
-        return JSONResponse(UNAVAILABLE, status_code=503)
+        body, headers = unavailable("database")
+        return JSONResponse(body, status_code=503, headers=headers)
+    except ClientDisconnect:
+        # One line, no traceback; the body was not complete, so nothing of it was stored.
+        client = request.client.host if request.client else "?"
+        log.warning("client %s disconnected before its webhook body was complete; nothing stored", client)
+        status = CLIENT_GONE
+        return Response(status_code=400)
     finally:
         threads = _threads_of_this_loop()
         if result is not None and result.symbols:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
+from models.domain.grammar import GrammarError, parse_symbol
+
 # The database-bound modules are imported when a command runs: `dustpan up` should not pay for them.
 COMMANDS = ("freeze", "unfreeze", "freezes", "balances")
-SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$")  # as the API and the webhook accept
 
 
 def _symbol(text: str) -> str:
-    if not SYMBOL.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a symbol (upper case, e.g. AAPL or AUT-USD)")
-    return text
+    """The API's symbol grammar (SPEC section 3); argparse turns the refusal into exit status 2."""
+    try:
+        return parse_symbol(text)
+    except GrammarError as exc:
+        raise argparse.ArgumentTypeError(f"symbol {text!r} {exc}") from None
 
 
 def add_commands(commands: Any) -> None:
