@@ -71,7 +71,7 @@ async def _client_gone(request: Request, _: ClientDisconnect) -> Response:
     return Response(status_code=400)  # never delivered: nobody is listening
 
 
-@app.get("/metrics", responses=responses(401, 503))
+@app.get("/metrics", responses=responses(401, 408, 503))
 def prometheus_metrics(_: Operator) -> Response:
     # An operator endpoint (SPEC 3): it names symbols and nets. Prometheus sends the bearer
     # token with `authorization: {credentials: ...}` in its scrape config.

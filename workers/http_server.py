@@ -82,7 +82,7 @@ class DeadlineProtocol(_ServerProtocol):  # type: ignore[misc, valid-type]
         if self.transport.is_closing():
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        log.warning("closing the connection of %s: its %s were not complete within %g s", client, phase, seconds)
+        log.warning("closing the connection of %s: request %s not complete within %g s", client, phase, seconds)
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(REQUEST_TIMEOUT)
