@@ -18,10 +18,11 @@ from tasks.sales import ledger_volume
 from workers import runtime
 from workers.api_common import FreeText, Operator, execution_json, json_value
 from workers.api_contract import responses
+from workers.api_types import count
 
 router = APIRouter(responses=responses(401, 408, 422, 503))
 Symbol = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = Annotated[count(1, 1000), Query()]
 
 
 def _accumulator_json(row: Accumulator) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def list_executions(
     _: Operator,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
     status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,20}$")] = None,
-    after: Annotated[int | None, Query(ge=0, le=2**62, description="cursor: the last item's cursor")] = None,
+    after: Annotated[count(0, 2**62) | None, Query(description="cursor: the last item's cursor")] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     query = select(Execution).order_by(Execution.seq).limit(limit)

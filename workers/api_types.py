@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from models.domain import grammar
 from models.domain.quantities import MAX_INTEGER_DIGITS
@@ -69,6 +69,17 @@ Symbol = Annotated[
     BeforeValidator(grammar.parse_symbol),
     WithJsonSchema({"type": "string", "pattern": grammar.SYMBOL_PATTERN, "minLength": 1, "maxLength": 16}),
 ]
+
+
+def count(minimum: int, maximum: int) -> Any:
+    """A whole number in a query, in ``minimum .. maximum`` (the schema says so in standard words)."""
+    return Annotated[
+        int,
+        BeforeValidator(grammar.parse_count),
+        Field(ge=minimum, le=maximum),
+        WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum}),
+    ]
+
 
 _WHERE = ("body", "query", "path", "header", "cookie")
 

@@ -18,7 +18,7 @@ def _symbol(text: str) -> str:
     try:
         return parse_symbol(text)
     except GrammarError as exc:
-        raise argparse.ArgumentTypeError(f"symbol {text!r} {exc}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a symbol: it {exc}") from None
 
 
 def add_commands(commands: Any) -> None:

@@ -147,6 +147,15 @@ def _local_time(match: re.Match[str], fraction: str) -> datetime:
         raise GrammarError("is not a valid calendar date and time") from None
 
 
+def parse_count(value: object) -> int:
+    """A whole number in a query (limits, cursors): ASCII digits only, no sign, spaces or underscores."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,19}", value):
+        raise GrammarError("must be a whole number written in ASCII digits")
+    return int(value)
+
+
 def parse_trade_id(value: object) -> str:
     if not isinstance(value, str) or not _TRADE_ID.fullmatch(value):
         raise GrammarError("must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'")

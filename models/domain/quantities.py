@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import decimal
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from enum import StrEnum
 
 # NUMERIC(38, 18): at most 20 integer digits and 18 fractional digits.
 SCALE = 18
 MAX_INTEGER_DIGITS = 38 - SCALE
+# Python's default context keeps 28 significant digits, fewer than the 38 a stored quantity has:
+# a sum, or normalize(), of 100000000000000000.00000000001 would round. Twice 38 keeps every sum
+# and product of stored values exact. Each thread's context starts as a copy of DefaultContext;
+# this module is imported before any thread of the API or a worker starts.
+EXACT_DIGITS = 76
+decimal.DefaultContext.prec = EXACT_DIGITS
+decimal.getcontext().prec = EXACT_DIGITS
 ONE = Decimal(1)
 ZERO = Decimal(0)
 
