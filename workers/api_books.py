@@ -15,14 +15,13 @@ from models.tables import Accumulator, Contribution, DustLedger, Execution, Posi
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.sales import ledger_volume
-from workers import runtime
+from workers import api_types, runtime
 from workers.api_common import FreeText, Operator, execution_json, json_value
 from workers.api_contract import responses
-from workers.api_types import count
 
 router = APIRouter(responses=responses(401, 408, 422, 503))
 Symbol = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
-Limit = Annotated[count(1, 1000), Query()]
+Limit = Annotated[api_types.Limit, Query()]
 
 
 def _accumulator_json(row: Accumulator) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def list_executions(
     _: Operator,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
     status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,20}$")] = None,
-    after: Annotated[count(0, 2**62) | None, Query(description="cursor: the last item's cursor")] = None,
+    after: Annotated[api_types.Cursor | None, Query(description="cursor: the last item's cursor")] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     query = select(Execution).order_by(Execution.seq).limit(limit)

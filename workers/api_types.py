@@ -71,15 +71,13 @@ Symbol = Annotated[
 ]
 
 
-def count(minimum: int, maximum: int) -> Any:
-    """A whole number in a query, in ``minimum .. maximum`` (the schema says so in standard words)."""
-    return Annotated[
-        int,
-        BeforeValidator(grammar.parse_count),
-        Field(ge=minimum, le=maximum),
-        WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum}),
-    ]
+def _count_schema(minimum: int, maximum: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum})
 
+
+# Whole numbers in a query, ASCII digits only (pydantic alone reads "1_0" and " 10" as 10).
+Limit = Annotated[int, BeforeValidator(grammar.parse_count), Field(ge=1, le=1000), _count_schema(1, 1000)]
+Cursor = Annotated[int, BeforeValidator(grammar.parse_count), Field(ge=0, le=2**62), _count_schema(0, 2**62)]
 
 _WHERE = ("body", "query", "path", "header", "cookie")
 
@@ -100,6 +98,6 @@ def problem_text(error: dict[str, Any]) -> str:
     return str(error.get("msg", "is invalid"))
 
 
-def invalid_payload(errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def invalid_payload(errors: Sequence[Any]) -> dict[str, Any]:
     details = [{"field": field_name(e.get("loc", ())), "problem": problem_text(e)} for e in errors]
     return {"error": "invalid_payload", "details": details}

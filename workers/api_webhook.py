@@ -45,7 +45,7 @@ router = APIRouter()
 
 
 @router.post(PATH, status_code=202, responses=responses(401, 408, 413, 422, 503))
-async def receive_trades(request: Request) -> JSONResponse:
+async def receive_trades(request: Request) -> Response:
     started, status, result = time.perf_counter_ns(), 500, None
     try:
         response, result = await _accept_trades(request)

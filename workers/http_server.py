@@ -39,7 +39,7 @@ def _timeouts() -> tuple[float, float]:  # float-ok: seconds for the event loop'
     return float(http.header_timeout_seconds), float(http.body_timeout_seconds)  # float-ok: seconds
 
 
-class DeadlineProtocol(_ServerProtocol):  # type: ignore[misc, valid-type]
+class DeadlineProtocol(_ServerProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
