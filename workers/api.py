@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -46,6 +47,14 @@ async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     # Not the client's fault and nothing was stored: tell them to retry the same request.
     log.error("database unavailable: %s", getattr(exc, "orig", None) or exc)
     body, headers = unavailable("database")
+    return JSONResponse(body, status_code=503, headers=headers)
+
+
+@app.exception_handler(redis.ConnectionError)
+@app.exception_handler(redis.TimeoutError)
+async def _broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.error("Celery broker (Redis) unavailable: %s", exc)
+    body, headers = unavailable("Celery broker")
     return JSONResponse(body, status_code=503, headers=headers)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
@@ -16,7 +16,7 @@ from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.sales import ledger_volume
 from workers import api_types, runtime
-from workers.api_common import FreeText, Operator, execution_json, json_value
+from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json, json_value
 from workers.api_contract import responses
 
 router = APIRouter(responses=responses(401, 408, 422, 503))
@@ -130,9 +130,14 @@ class FreezeIn(BaseModel):
     reason: FreeText = "frozen by an operator"
 
 
-@router.post("/freezes/{symbol:path}", status_code=201)
-def freeze(symbol: Symbol, _: Operator, response: Response, body: FreezeIn | None = None) -> dict[str, Any]:
-    created = freeze_symbol(runtime.unit_of_work(), symbol, (body or FreezeIn()).reason, runtime.now())
+@router.post("/freezes/{symbol:path}", status_code=201, openapi_extra=body_schema(FreezeIn, required=False))
+def freeze(
+    symbol: Symbol,
+    _: Operator,
+    response: Response,
+    body: Annotated[FreezeIn, Depends(exact_body(FreezeIn, optional=True))],
+) -> dict[str, Any]:
+    created = freeze_symbol(runtime.unit_of_work(), symbol, body.reason, runtime.now())
     if not created:
         response.status_code = 200
     return {"symbol": symbol, "frozen": True, "created": created}

@@ -50,11 +50,16 @@ def require_operator(credentials: Annotated[HTTPAuthorizationCredentials | None,
 Operator = Annotated[None, Depends(require_operator)]
 
 
-def exact_body(model: type[M]) -> Callable[[Request], Any]:
-    """A request body parsed with JSON numbers as Decimals read from their text, never floats."""
+def exact_body(model: type[M], *, optional: bool = False) -> Callable[[Request], Any]:
+    """A request body parsed with JSON numbers as Decimals read from their text, never floats.
+
+    ``optional``: an empty body is the model's defaults.
+    """
 
     async def parse(request: Request) -> M:
         raw = await request.body()
+        if optional and not raw.strip():
+            raw = b"{}"
         try:
             data = loads_exact(raw)
         except (ValueError, RecursionError) as exc:
@@ -67,11 +72,11 @@ def exact_body(model: type[M]) -> Callable[[Request], Any]:
     return parse
 
 
-def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def body_schema(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
     """OpenAPI for a body read by ``exact_body`` (FastAPI cannot see it in the signature)."""
     return {
         "requestBody": {
-            "required": True,
+            "required": required,
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }

@@ -42,6 +42,13 @@ class DetailOut(BaseModel):
     detail: str
 
 
+class DustCapExceeded(BaseModel):
+    error: Literal["dust_cap_exceeded"]
+    cap: str
+    would_be_dust: str
+    message: str
+
+
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _ANSWERS: dict[int, dict[str, Any]] = {
     401: {"model": DetailOut, "description": "missing or invalid credentials"},
@@ -57,6 +64,15 @@ _ANSWERS: dict[int, dict[str, Any]] = {
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` of these error codes, for a router or a route."""
     return {code: _ANSWERS[code] for code in codes}
+
+
+def order_responses() -> dict[int | str, dict[str, Any]]:
+    """Sales and exits: a 422 is also a refusal of the order itself (dust cap, venue rules, account)."""
+    refused = {
+        "model": InvalidPayload | DustCapExceeded | ErrorOut,
+        "description": "invalid input (naming each field), or an order the venue or the dust cap refuses",
+    }
+    return {**responses(401, 408, 409, 503), 422: refused}
 
 
 def unavailable(what: str) -> tuple[dict[str, str], dict[str, str]]:

@@ -17,11 +17,11 @@ from tasks.guards import Refused
 from tasks.sales import check_quote, place_notional_sale
 from workers import runtime
 from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json
-from workers.api_contract import responses
+from workers.api_contract import order_responses
 from workers.api_types import PositiveDecimal, StrictBoolean, Symbol
 
 # 409: frozen or not enough position; 503: the database, or the brokerage for the price.
-router = APIRouter(responses=responses(401, 408, 409, 422, 503))
+router = APIRouter(responses=order_responses())
 
 
 class SellIn(BaseModel):

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import Services
 from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books, fleet_env
+from tests.support.fault_proxy import FaultProxy
 from tests.support.fleet import DustpanProcess, Fleet, free_port, wait_for
 from workers.webhook import sign
 
@@ -277,6 +278,31 @@ def test_sells_quote_answers_503_with_retry_after_while_the_brokerage_is_down(
         assert int(answer.headers["Retry-After"]) > 0
         assert answer.json()["error"] == "unavailable"
     assert books_are_empty(books)
+
+
+def test_database_outage_answers_503_with_retry_after_on_reads_orders_and_the_webhook(
+    services: Services, clean_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    home = tmp_path_factory.mktemp("database-down")
+    with FaultProxy.for_url(clean_database) as proxy:
+        fleet = Fleet(fleet_env(proxy.url_for(clean_database), services.broker_url, home / "data"), home)
+        fleet.start_api()
+        try:
+            proxy.refuse = True  # new connections are reset: PostgreSQL looks down
+            proxy.reset_all()
+            with httpx.Client(base_url=fleet.api_url, timeout=60) as http:
+                answers = {
+                    "GET /accumulators": http.get("/accumulators", headers=AUTH),
+                    "GET /trades/t-1": http.get("/trades/t-1", headers=AUTH),
+                    "POST /sells/quote": http.post("/sells/quote", headers=AUTH, json={"symbol": "A", "notional": "1"}),
+                    "POST /exits": http.post("/exits", headers=AUTH, json={"symbol": "A", "all": True, "reason": "x"}),
+                    "POST /webhooks/trades": deliver(http, trade()),
+                }
+        finally:
+            fleet.stop()
+    for name, answer in answers.items():
+        assert answer.status_code == 503, (name, answer.text)
+        assert int(answer.headers["Retry-After"]) > 0, name
 
 
 # --- slow and vanished clients -----------------------------------------------------------------------
