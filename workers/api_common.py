@@ -77,9 +77,26 @@ def body_schema(model: type[BaseModel], *, required: bool = True) -> dict[str, A
     return {
         "requestBody": {
             "required": required,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": _inline_refs(model.model_json_schema())}},
         }
     }
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Nested models inlined: pydantic's "#/$defs/..." would point into the OpenAPI document's root."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return dict(inline(schema))
 
 
 def json_value(value: Any) -> Any:

@@ -30,9 +30,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from models.domain.trades import IncomingTrade
 from tasks.ingestion import StoreResult, store_webhooks
 from workers import metrics, runtime
+from workers.api_common import body_schema
 from workers.api_contract import responses, unavailable
 from workers.group_commit import GroupCommit
-from workers.webhook import PayloadError, read_trades, verify_signature
+from workers.webhook import PayloadError, TradesIn, read_trades, verify_signature
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/trades"
@@ -44,7 +45,21 @@ METRICS_PAUSE_SECONDS = 0.1  # float-ok: a duration
 router = APIRouter()
 
 
-@router.post(PATH, status_code=202, responses=responses(401, 408, 413, 422, 503))
+def _documented_request() -> dict[str, Any]:
+    """The body and signature headers, for /openapi.json (the handler reads the raw bytes itself)."""
+    headers = [
+        ("X-Dustpan-Timestamp", "unix seconds, within webhook.tolerance_seconds of now", r"^[0-9]{1,12}$"),
+        ("X-Dustpan-Signature", 'v1=<hex HMAC-SHA256 of "{timestamp}." + raw body>, comma-separated', None),
+    ]
+    parameters = [
+        {"name": name, "in": "header", "required": True, "description": text, "schema": {"type": "string"}}
+        | ({"schema": {"type": "string", "pattern": pattern}} if pattern else {})
+        for name, text, pattern in headers
+    ]
+    return {**body_schema(TradesIn), "parameters": parameters}
+
+
+@router.post(PATH, status_code=202, responses=responses(401, 408, 413, 422, 503), openapi_extra=_documented_request())
 async def receive_trades(request: Request) -> Response:
     started, status, result = time.perf_counter_ns(), 500, None
     try:

@@ -209,6 +209,11 @@ def test_openapi_declares_http_bearer_every_error_answer_and_the_grammar(client:
                 takes_input = operation.get("parameters") or operation.get("requestBody")
                 assert not takes_input or "422" in codes, (method, path, codes)
     assert {"409", "422", "503"} <= set(spec["paths"]["/sells/quote"]["post"]["responses"])
+    webhook = spec["paths"]["/webhooks/trades"]["post"]
+    trade = webhook["requestBody"]["content"]["application/json"]["schema"]["properties"]["trades"]["items"]
+    assert trade["properties"]["id"]["pattern"] == "^[A-Za-z0-9._:-]{1,128}$"
+    assert trade["properties"]["executed_at"]["format"] == "date-time"
+    assert {p["name"] for p in webhook["parameters"]} == {"X-Dustpan-Timestamp", "X-Dustpan-Signature"}
     assert "404" in spec["paths"]["/trades/{trade_id}"]["get"]["responses"]
     notional = spec["paths"]["/sells"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     as_text, as_number = notional["properties"]["notional"]["anyOf"]
