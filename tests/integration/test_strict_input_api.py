@@ -381,3 +381,21 @@ def test_client_disconnecting_mid_body_is_one_log_line_without_traceback_and_not
     assert "Traceback" not in logged, logged
     assert len([line for line in logged.splitlines() if "disconnected" in line]) == 1, logged
     assert books_are_empty(books)
+
+
+def test_connections_past_the_cap_are_answered_503_and_the_api_serves_again_once_they_close(
+    services: Services, clean_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    home = tmp_path_factory.mktemp("connection-cap")
+    env = fleet_env(clean_database, services.broker_url, home / "data", DUSTPAN_HTTP__MAX_CONNECTIONS="2")
+    fleet = Fleet(env, home)
+    fleet.start_api()
+    try:
+        held = [socket.create_connection(("127.0.0.1", fleet.api_port), timeout=30) for _ in range(2)]
+        over = httpx.get(f"{fleet.api_url}/health", timeout=30)
+        for sock in held:
+            sock.close()
+        wait_for(lambda: httpx.get(f"{fleet.api_url}/health", timeout=30).status_code == 200, 20, "a free slot")
+    finally:
+        fleet.stop()
+    assert over.status_code == 503, over.text
