@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
 from models.domain.positions import remainder_is_dust
+from models.domain.quantities import ZERO, canonical
 from models.domain.venue import VenueRules
 from models.tables import Execution, Position
 from tasks.dust_settlement import align_aggregate_with_position, ledger_filled_sale, settle_dust_sale
@@ -45,7 +46,7 @@ def request_exit(
         if available <= 0 or wanted > available:
             raise Refused(
                 "insufficient_position",
-                f"{account} holds {max(available, Decimal(0))} {symbol} available to exit",
+                f"{account} holds {canonical(max(available, ZERO))} {symbol} available to exit",
             )
         # Like a sale, an exit never sends what the venue cannot trade (SPEC 1.7).
         ensure_venue_accepts(rules, symbol, wanted, last_known_price(session, symbol))

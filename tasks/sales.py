@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from models.db import UnitOfWork
-from models.domain.quantities import money_text
+from models.domain.quantities import ZERO, canonical, money_text
 from models.domain.sales import SaleQuote, quote_sale
 from models.domain.venue import VenueRules
 from models.tables import DustLedger, Execution
@@ -67,9 +67,12 @@ def place_notional_sale(
         if quote.quantity > available:
             raise Refused(
                 "insufficient_position",
-                f"{account} holds {max(available, Decimal(0))} {symbol} available; the sale needs {quote.quantity}",
+                f"{account} holds {canonical(max(available, ZERO))} {symbol} available;"
+                f" the sale needs {canonical(quote.quantity)}",
             )
-        execution = new_sell(session, account, symbol, quote.quantity, "sell", now, reason=f"sell {notional} USD")
+        execution = new_sell(
+            session, account, symbol, quote.quantity, "sell", now, reason=f"sell {canonical(notional)} USD"
+        )
         execution.requested_notional = quote.requested
         execution.quoted_price = quote.price
         uow.commit()

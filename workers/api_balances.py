@@ -9,8 +9,9 @@ from fastapi import APIRouter
 from tasks.balances import known_balances
 from workers import runtime
 from workers.api_common import Operator
+from workers.api_contract import responses
 
-router = APIRouter()
+router = APIRouter(responses=responses(401, 408, 503))
 
 
 @router.get("/balances")

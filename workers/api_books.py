@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
+from models.domain.grammar import SYMBOL_PATTERN, TRADE_ID_PATTERN
 from models.domain.quantities import canonical, money_text
 from models.tables import Accumulator, DustLedger, Execution, Position, SymbolFreeze, Trade
 from models.tables_ops import Lot
@@ -16,19 +17,19 @@ from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.lineage import TradeExecution, is_completed, trade_executions, trade_ids_by_execution
 from tasks.sales import ledger_volume
-from workers import runtime
-from workers.api_common import TRADE_ID_PATTERN, FreeText, Operator, execution_json, json_value
-from workers.webhook import SYMBOL_PATTERN
+from workers import api_types, runtime
+from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json, json_value
+from workers.api_contract import responses
 
-router = APIRouter()
+router = APIRouter(responses=responses(401, 408, 422, 503))
 Symbol = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = Annotated[api_types.Limit, Query()]
 
 
 def _accumulator_json(row: Accumulator) -> dict[str, Any]:
     return {
         "symbol": row.symbol,
-        "net_quantity": str(row.net_quantity),
+        "net_quantity": canonical(row.net_quantity),
         "updated_at": row.updated_at.isoformat(),
     }
 
@@ -47,7 +48,7 @@ def list_accumulators(
     return {"items": items, "next": items[-1]["symbol"] if len(items) == limit else None}
 
 
-@router.get("/accumulators/{symbol:path}")  # :path: symbols such as BTC/USD contain a slash
+@router.get("/accumulators/{symbol:path}", responses=responses(404))  # :path: symbols such as BTC/USD contain a slash
 def get_accumulator(symbol: Symbol, _: Operator) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         row = uow.session.get(Accumulator, symbol)
@@ -61,7 +62,7 @@ def list_executions(
     _: Operator,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
     status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,20}$")] = None,
-    after: Annotated[int | None, Query(ge=0, le=2**62, description="cursor: the last item's cursor")] = None,
+    after: Annotated[api_types.Cursor | None, Query(description="cursor: the last item's cursor")] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     query = select(Execution).order_by(Execution.seq).limit(limit)
@@ -78,7 +79,7 @@ def list_executions(
     return {"items": items, "next": items[-1]["cursor"] if len(items) == limit else None}
 
 
-@router.get("/trades/{trade_id}")
+@router.get("/trades/{trade_id}", responses=responses(404))
 def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Operator) -> dict[str, Any]:
     with runtime.unit_of_work() as uow:
         trade = uow.session.get(Trade, trade_id)
@@ -140,15 +141,20 @@ class FreezeIn(BaseModel):
     reason: FreeText = "frozen by an operator"
 
 
-@router.post("/freezes/{symbol:path}", status_code=201)
-def freeze(symbol: Symbol, _: Operator, response: Response, body: FreezeIn | None = None) -> dict[str, Any]:
-    created = freeze_symbol(runtime.unit_of_work(), symbol, (body or FreezeIn()).reason, runtime.now())
+@router.post("/freezes/{symbol:path}", status_code=201, openapi_extra=body_schema(FreezeIn, required=False))
+def freeze(
+    symbol: Symbol,
+    _: Operator,
+    response: Response,
+    body: Annotated[FreezeIn, Depends(exact_body(FreezeIn, optional=True))],
+) -> dict[str, Any]:
+    created = freeze_symbol(runtime.unit_of_work(), symbol, body.reason, runtime.now())
     if not created:
         response.status_code = 200
     return {"symbol": symbol, "frozen": True, "created": created}
 
 
-@router.delete("/freezes/{symbol:path}", status_code=204)
+@router.delete("/freezes/{symbol:path}", status_code=204, responses=responses(404))
 def unfreeze(symbol: Symbol, _: Operator) -> Response:
     if not unfreeze_symbol(runtime.unit_of_work(), symbol, runtime.now()):
         raise HTTPException(404, f"{symbol} is not frozen")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -12,8 +11,10 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from models.domain.grammar import loads_exact
 from models.domain.quantities import canonical
 from models.tables import Execution
 from workers import runtime
@@ -33,13 +34,14 @@ def _storable_text(value: str) -> str:
 
 
 FreeText = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_storable_text)]
-TRADE_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # the webhook's rule for trade ids
+# HTTPBearer puts the scheme into the OpenAPI document (the Authorize button of /docs) and reads
+# the scheme name case-insensitively, as RFC 7235 says; auto_error=False: the 401 below is ours.
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <DUSTPAN_API_TOKEN>")
 
 
-def require_operator(request: Request) -> None:
+def require_operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     token = runtime.settings().api_token or ""
-    header = request.headers.get("authorization", "")
-    offered = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    offered = credentials.credentials.strip() if credentials is not None else ""
     # Constant time over the bytes: the comparison must not tell how much of a guess was right.
     if not token or not hmac.compare_digest(offered.encode(), token.encode()):
         raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -48,19 +50,20 @@ def require_operator(request: Request) -> None:
 Operator = Annotated[None, Depends(require_operator)]
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
+def exact_body(model: type[M], *, optional: bool = False) -> Callable[[Request], Any]:
+    """A request body parsed with JSON numbers as Decimals read from their text, never floats.
 
-
-def exact_body(model: type[M]) -> Callable[[Request], Any]:
-    """A request body parsed with JSON numbers as Decimals read from their text, never floats."""
+    ``optional``: an empty body is the model's defaults.
+    """
 
     async def parse(request: Request) -> M:
         raw = await request.body()
+        if optional and not raw.strip():
+            raw = b"{}"
         try:
-            data = json.loads(raw, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants)
+            data = loads_exact(raw)
         except (ValueError, RecursionError) as exc:
-            raise RequestValidationError([{"loc": ("body",), "msg": f"body is not valid JSON: {exc}"}]) from None
+            raise RequestValidationError([{"loc": ("body",), "msg": f"is not valid JSON: {exc}"}]) from None
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -69,14 +72,31 @@ def exact_body(model: type[M]) -> Callable[[Request], Any]:
     return parse
 
 
-def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def body_schema(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
     """OpenAPI for a body read by ``exact_body`` (FastAPI cannot see it in the signature)."""
     return {
         "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "required": required,
+            "content": {"application/json": {"schema": _inline_refs(model.model_json_schema())}},
         }
     }
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Nested models inlined: pydantic's "#/$defs/..." would point into the OpenAPI document's root."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return dict(inline(schema))
 
 
 def json_value(value: Any) -> Any:

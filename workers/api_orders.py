@@ -18,23 +18,25 @@ from tasks.guards import Refused
 from tasks.sales import check_quote, place_notional_sale
 from workers import runtime
 from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json
-from workers.webhook import SYMBOL_PATTERN, positive_decimal
+from workers.api_contract import order_responses
+from workers.api_types import PositiveDecimal, StrictBoolean, Symbol
 
-router = APIRouter()
+# 409: frozen or not enough position; 503: the database, or the brokerage for the price.
+router = APIRouter(responses=order_responses())
 
 
 class SellIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
-    notional: Annotated[Decimal, positive_decimal("notional"), Field(description="USD to sell, as a string")]
+    symbol: Symbol
+    notional: Annotated[PositiveDecimal, Field(description="USD to sell")]
     account: Annotated[str, Field(min_length=1, max_length=64)] = "default"
 
 
 class ExitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    symbol: Annotated[str, Field(pattern=SYMBOL_PATTERN)]
-    quantity: Annotated[Decimal | None, positive_decimal("quantity")] = None
-    all: bool = False
+    symbol: Symbol
+    quantity: PositiveDecimal | None = None
+    all: StrictBoolean = False
     reason: FreeText
     account: Annotated[str, Field(min_length=1, max_length=64)] = "default"
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator, Field
 
+from models.domain import grammar
+from models.domain.grammar import SYMBOL_PATTERN
 from tasks.position_book import PnlFilter, open_positions, realized_pnl
-from workers import runtime
+from workers import api_types, runtime
 from workers.api_common import Operator
-from workers.webhook import SYMBOL_PATTERN
+from workers.api_contract import responses
 
-router = APIRouter()
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+router = APIRouter(responses=responses(401, 408, 422, 503))
+# Whole numbers in a query, ASCII digits only (the grammar of workers.api_types), up to 10,000 entries.
+PnlLimit = Annotated[int, BeforeValidator(grammar.parse_count), Field(ge=1, le=10000)]
 
 
 @router.get("/positions")
@@ -27,28 +29,10 @@ def list_positions(_: Operator) -> dict[str, Any]:
 @router.get("/pnl")
 def list_pnl(
     _: Operator,
-    since: Annotated[datetime | None, Query(description="RFC 3339 with an offset")] = None,
+    since: Annotated[api_types.UtcTime | None, Query(description="RFC 3339 with an offset, normalized to UTC")] = None,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    limit: Annotated[PnlLimit, Query()] = 1000,
 ) -> dict[str, Any]:
     """Realized P&L entries and their totals by symbol and reason."""
-    moment = None if since is None else _in_utc(since)
+    moment: datetime | None = since
     return realized_pnl(runtime.unit_of_work(), PnlFilter(since=moment, symbol=symbol, limit=limit))
-
-
-def _in_utc(since: datetime) -> datetime:
-    """Normalized to UTC within 1970..9999 (SPEC 3); PostgreSQL takes no offset beyond 15:59."""
-    if since.tzinfo is None:
-        # A time without an offset is ambiguous: refuse it rather than guess the zone.
-        _refuse("needs an offset, e.g. Z or +00:00")
-    try:
-        moment = since.astimezone(UTC)
-    except OverflowError:
-        _refuse("is outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z")
-    if not EARLIEST <= moment <= LATEST:
-        _refuse("is outside 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z")
-    return moment
-
-
-def _refuse(problem: str) -> NoReturn:
-    raise RequestValidationError([{"loc": ("query", "since"), "msg": problem}])

@@ -22,29 +22,46 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.domain.trades import IncomingTrade
 from tasks.ingestion import StoreResult, store_webhooks
 from tasks.log_context import log_context
 from workers import logging_setup, metrics, runtime
+from workers.api_common import body_schema
+from workers.api_contract import responses, unavailable
 from workers.group_commit import GroupCommit
-from workers.webhook import PayloadError, read_trades, verify_signature
+from workers.webhook import PayloadError, TradesIn, read_trades, verify_signature
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/trades"
 # Trades per group transaction: a few hundred-trade webhooks, or many one-trade ones.
 GROUP_MAX_TRADES = 2000
-UNAVAILABLE = {"error": "unavailable", "message": "database unavailable, retry"}
+CLIENT_GONE = 499  # nginx's "client closed request", for the metrics: no one receives it
 METRICS_PAUSE_SECONDS = 0.1  # float-ok: a duration
 
 router = APIRouter()
 
 
-@router.post(PATH, status_code=202)
-async def receive_trades(request: Request) -> JSONResponse:
+def _documented_request() -> dict[str, Any]:
+    """The body and signature headers, for /openapi.json (the handler reads the raw bytes itself)."""
+    headers = [
+        ("X-Dustpan-Timestamp", "unix seconds, within webhook.tolerance_seconds of now", r"^[0-9]{1,12}$"),
+        ("X-Dustpan-Signature", 'v1=<hex HMAC-SHA256 of "{timestamp}." + raw body>, comma-separated', None),
+    ]
+    parameters = [
+        {"name": name, "in": "header", "required": True, "description": text, "schema": {"type": "string"}}
+        | ({"schema": {"type": "string", "pattern": pattern}} if pattern else {})
+        for name, text, pattern in headers
+    ]
+    return {**body_schema(TradesIn), "parameters": parameters}
+
+
+@router.post(PATH, status_code=202, responses=responses(401, 408, 413, 422, 503), openapi_extra=_documented_request())
+async def receive_trades(request: Request) -> Response:
     started, status, result = time.perf_counter_ns(), 500, None
     try:
         response, result = await _accept_trades(request)
@@ -56,7 +73,14 @@ async def receive_trades(request: Request) -> JSONResponse:
         # any re-delivery after a lost answer does.
         log.error("database unavailable: %s", exc.orig)
         status = 503
-        return JSONResponse(UNAVAILABLE, status_code=503)
+        body, headers = unavailable("database")
+        return JSONResponse(body, status_code=503, headers=headers)
+    except ClientDisconnect:
+        # One line, no traceback; the body was not complete, so nothing of it was stored.
+        client = request.client.host if request.client else "?"
+        log.warning("client %s disconnected before its webhook body was complete; nothing stored", client)
+        status = CLIENT_GONE
+        return Response(status_code=400)
     finally:
         threads = _threads_of_this_loop()
         if result is not None and result.symbols:

@@ -227,6 +227,10 @@ def _serve_api(host: str, port: int, workers: int | None) -> None:
         log_config=logging_config(settings.log_format, settings.log_level),
         log_level="warning",
         access_log=False,
+        # Slow clients: header and body deadlines (workers/http_server.py); past max_connections
+        # uvicorn answers 503 at once instead of queueing without bound.
+        http="workers.http_server:DeadlineProtocol",
+        limit_concurrency=settings.http.max_connections,
     )
 
 

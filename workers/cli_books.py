@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import datetime
+
+from models.domain.grammar import GrammarError, parse_time
+from workers.cli_ops import symbol_argument
 
 COMMANDS = ("positions", "pnl")
 
 
 def _since(text: str) -> datetime:
+    """The API's time grammar (SPEC 3): RFC 3339 with an offset, normalized to UTC, 1970..9999."""
     try:
-        moment = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time, e.g. 2026-12-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs an offset, e.g. Z or +00:00")
-    try:
-        return moment.astimezone(UTC)  # PostgreSQL takes no offset beyond 15:59
-    except OverflowError:
-        raise argparse.ArgumentTypeError(f"{text!r} is outside the years 1..9999 in UTC") from None
+        return parse_time(text)
+    except GrammarError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: it {exc}") from None
 
 
 def add_commands(commands: object) -> None:
@@ -27,7 +25,7 @@ def add_commands(commands: object) -> None:
     positions.add_argument("--json", action="store_true")
     pnl = commands.add_parser("pnl", help="realized P&L by symbol and reason")  # type: ignore[attr-defined]
     pnl.add_argument("--since", type=_since, help="only P&L realized from this RFC 3339 time on")
-    pnl.add_argument("--symbol", help="only this symbol")
+    pnl.add_argument("--symbol", type=symbol_argument, help="only this symbol")
     pnl.add_argument("--json", action="store_true")
 
 

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
+from models.domain.grammar import GrammarError, parse_symbol
+
 # The database-bound modules are imported when a command runs: `dustpan up` should not pay for them.
 COMMANDS = ("freeze", "unfreeze", "freezes", "balances")
-SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9.\-/]{0,31}$")  # as the API and the webhook accept
 
 
-def _symbol(text: str) -> str:
-    if not SYMBOL.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a symbol (upper case, e.g. AAPL or AUT-USD)")
-    return text
+def symbol_argument(text: str) -> str:
+    """The API's symbol grammar (SPEC section 3); argparse turns the refusal into exit status 2."""
+    try:
+        return parse_symbol(text)
+    except GrammarError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a symbol: it {exc}") from None
 
 
 def add_commands(commands: Any) -> None:
     """Add the subcommands to the `dustpan` parser's subparsers."""
     freeze = commands.add_parser("freeze", help="stop ordering a symbol (trades keep accumulating)")
-    freeze.add_argument("symbol", type=_symbol)
+    freeze.add_argument("symbol", type=symbol_argument)
     freeze.add_argument("--reason", default="frozen by an operator")
     unfreeze = commands.add_parser("unfreeze", help="lift a symbol's freeze, manual or automatic")
-    unfreeze.add_argument("symbol", type=_symbol)
+    unfreeze.add_argument("symbol", type=symbol_argument)
     freezes = commands.add_parser("freezes", help="the frozen symbols, with source and reason")
     freezes.add_argument("--json", action="store_true")
     balances = commands.add_parser("balances", help="the last known balance of each account, with its age")

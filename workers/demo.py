@@ -46,7 +46,7 @@ def simulated_trades(count: int, symbols: list[str], rng: random.Random) -> list
                 "id": f"demo-{start:%Y%m%d%H%M%S}-{n:06d}",
                 "symbol": symbol,
                 "side": "buy" if rng.random() < 0.55 else "sell",  # float-ok: a coin toss, not money
-                "quantity": str(Decimal(units).scaleb(-18)),
+                "quantity": format(Decimal(units).scaleb(-18), "f"),  # plain notation: no "5E-18"
                 "price": PRICES[symbol],
                 "executed_at": (start + timedelta(milliseconds=n)).isoformat(),
             }

@@ -126,6 +126,14 @@ class WebhookSettings(_Section):
     max_trades: int = Field(1000, ge=1)
 
 
+class HttpSettings(_Section):
+    """The API server's limits on clients (SPEC section 3: slow or vanished clients cost nothing)."""
+
+    header_timeout_seconds: Decimal = Field(Decimal(10), gt=0, le=300, description="headers complete after connect")
+    body_timeout_seconds: Decimal = Field(Decimal(30), gt=0, le=3600, description="body complete after headers")
+    max_connections: int = Field(1000, ge=1, description="concurrent connections and requests; more get 503")
+
+
 class ScheduleSettings(_Section):
     """Beat intervals, in seconds (each job can also be run once by hand from the CLI)."""
 
@@ -213,6 +221,7 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = ExecutionSettings()
     paper: PaperSettings = PaperSettings()
     webhook: WebhookSettings = WebhookSettings()
+    http: HttpSettings = HttpSettings()
     dust: DustSettings = DustSettings()
     balances: BalanceSettings = BalanceSettings()
     prices: PriceSettings = PriceSettings()

@@ -11,7 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from typing import NamedTuple
 
-from models.domain.quantities import ONE, ZERO
+from models.domain.quantities import ONE, ZERO, canonical
 from models.domain.venue import VenueRules
 
 PENDING_NOTE = "Below minimum quantity, waiting for additional quantity"
@@ -78,9 +78,9 @@ def aggregate_readiness(
             return Readiness(current, kept, "No price: the notional minimum cannot be checked")
         band = ONE + hysteresis if current is AggregateStatus.PENDING else ONE - hysteresis
         if rules.below_minimum_notional(tradable, price, band):
-            note = f"Below minimum notional {rules.min_notional}, waiting for additional quantity"
+            note = f"Below minimum notional {canonical(rules.min_notional)}, waiting for additional quantity"
             return Readiness(AggregateStatus.PENDING, ZERO, note)
-    return Readiness(AggregateStatus.READY, tradable, f"Ready: {tradable} to sell by the next scan")
+    return Readiness(AggregateStatus.READY, tradable, f"Ready: {canonical(tradable)} to sell by the next scan")
 
 
 def sale_refusal(quantity: Decimal, rules: VenueRules, price: Decimal | None) -> str | None:

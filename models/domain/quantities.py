@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
 from enum import StrEnum
 
 # NUMERIC(38, 18): at most 20 integer digits and 18 fractional digits.
 SCALE = 18
 MAX_INTEGER_DIGITS = 38 - SCALE
+# normalize() rounds to its context's precision, and Python's default keeps 28 significant digits,
+# fewer than the 38 a stored quantity has: 100000000000000000.00000000001 would print rounded.
+_EXACT = Context(prec=2 * 38)
 ONE = Decimal(1)
 ZERO = Decimal(0)
 
@@ -66,7 +69,7 @@ def split_whole_and_fraction(quantity: Decimal) -> tuple[Decimal, Decimal]:
 
 def order_increment(quantity: Decimal) -> Decimal:
     """The finest step an order quantity is written in: 1 for whole shares, 0.001 for 0.003."""
-    exponent = quantity.normalize().as_tuple().exponent
+    exponent = quantity.normalize(_EXACT).as_tuple().exponent
     assert isinstance(exponent, int)
     return ONE.scaleb(min(0, exponent))
 
@@ -80,5 +83,5 @@ def money_text(amount: Decimal) -> str:
 
 def canonical(number: Decimal) -> str:
     """One text per value ("1.50" and "1.5" are the same quantity), without exponent notation."""
-    text = format(number.normalize(), "f")
+    text = format(number.normalize(_EXACT), "f")
     return "0" if text in ("-0", "0") else text

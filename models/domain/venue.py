@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
-from models.domain.quantities import ONE, ZERO
+from models.domain.quantities import ONE, ZERO, canonical
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class VenueRules:
         if quantity <= 0:
             return "quantity is below one tradable increment"
         if quantity % self.increment != 0:
-            return f"quantity must be a multiple of {self.increment}"
+            return f"quantity must be a multiple of {canonical(self.increment)}"
         if self.below_minimum_quantity(quantity):
-            return f"quantity is below the minimum {self.min_quantity}"
+            return f"quantity is below the minimum {canonical(self.min_quantity)}"
         if self.below_minimum_notional(quantity, price):
-            return f"notional is below the minimum {self.min_notional}"
+            return f"notional is below the minimum {canonical(self.min_notional)}"
         return None

@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +35,18 @@ from schemathesis.core.result import Err
 from models.tables import Base
 from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET
 from tests.support.fleet import Fleet
+from tests.support.hostile import (
+    DECIMAL_STRINGS,
+    HOSTILE_AMOUNTS,
+    HOSTILE_BOOLEANS,
+    JSON_NUMBERS,
+    TIMES,
+    VALID_TIMES,
+    RawNumber,
+    to_json,
+)
+from tests.support.hostile import SYMBOLS as HOSTILE_SYMBOLS
+from tests.support.hostile import TRADE_IDS as HOSTILE_TRADE_IDS
 from workers.webhook import sign
 
 pytestmark = pytest.mark.integration
@@ -65,9 +76,9 @@ WEBHOOK_ROUND = 300
 MAX_BODY_BYTES = 65_536  # small limits make the 413 and too-many-trades paths cheap to reach
 MAX_TRADES = 50
 # Known values, so that generated requests also hit rows that exist, not only random misses.
-SYMBOLS = ("AAPL", "MSFT", "BRK.B", "FRAC")
+KNOWN_SYMBOLS = ("AAPL", "MSFT", "BRK.B", "FRAC")
 ACCOUNTS = ("default", "alt")
-TRADE_IDS = tuple(f"fz-{n}" for n in range(30))
+KNOWN_TRADE_IDS = tuple(f"fz-{n}" for n in range(30))
 FLEET_SETTINGS = {
     "DUSTPAN_WEBHOOK__MAX_BODY_BYTES": str(MAX_BODY_BYTES),
     "DUSTPAN_WEBHOOK__MAX_TRADES": str(MAX_TRADES),
@@ -189,15 +200,19 @@ class FuzzRun:
 
 # --- values ----------------------------------------------------------------------------
 
+# Plain notation, as SPEC section 3 writes decimals ("1E-18" is refused: it has an exponent).
 DECIMAL_TEXT = st.one_of(
-    st.decimals(min_value=Decimal("0.000000000000000001"), max_value=Decimal(10**9), places=18).map(str),
-    st.integers(min_value=1, max_value=10**6).map(str),
-    st.sampled_from(
-        ["0.5", "1", "1e2", "1E-18", "2.5e+3", "0.000000000000000000001", "123456789012345678901234567890"]
+    st.decimals(min_value=Decimal("0.000000000000000001"), max_value=Decimal(10**9), places=18).map(
+        lambda d: format(d, "f")
     ),
+    st.integers(min_value=1, max_value=10**6).map(str),
+    st.sampled_from(["0.5", "1", "100", "0.000000000000000001", "99999999999999999999.999999999999999999"]),
 )
-BAD_DECIMAL_TEXT = st.sampled_from(
-    ["", " 1", "0", "-1", "-0.0", "1e999999", "1e-999999", "NaN", "Infinity", "1_0", "0x10", "1,5", "\uff11"]
+BAD_DECIMAL_TEXT = st.one_of(
+    st.sampled_from(
+        ["", " 1", "0", "-1", "-0.0", "1e999999", "1e-999999", "NaN", "Infinity", "1_0", "0x10", "1,5", "\uff11"]
+    ),
+    DECIMAL_STRINGS,  # Unicode digits and spaces, exponents, signs, underscores, huge and tiny
 )
 
 # --- operator endpoints: schemathesis cases under an overlay of credentials and known values ---
@@ -227,6 +242,7 @@ class Overlay:
     trade_id: str | None
     account: str | None
     amount: str | None
+    all: Any
     hostile: tuple[int, str] | None
 
     @classmethod
@@ -235,14 +251,16 @@ class Overlay:
         def sometimes(values: list[str], chance: float) -> str | None:
             return rng.choice(values) if rng.random() < chance else None
 
-        any_amount = str(Decimal(rng.randrange(1, 10**9)).scaleb(-rng.randrange(19)))
-        amount = sometimes(FILLABLE_AMOUNTS, 0.5) or sometimes([any_amount], 0.5)
+        any_amount = format(Decimal(rng.randrange(1, 10**9)).scaleb(-rng.randrange(19)), "f")
+        amount = sometimes(FILLABLE_AMOUNTS, 0.5) or sometimes([any_amount], 0.5) or sometimes(HOSTILE_AMOUNTS, 0.3)
         return cls(
             auth=rng.choice(AUTH_HEADERS),
-            symbol=sometimes([*SYMBOLS, "FRAC"], 0.8),
-            trade_id=sometimes(list(TRADE_IDS), 0.7),
+            symbol=sometimes([*KNOWN_SYMBOLS, "FRAC"], 0.8),
+            trade_id=sometimes(list(KNOWN_TRADE_IDS), 0.7),
             account=sometimes(list(ACCOUNTS), 0.75),
             amount=amount,
+            # Exits: mostly JSON booleans, now and then a truthy or falsy non-boolean (a 422).
+            all=rng.choice([True, False, *HOSTILE_BOOLEANS]) if rng.random() < 0.5 else None,
             hostile=(rng.randrange(8), rng.choice(HOSTILE_TEXTS)) if rng.random() < 0.15 else None,
         )
 
@@ -259,6 +277,8 @@ class Overlay:
         ):
             if value is not None and name in body:
                 body[name] = value
+        if self.all is not None and "all" in body:
+            body["all"] = self.all
         if self.hostile is not None:
             index, text = self.hostile
             # A lone surrogate cannot be encoded into a URL; JSON escapes it.
@@ -304,20 +324,6 @@ def repeat(test: Callable[[Any], None], strategy: st.SearchStrategy[Any], done: 
 # --- the webhook: raw bytes, signed over exactly what is sent --------------------------------
 
 
-class RawNumber(str):
-    """JSON number text written as is, so that exact decimals travel as numbers too."""
-
-
-def to_json(value: Any) -> str:
-    if isinstance(value, RawNumber):
-        return str(value)
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{to_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(to_json(v) for v in value) + "]"
-    return json.dumps(value)
-
-
 AMOUNT = st.one_of(
     DECIMAL_TEXT,  # as a JSON string
     DECIMAL_TEXT.filter(lambda s: s[0].isdigit()).map(RawNumber),  # as a JSON number
@@ -325,33 +331,33 @@ AMOUNT = st.one_of(
 BAD_AMOUNT = st.one_of(
     BAD_DECIMAL_TEXT,
     st.sampled_from(["-1", "0", "1e999999", "1e-999999", "-0.0"]).map(RawNumber),
+    JSON_NUMBERS.map(RawNumber),
     st.none(),
     st.booleans(),
     st.lists(st.integers(), max_size=2),
 )
-EXECUTED_AT = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(
-    datetime.isoformat
-)
+EXECUTED_AT = VALID_TIMES  # years 1970 to 9999, offsets to +-23:59
 JUNK = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
 BAD_FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "id": st.sampled_from(["", " ", "a b", "é", "x" * 129, "\u0000"]) | JUNK,
-    "symbol": st.sampled_from(["", "aapl", "-X", "A" * 33, "AAPL ", "ÄPL", "A\nB"]) | JUNK,
+    "id": st.sampled_from(["", " ", "a b", "é", "x" * 129, "\u0000", "a/b", "fz-1\n"]) | HOSTILE_TRADE_IDS | JUNK,
+    "symbol": st.sampled_from(["", "aapl", "A" * 17, "AAPL ", "ÄPL", "A\nB"]) | HOSTILE_SYMBOLS | JUNK,
     "side": st.sampled_from(["BUY", "short", "", "sell "]) | JUNK,
     "quantity": BAD_AMOUNT,
     "price": BAD_AMOUNT,
     "executed_at": st.sampled_from(
         ["2026-11-02T14:30:00", "2026-13-02T14:30:00Z", "yesterday", "2026-11-02", "2026-11-02T24:61:00Z", ""]
     )
+    | TIMES  # offsets past +-23:59, years 0 to 9999 and out of range in UTC, leap seconds
     | JUNK,
 }
 VALID_TRADE = st.fixed_dictionaries(
     {
-        "id": st.sampled_from(TRADE_IDS) | st.from_regex(r"fz-[\x21-\x7e]{1,20}", fullmatch=True),
-        "symbol": st.sampled_from(SYMBOLS) | st.from_regex(r"[A-Z0-9][A-Z0-9.\-/]{0,31}", fullmatch=True),
+        "id": st.sampled_from(KNOWN_TRADE_IDS) | st.from_regex(r"fz-[A-Za-z0-9._:-]{1,20}", fullmatch=True),
+        "symbol": st.sampled_from(KNOWN_SYMBOLS) | st.from_regex(r"[A-Z0-9./-]{1,16}", fullmatch=True),
         "side": st.sampled_from(["buy", "sell"]),
         "quantity": AMOUNT,
         "price": AMOUNT,
@@ -480,7 +486,7 @@ def seed_books(url: str) -> None:
     connection = psycopg2.connect(url)
     try:
         with connection, connection.cursor() as cursor:
-            for symbol, price in zip(SYMBOLS, ("231.40", "415.10", "457.25", "12.3456"), strict=True):
+            for symbol, price in zip(KNOWN_SYMBOLS, ("231.40", "415.10", "457.25", "12.3456"), strict=True):
                 cursor.execute("INSERT INTO accumulators (symbol, last_price) VALUES (%s, %s)", (symbol, price))
                 for account in ACCOUNTS:
                     cursor.execute(
@@ -526,6 +532,7 @@ def test_thousands_of_generated_requests_get_no_5xx_and_refusals_leave_the_books
         outcomes = {outcome: n for (name, outcome), n in sorted(run.outcomes.items()) if name == label}
         print(f"  {run.sent[label]:5d}  {label}  {outcomes}")
     print(f"  {sum(run.sent.values()):5d}  in all")
+    print(f"  {sum(n for (_, code), n in run.statuses.items() if code >= 500):5d}  answered 5xx")
     if run.failures:
         pytest.fail(f"{len(run.failures)} kinds of failure:\n\n{run.report()}", pytrace=False)
     assert sum(run.sent.values()) >= 5000

@@ -16,7 +16,7 @@ def make_trades(symbol: str, count: int, rng: random.Random, prefix: str | None 
             "id": f"{prefix or symbol}-{n}",
             "symbol": symbol,
             "side": rng.choice(["buy", "buy", "sell"]),
-            "quantity": str(Decimal(rng.randrange(1, 15 * 10**17)).scaleb(-18)),
+            "quantity": format(Decimal(rng.randrange(1, 15 * 10**17)).scaleb(-18), "f"),  # plain, as SPEC 3 reads it
             "price": "123.45",
             "executed_at": (start + timedelta(microseconds=n)).isoformat(),
         }
