@@ -112,7 +112,11 @@ def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Opera
 
 @router.get("/audit")
 def audit(_: Operator) -> dict[str, Any]:
-    return audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now()).as_json()
+    settings = runtime.settings()
+    report = audit_books(
+        runtime.unit_of_work(), settings.accumulation.threshold, runtime.now(), settings.audit.max_waiting_seconds
+    )
+    return report.as_json()
 
 
 @router.get("/freezes")

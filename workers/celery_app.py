@@ -20,6 +20,7 @@ app = Celery(
         "tasks.execution_tasks",
         "tasks.sweeps",
         "tasks.audit",
+        "tasks.audit_verifier",
         "tasks.cleanup",
         "tasks.balances_tasks",
         "tasks.prices_tasks",

@@ -202,7 +202,10 @@ def _audit(as_json: bool) -> int:
     from tasks.audit import audit_books
     from workers import runtime
 
-    report = audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now())
+    settings = runtime.settings()
+    report = audit_books(
+        runtime.unit_of_work(), settings.accumulation.threshold, runtime.now(), settings.audit.max_waiting_seconds
+    )
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:

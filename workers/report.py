@@ -52,8 +52,9 @@ def collect() -> Json:
             "freezes": freezes_json(session),
         }
     data["balances"] = balances_json()
-    threshold = runtime.settings().accumulation.threshold
-    data["audit"] = audit_books(runtime.unit_of_work(), threshold, runtime.now()).as_json()
+    settings = runtime.settings()
+    threshold, max_waiting = settings.accumulation.threshold, settings.audit.max_waiting_seconds
+    data["audit"] = audit_books(runtime.unit_of_work(), threshold, runtime.now(), max_waiting).as_json()
     return data
 
 

@@ -1,0 +1,184 @@
+"""running totals kept by triggers, audit checkpoints, the background verifier, trade archive
+
+Revision ID: 0007
+Revises: 0004
+Create Date: 2026-12-02 07:10:00.000000
+
+Triggers, not calls from the tasks: every writer (accumulation, execution, sales, tests, an
+operator's psql) keeps the totals exact in its own transaction without knowing about them.
+They are statement triggers over transition tables: one aggregate per statement, however
+many rows it changed, and they append to symbol_total_deltas instead of updating a row per
+symbol, so no writer waits on another's total and no new lock order can deadlock.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_NUM = sa.Numeric(precision=38, scale=18)
+
+# What one row adds to its symbol's totals. A trade counts once applied (any status but
+# received/rejected, so a later 'completed' keeps counting); only hedges count as executions.
+_TRADE_APPLIED = (
+    "CASE WHEN r.status IN ('received', 'rejected') THEN 0 WHEN r.side = 'buy' THEN r.quantity ELSE -r.quantity END"
+)
+_EXEC_FILLED = (
+    "CASE WHEN r.source <> 'hedge' THEN 0 WHEN r.side = 'buy' THEN r.filled_quantity ELSE -r.filled_quantity END"
+)
+_EXEC_IN_FLIGHT = (
+    "CASE WHEN r.source <> 'hedge' OR r.status NOT IN ('pending', 'submitted') THEN 0"
+    " WHEN r.side = 'buy' THEN r.quantity - r.filled_quantity ELSE r.filled_quantity - r.quantity END"
+)
+
+# table -> (trades_applied, filled, in_flight, returned) of one row aliased r
+_CONTRIBUTIONS = {
+    "trades": (_TRADE_APPLIED, "0", "0", "0"),
+    "executions": ("0", _EXEC_FILLED, _EXEC_IN_FLIGHT, "0"),
+    "execution_returns": ("0", "0", "0", "r.quantity"),
+}
+
+
+def _function_sql(table: str) -> str:
+    applied, filled, in_flight, returned = _CONTRIBUTIONS[table]
+    columns = f"r.symbol, {applied} AS a, {filled} AS f, {in_flight} AS i, {returned} AS r"
+    return f"""
+CREATE FUNCTION dustpan_totals_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Retention moves rows out with their sums carried into audit_checkpoints: totals keep them.
+    IF TG_OP = 'DELETE' AND current_setting('dustpan.archiving', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO symbol_total_deltas (symbol, trades_applied, filled, in_flight, returned)
+        SELECT symbol, sum(a), sum(f), sum(i), sum(r)
+        FROM (SELECT {columns} FROM new_rows r) d
+        GROUP BY symbol HAVING sum(a) <> 0 OR sum(f) <> 0 OR sum(i) <> 0 OR sum(r) <> 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO symbol_total_deltas (symbol, trades_applied, filled, in_flight, returned)
+        SELECT symbol, -sum(a), -sum(f), -sum(i), -sum(r)
+        FROM (SELECT {columns} FROM old_rows r) d
+        GROUP BY symbol HAVING sum(a) <> 0 OR sum(f) <> 0 OR sum(i) <> 0 OR sum(r) <> 0;
+    ELSE
+        INSERT INTO symbol_total_deltas (symbol, trades_applied, filled, in_flight, returned)
+        SELECT symbol, sum(a), sum(f), sum(i), sum(r)
+        FROM (SELECT {columns} FROM new_rows r
+              UNION ALL
+              SELECT r.symbol, -({applied}), -({filled}), -({in_flight}), -({returned}) FROM old_rows r) d
+        GROUP BY symbol HAVING sum(a) <> 0 OR sum(f) <> 0 OR sum(i) <> 0 OR sum(r) <> 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""
+
+
+def _triggers_sql(table: str) -> list[str]:
+    function = f"dustpan_totals_{table}()"
+    return [
+        f"CREATE TRIGGER totals_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {function}",
+        f"CREATE TRIGGER totals_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows"
+        f" NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}",
+        f"CREATE TRIGGER totals_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {function}",
+    ]
+
+
+def _backfill_sql(table: str) -> str:
+    applied, filled, in_flight, returned = _CONTRIBUTIONS[table]
+    return (
+        "INSERT INTO symbol_total_deltas (symbol, trades_applied, filled, in_flight, returned)"
+        f" SELECT r.symbol, sum({applied}), sum({filled}), sum({in_flight}), sum({returned})"
+        f" FROM {table} r GROUP BY r.symbol"
+    )
+
+
+def _totals_columns() -> list[sa.Column]:
+    return [sa.Column(name, _NUM, server_default="0", nullable=False) for name in _TOTALS]
+
+
+_TOTALS = ("trades_applied", "filled", "in_flight", "returned")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "symbol_totals",
+        sa.Column("symbol", sa.String(length=32), nullable=False),
+        *_totals_columns(),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.PrimaryKeyConstraint("symbol", name=op.f("pk_symbol_totals")),
+    )
+    op.create_table(
+        "symbol_total_deltas",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("symbol", sa.String(length=32), nullable=False),
+        *_totals_columns(),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_symbol_total_deltas")),
+    )
+    op.create_table(
+        "audit_checkpoints",
+        sa.Column("symbol", sa.String(length=32), nullable=False),
+        sa.Column("trade_seq", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("execution_seq", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("trades_applied", _NUM, server_default="0", nullable=False),
+        sa.Column("filled", _NUM, server_default="0", nullable=False),
+        sa.Column("archived_trades_applied", _NUM, server_default="0", nullable=False),
+        sa.Column("archived_filled", _NUM, server_default="0", nullable=False),
+        sa.Column("problems", sa.Text(), nullable=True),
+        sa.Column("verified_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("symbol", name=op.f("pk_audit_checkpoints")),
+    )
+    op.create_table(
+        "audit_verifier",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("start_xid", sa.BigInteger(), nullable=True),
+        sa.Column("trade_target", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("execution_target", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("trade_cursor_symbol", sa.String(length=32), nullable=True),
+        sa.Column("trade_cursor_seq", sa.BigInteger(), nullable=True),
+        sa.Column("execution_cursor_symbol", sa.String(length=32), nullable=True),
+        sa.Column("execution_cursor_seq", sa.BigInteger(), nullable=True),
+        sa.Column("trades_done", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("executions_done", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("passes", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint("id = 1", name=op.f("ck_audit_verifier_single_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_verifier")),
+    )
+    op.create_table(
+        "audit_verifier_sums",
+        sa.Column("symbol", sa.String(length=32), nullable=False),
+        sa.Column("trades_applied", _NUM, server_default="0", nullable=False),
+        sa.Column("filled", _NUM, server_default="0", nullable=False),
+        sa.Column("trade_limit", sa.BigInteger(), nullable=True),
+        sa.Column("execution_limit", sa.BigInteger(), nullable=True),
+        sa.Column("problems", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("symbol", name=op.f("pk_audit_verifier_sums")),
+    )
+    # The audit reads a symbol's trades above its checkpoint; the verifier walks them in this order.
+    op.create_index("ix_trades_symbol_seq", "trades", ["symbol", "seq"], unique=False)
+    for table in _CONTRIBUTIONS:
+        op.execute(_function_sql(table))
+        for statement in _triggers_sql(table):
+            op.execute(statement)
+        op.execute(_backfill_sql(table))
+
+
+def downgrade() -> None:
+    for table in _CONTRIBUTIONS:
+        for trigger in ("totals_insert", "totals_update", "totals_delete"):
+            op.execute(f"DROP TRIGGER {trigger} ON {table}")
+        op.execute(f"DROP FUNCTION dustpan_totals_{table}()")
+    op.drop_index("ix_trades_symbol_seq", table_name="trades")
+    op.drop_table("audit_verifier_sums")
+    op.drop_table("audit_verifier")
+    op.drop_table("audit_checkpoints")
+    op.drop_table("symbol_total_deltas")
+    op.drop_table("symbol_totals")

@@ -1,0 +1,96 @@
+"""Tables of the incremental audit: running totals, verified checkpoints, the verifier's pass.
+
+The running totals are written by statement triggers (migration 0007) in the same transaction
+as the rows they sum, so every writer keeps them exact without calling anything. Triggers
+append to ``symbol_total_deltas`` instead of updating one row per symbol: no writer ever waits
+on another's total, and no new lock order can deadlock. ``tasks.totals.fold_deltas`` folds
+the deltas into ``symbol_totals`` now and then. The schema is owned by Alembic migrations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Integer, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.tables import Base
+
+
+class SymbolTotals(Base):
+    """Per symbol, folded: signed applied trades, filled hedges, in-flight hedges, returned shares."""
+
+    __tablename__ = "symbol_totals"
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
+    filled: Mapped[Decimal] = mapped_column(server_default="0")
+    in_flight: Mapped[Decimal] = mapped_column(server_default="0")
+    returned: Mapped[Decimal] = mapped_column(server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class SymbolTotalDelta(Base):
+    """One statement's change to a symbol's totals, not folded yet (append-only, lock-free)."""
+
+    __tablename__ = "symbol_total_deltas"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
+    filled: Mapped[Decimal] = mapped_column(server_default="0")
+    in_flight: Mapped[Decimal] = mapped_column(server_default="0")
+    returned: Mapped[Decimal] = mapped_column(server_default="0")
+
+
+class AuditCheckpoint(Base):
+    """What the verifier last proved from the rows: sums of every settled row up to a seq.
+
+    Rows at or below the checkpoint were settled (a trade applied or rejected, an execution
+    no longer in flight) when verified; the audit re-reads only the rows above it. ``archived_*``
+    are the sums of rows moved out by retention, carried here so the books stay whole.
+    """
+
+    __tablename__ = "audit_checkpoints"
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    trade_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    execution_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
+    filled: Mapped[Decimal] = mapped_column(server_default="0")
+    archived_trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
+    archived_filled: Mapped[Decimal] = mapped_column(server_default="0")
+    problems: Mapped[str | None]  # what the last pass found wrong in old rows, one per line
+    verified_at: Mapped[datetime | None]
+
+
+class AuditVerifierPass(Base):
+    """The one background verifier pass under way (or the last one): where it stands."""
+
+    __tablename__ = "audit_verifier"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime | None]
+    # A transaction that drew a seq up to the targets had its id below this: the walk waits for them.
+    start_xid: Mapped[int | None] = mapped_column(BigInteger)
+    trade_target: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    execution_target: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    trade_cursor_symbol: Mapped[str | None] = mapped_column(String(32))
+    trade_cursor_seq: Mapped[int | None] = mapped_column(BigInteger)
+    execution_cursor_symbol: Mapped[str | None] = mapped_column(String(32))
+    execution_cursor_seq: Mapped[int | None] = mapped_column(BigInteger)
+    trades_done: Mapped[bool] = mapped_column(server_default="false")
+    executions_done: Mapped[bool] = mapped_column(server_default="false")
+    passes: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_finished_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class AuditVerifierSums(Base):
+    """Per symbol sums of the pass under way; a limit stops a symbol below its first unsettled row."""
+
+    __tablename__ = "audit_verifier_sums"
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
+    filled: Mapped[Decimal] = mapped_column(server_default="0")
+    trade_limit: Mapped[int | None] = mapped_column(BigInteger)
+    execution_limit: Mapped[int | None] = mapped_column(BigInteger)
+    problems: Mapped[str | None]
