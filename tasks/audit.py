@@ -10,7 +10,6 @@ back is so found at once when it is new, and by the verifier's next pass when it
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -20,11 +19,7 @@ from sqlalchemy import text
 
 from models.db import UnitOfWork
 from models.domain.quantities import ZERO, canonical
-from tasks.job_runs import recorded
-from tasks.totals import CURRENT_TOTALS_SQL, fold_deltas
-from workers.celery_app import app
-
-log = logging.getLogger(__name__)
+from tasks.totals import CURRENT_TOTALS_SQL
 
 DEFAULT_MAX_WAITING_SECONDS = 60
 
@@ -187,25 +182,3 @@ def _running_total_problems(row: Any) -> list[str]:
         ("in-flight executions", row.in_flight_running, row.in_flight_total),
     )
     return [f"running total of {name} {kept} != rows {found}" for name, kept, found in pairs if kept != found]
-
-
-@app.task(name="audit.check", ignore_result=True)
-@recorded("audit.check")
-def check() -> dict[str, Any]:
-    from workers import runtime
-
-    with runtime.unit_of_work() as uow:
-        fold_deltas(uow.session)  # keeps the pending deltas few, whoever reads them next
-        uow.commit()
-    settings = runtime.settings()
-    report = audit_books(
-        runtime.unit_of_work(), settings.accumulation.threshold, runtime.now(), settings.audit.max_waiting_seconds
-    )
-    for symbol in report.symbols:
-        if not symbol.balanced:
-            log.error("audit imbalance on %s: %s", symbol.symbol, "; ".join(symbol.problems))
-    return {
-        "ok": report.ok,
-        "symbols": len(report.symbols),
-        "unbalanced": [s.symbol for s in report.symbols if not s.balanced],
-    }

@@ -27,9 +27,6 @@ from sqlalchemy.orm import Session
 from models.db import UnitOfWork
 from models.domain.quantities import ZERO
 from models.tables_audit import AuditVerifierPass, AuditVerifierSums
-from tasks.job_runs import recorded
-from tasks.totals import fold_deltas
-from workers.celery_app import app
 
 # A row drawing its seq gets its transaction id a moment later at most: wait this long too.
 _SETTLE_DELAY = timedelta(seconds=2)
@@ -222,22 +219,3 @@ def _finish_pass(session: Session, state: AuditVerifierPass, now: datetime) -> N
     state.started_at = None
     state.passes += 1
     state.last_finished_at = now
-
-
-@app.task(name="audit.verify", ignore_result=True)
-@recorded("audit.verify")
-def verify() -> dict[str, Any]:
-    from workers import runtime
-
-    settings = runtime.settings()
-    with runtime.unit_of_work() as uow:
-        fold_deltas(uow.session)
-        uow.commit()
-    step = verify_step(
-        runtime.unit_of_work(),
-        runtime.now(),
-        settings.audit.verify_chunk_rows,
-        timedelta(seconds=settings.audit.verify_period_seconds),
-        timedelta(seconds=float(settings.schedule.audit_verify_seconds)),  # float-ok: a duration
-    )
-    return {"outcome": step.outcome, "trades": step.trades, "executions": step.executions}
