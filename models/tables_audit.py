@@ -42,6 +42,37 @@ class SymbolTotalDelta(Base):
     returned: Mapped[Decimal] = mapped_column(server_default="0")
 
 
+class _BookTotalsColumns:
+    """Per kind (trade, execution, ledger), symbol, side and status: rows and their sums."""
+
+    kind: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    status: Mapped[str] = mapped_column(String(16))
+    row_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    quantity: Mapped[Decimal] = mapped_column(server_default="0")
+    filled: Mapped[Decimal] = mapped_column(server_default="0")
+    proceeds: Mapped[Decimal] = mapped_column(server_default="0")
+    dust: Mapped[Decimal] = mapped_column(server_default="0")
+
+
+class BookTotals(_BookTotalsColumns, Base):
+    """What the report shows (trades by status, executions, the dust ledger), folded."""
+
+    __tablename__ = "book_totals"
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    side: Mapped[str] = mapped_column(String(4), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class BookTotalDelta(_BookTotalsColumns, Base):
+    """One statement's change to the book totals, not folded yet."""
+
+    __tablename__ = "book_total_deltas"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+
+
 class AuditCheckpoint(Base):
     """What the verifier last proved from the rows: sums of every settled row up to a seq.
 

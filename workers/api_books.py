@@ -13,7 +13,7 @@ from models.domain.quantities import canonical, money_text
 from models.tables import Accumulator, Contribution, DustLedger, Execution, Position, SymbolFreeze, Trade
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
-from tasks.sales import ledger_volume
+from tasks.totals import ledger_totals
 from workers import runtime
 from workers.api_common import TRADE_ID_PATTERN, FreeText, Operator, execution_json, json_value
 from workers.webhook import SYMBOL_PATTERN
@@ -150,7 +150,7 @@ def unfreeze(symbol: Symbol, _: Operator) -> Response:
 
 @router.get("/dust")
 def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
-    volume = ledger_volume(runtime.unit_of_work())
+    volume = ledger_totals(runtime.unit_of_work())
     with runtime.unit_of_work() as uow:
         recent = uow.session.scalars(select(DustLedger).order_by(DustLedger.id.desc()).limit(limit)).all()
         orphaned = uow.session.scalars(select(Position).where(Position.status == "dust_orphaned")).all()

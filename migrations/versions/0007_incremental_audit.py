@@ -78,14 +78,14 @@ $$;
 """
 
 
-def _triggers_sql(table: str) -> list[str]:
-    function = f"dustpan_totals_{table}()"
+def _triggers_sql(table: str, family: str = "totals") -> list[str]:
+    function = f"dustpan_{family}_{table}()"
     return [
-        f"CREATE TRIGGER totals_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows"
+        f"CREATE TRIGGER {family}_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows"
         f" FOR EACH STATEMENT EXECUTE FUNCTION {function}",
-        f"CREATE TRIGGER totals_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows"
+        f"CREATE TRIGGER {family}_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows"
         f" NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}",
-        f"CREATE TRIGGER totals_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows"
+        f"CREATE TRIGGER {family}_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows"
         f" FOR EACH STATEMENT EXECUTE FUNCTION {function}",
     ]
 
@@ -99,11 +99,76 @@ def _backfill_sql(table: str) -> str:
     )
 
 
+# table -> (kind, side, status, quantity, filled, proceeds, dust) of one row aliased r: what the
+# report shows by symbol, side and status, kept like the running totals.
+_BOOKS = {
+    "trades": ("'trade'", "r.side", "r.status", "r.quantity", "0", "0", "0"),
+    "executions": ("'execution'", "r.side", "r.status", "r.quantity", "r.filled_quantity", "0", "0"),
+    "dust_ledger": ("'ledger'", "'sell'", "'filled'", "r.quantity", "0", "r.proceeds", "r.dust"),
+}
+
+
+def _books_function_sql(table: str) -> str:
+    kind, side, status, quantity, filled, proceeds, dust = _BOOKS[table]
+    key = f"{kind} AS k, r.symbol, {side} AS side, {status} AS status"
+    new = f"SELECT {key}, 1 AS n, {quantity} AS q, {filled} AS f, {proceeds} AS p, {dust} AS d FROM new_rows r"
+    old = (
+        f"SELECT {key}, -1 AS n, -({quantity}) AS q, -({filled}) AS f, -({proceeds}) AS p, -({dust}) AS d"
+        " FROM old_rows r"
+    )
+    insert = (
+        "INSERT INTO book_total_deltas (kind, symbol, side, status, row_count, quantity, filled, proceeds, dust)"
+        " SELECT k, symbol, side, status, sum(n), sum(q), sum(f), sum(p), sum(d) FROM ({rows}) d"
+        " GROUP BY k, symbol, side, status"
+        " HAVING sum(n) <> 0 OR sum(q) <> 0 OR sum(f) <> 0 OR sum(p) <> 0 OR sum(d) <> 0;"
+    )
+    return f"""
+CREATE FUNCTION dustpan_books_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('dustpan.archiving', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        {insert.format(rows=new)}
+    ELSIF TG_OP = 'DELETE' THEN
+        {insert.format(rows=old)}
+    ELSE
+        {insert.format(rows=new + " UNION ALL " + old)}
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""
+
+
+def _books_backfill_sql(table: str) -> str:
+    kind, side, status, quantity, filled, proceeds, dust = _BOOKS[table]
+    return (
+        "INSERT INTO book_total_deltas (kind, symbol, side, status, row_count, quantity, filled, proceeds, dust)"
+        f" SELECT {kind}, r.symbol, {side}, {status}, count(*), sum({quantity}), sum({filled}), sum({proceeds}),"
+        f" sum({dust}) FROM {table} r GROUP BY 2, 3, 4"
+    )
+
+
 def _totals_columns() -> list[sa.Column]:
     return [sa.Column(name, _NUM, server_default="0", nullable=False) for name in _TOTALS]
 
 
 _TOTALS = ("trades_applied", "filled", "in_flight", "returned")
+
+
+def _book_columns() -> list[sa.Column]:
+    return [
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("symbol", sa.String(length=32), nullable=False),
+        sa.Column("side", sa.String(length=4), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("row_count", sa.BigInteger(), server_default="0", nullable=False),
+        *[
+            sa.Column(name, _NUM, server_default="0", nullable=False)
+            for name in ("quantity", "filled", "proceeds", "dust")
+        ],
+    ]
 
 
 def upgrade() -> None:
@@ -162,6 +227,17 @@ def upgrade() -> None:
         sa.Column("problems", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("symbol", name=op.f("pk_audit_verifier_sums")),
     )
+    op.create_table(
+        "book_totals",
+        *_book_columns(),
+        sa.PrimaryKeyConstraint("kind", "symbol", "side", "status", name=op.f("pk_book_totals")),
+    )
+    op.create_table(
+        "book_total_deltas",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        *_book_columns(),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_book_total_deltas")),
+    )
     # The audit reads a symbol's trades above its checkpoint; the verifier walks them in this order.
     op.create_index("ix_trades_symbol_seq", "trades", ["symbol", "seq"], unique=False)
     for table in _CONTRIBUTIONS:
@@ -169,13 +245,21 @@ def upgrade() -> None:
         for statement in _triggers_sql(table):
             op.execute(statement)
         op.execute(_backfill_sql(table))
+    for table in _BOOKS:
+        op.execute(_books_function_sql(table))
+        for statement in _triggers_sql(table, "books"):
+            op.execute(statement)
+        op.execute(_books_backfill_sql(table))
 
 
 def downgrade() -> None:
-    for table in _CONTRIBUTIONS:
-        for trigger in ("totals_insert", "totals_update", "totals_delete"):
-            op.execute(f"DROP TRIGGER {trigger} ON {table}")
-        op.execute(f"DROP FUNCTION dustpan_totals_{table}()")
+    for family, tables in (("totals", _CONTRIBUTIONS), ("books", _BOOKS)):
+        for table in tables:
+            for event in ("insert", "update", "delete"):
+                op.execute(f"DROP TRIGGER {family}_{event} ON {table}")
+            op.execute(f"DROP FUNCTION dustpan_{family}_{table}()")
+    op.drop_table("book_total_deltas")
+    op.drop_table("book_totals")
     op.drop_index("ix_trades_symbol_seq", table_name="trades")
     op.drop_table("audit_verifier_sums")
     op.drop_table("audit_verifier")
