@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree, even beside an editable install
 
 import httpx
 import psycopg2
@@ -53,7 +53,9 @@ from tests.support.totals import FULL_RECOMPUTATION
 from workers.cli import migrate
 
 SECRET, TOKEN = "bench-webhook-secret", "bench-api-token"
-DUSTPAN = str(Path(sys.executable).with_name("dustpan"))
+ROOT = Path(__file__).resolve().parents[1]
+# `python -m workers.cli` from this tree is the `dustpan` console script of this tree.
+DUSTPAN = [sys.executable, "-m", "workers.cli"]
 
 # Trades n = 20k .. 20k+19 of 0.05 share made execution k (one share) of symbol S<k mod 50>.
 # Filled behind the triggers (replica role: no FK checks either); the totals are then derived
@@ -79,7 +81,12 @@ SELECT 'S' || lpad(s::text, 2, '0'), 0, 100 FROM generate_series(0, 49) AS s;
 SET session_replication_role = origin;
 """
 TOTALS_FROM_ROWS = (
-    f"INSERT INTO symbol_total_deltas (symbol, trades_applied, filled, in_flight, returned) {FULL_RECOMPUTATION}"
+    f"INSERT INTO symbol_total_deltas (symbol, trades_applied, filled, in_flight, returned) {FULL_RECOMPUTATION};"
+    "INSERT INTO book_total_deltas (kind, symbol, side, status, row_count, quantity, filled)"
+    " SELECT 'trade', symbol, side, status, count(*), sum(quantity), 0 FROM trades GROUP BY 2, 3, 4;"
+    "INSERT INTO book_total_deltas (kind, symbol, side, status, row_count, quantity, filled)"
+    " SELECT 'execution', symbol, side, status, count(*), sum(quantity), sum(filled_quantity)"
+    " FROM executions GROUP BY 2, 3, 4"
 )
 
 # The audit as it was before the running totals: every trade, execution and contribution, each run.
@@ -236,7 +243,7 @@ def database_bytes(url: str) -> int:
 
 
 def cli(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run([DUSTPAN, *args], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([*DUSTPAN, *args], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"dustpan {' '.join(args)} failed: {done.stderr or done.stdout}")
 
