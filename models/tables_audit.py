@@ -9,10 +9,12 @@ the deltas into ``symbol_totals`` now and then. The schema is owned by Alembic m
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import BigInteger, CheckConstraint, Identity, Integer, String, func
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.tables import Base
@@ -125,3 +127,34 @@ class AuditVerifierSums(Base):
     trade_limit: Mapped[int | None] = mapped_column(BigInteger)
     execution_limit: Mapped[int | None] = mapped_column(BigInteger)
     problems: Mapped[str | None]
+
+
+class ArchivedTrade(Base):
+    """A trade moved out of ``trades`` by retention, as it was; its sums live on in the checkpoint."""
+
+    __tablename__ = "archived_trades"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    quantity: Mapped[Decimal]
+    price: Mapped[Decimal]
+    executed_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None]
+    accumulated_at: Mapped[datetime | None]
+    open_quantity: Mapped[Decimal]
+    archived_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ArchivedContribution(Base):
+    """A contribution of an archived trade, moved with it; executions stay where they are."""
+
+    __tablename__ = "archived_contributions"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    trade_id: Mapped[str | None] = mapped_column(String(128))
+    return_id: Mapped[int | None] = mapped_column(BigInteger)
+    quantity: Mapped[Decimal]

@@ -90,7 +90,8 @@ _CONTRIBUTION_MISMATCHES = text(
     SELECT e.symbol, e.id
     FROM executions e
     LEFT JOIN audit_checkpoints cp ON cp.symbol = e.symbol
-    LEFT JOIN contributions c ON c.execution_id = e.id
+    LEFT JOIN (SELECT execution_id, quantity FROM contributions
+               UNION ALL SELECT execution_id, quantity FROM archived_contributions) c ON c.execution_id = e.id
     WHERE e.source = 'hedge' AND e.seq > coalesce(cp.execution_seq, 0)
     GROUP BY e.symbol, e.id, e.side, e.quantity
     HAVING coalesce(sum(c.quantity), 0) <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END

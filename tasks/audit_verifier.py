@@ -46,7 +46,8 @@ _EXECUTION_CHUNK = text(
     " WHERE (symbol, seq) > (:symbol, :seq) ORDER BY symbol, seq LIMIT :n"
 )
 _MISMATCHED = text(
-    "SELECT e.id FROM executions e LEFT JOIN contributions c ON c.execution_id = e.id"
+    "SELECT e.id FROM executions e LEFT JOIN (SELECT execution_id, quantity FROM contributions"
+    " UNION ALL SELECT execution_id, quantity FROM archived_contributions) c ON c.execution_id = e.id"
     " WHERE e.id = ANY(CAST(:ids AS uuid[])) GROUP BY e.id, e.side, e.quantity"
     " HAVING coalesce(sum(c.quantity), 0) <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END"
 )
@@ -115,13 +116,19 @@ def run_pass(uow: UnitOfWork, now: datetime, chunk_rows: int = 20_000) -> int:
 
 
 def abort_pass(uow: UnitOfWork) -> None:
-    """Forget the pass under way (retention moved rows out from under it): the next step starts anew."""
+    """Forget the pass under way: the next step starts anew."""
     with uow:
-        state = _claim_state(uow.session, wait=True)
-        assert state is not None
-        state.started_at = None
-        uow.session.execute(text("DELETE FROM audit_verifier_sums"))
+        reset_pass(uow.session)
         uow.commit()
+
+
+def reset_pass(session: Session) -> None:
+    """In the caller's transaction, which keeps the verifier out (row lock) until it commits."""
+    state = _claim_state(session, wait=True)
+    assert state is not None
+    state.started_at = None
+    session.execute(text("DELETE FROM audit_verifier_sums"))
+    session.flush()
 
 
 def _claim_state(session: Session, wait: bool = False) -> AuditVerifierPass | None:

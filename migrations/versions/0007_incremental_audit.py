@@ -238,6 +238,36 @@ def upgrade() -> None:
         *_book_columns(),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_book_total_deltas")),
     )
+    op.create_table(
+        "archived_trades",
+        sa.Column("id", sa.String(length=128), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("symbol", sa.String(length=32), nullable=False),
+        sa.Column("side", sa.String(length=4), nullable=False),
+        sa.Column("quantity", _NUM, nullable=False),
+        sa.Column("price", _NUM, nullable=False),
+        sa.Column("executed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("content_hash", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status_reason", sa.Text(), nullable=True),
+        sa.Column("accumulated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("open_quantity", _NUM, nullable=False),
+        sa.Column("archived_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_archived_trades")),
+    )
+    op.create_table(
+        "archived_contributions",
+        sa.Column("id", sa.BigInteger(), nullable=False),
+        sa.Column("execution_id", sa.UUID(), nullable=False),
+        sa.Column("trade_id", sa.String(length=128), nullable=True),
+        sa.Column("return_id", sa.BigInteger(), nullable=True),
+        sa.Column("quantity", _NUM, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_archived_contributions")),
+    )
+    op.create_index(
+        op.f("ix_archived_contributions_execution_id"), "archived_contributions", ["execution_id"], unique=False
+    )
     # The audit reads a symbol's trades above its checkpoint; the verifier walks them in this order.
     op.create_index("ix_trades_symbol_seq", "trades", ["symbol", "seq"], unique=False)
     for table in _CONTRIBUTIONS:
@@ -258,6 +288,9 @@ def downgrade() -> None:
             for event in ("insert", "update", "delete"):
                 op.execute(f"DROP TRIGGER {family}_{event} ON {table}")
             op.execute(f"DROP FUNCTION dustpan_{family}_{table}()")
+    op.drop_index(op.f("ix_archived_contributions_execution_id"), table_name="archived_contributions")
+    op.drop_table("archived_contributions")
+    op.drop_table("archived_trades")
     op.drop_table("book_total_deltas")
     op.drop_table("book_totals")
     op.drop_index("ix_trades_symbol_seq", table_name="trades")
