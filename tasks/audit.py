@@ -84,17 +84,25 @@ _TOTALS = text(
 )
 
 # Each execution above its symbol's checkpoint took exactly its quantity from its contributions
-# (the verifier checks the ones below it).
+# (the verifier checks the ones below it). Driven per symbol and per execution through their
+# indexes: the contributions of other executions are never read.
 _CONTRIBUTION_MISMATCHES = text(
     """
     SELECT e.symbol, e.id
-    FROM executions e
-    LEFT JOIN audit_checkpoints cp ON cp.symbol = e.symbol
-    LEFT JOIN (SELECT execution_id, quantity FROM contributions
-               UNION ALL SELECT execution_id, quantity FROM archived_contributions) c ON c.execution_id = e.id
-    WHERE e.source = 'hedge' AND e.seq > coalesce(cp.execution_seq, 0)
-    GROUP BY e.symbol, e.id, e.side, e.quantity
-    HAVING coalesce(sum(c.quantity), 0) <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END
+    FROM accumulators s
+    LEFT JOIN audit_checkpoints cp ON cp.symbol = s.symbol
+    JOIN LATERAL (
+        SELECT id, symbol, side, quantity FROM executions
+        WHERE symbol = s.symbol AND seq > coalesce(cp.execution_seq, 0) AND source = 'hedge'
+        OFFSET 0  -- kept a per-symbol index range scan: never flattened into a scan of every execution
+    ) e ON true
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(quantity), 0) AS taken FROM (
+            SELECT quantity FROM contributions WHERE execution_id = e.id
+            UNION ALL SELECT quantity FROM archived_contributions WHERE execution_id = e.id
+        ) c
+    ) t
+    WHERE t.taken <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END
     """
 )
 

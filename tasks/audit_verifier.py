@@ -46,10 +46,11 @@ _EXECUTION_CHUNK = text(
     " WHERE (symbol, seq) > (:symbol, :seq) ORDER BY symbol, seq LIMIT :n"
 )
 _MISMATCHED = text(
-    "SELECT e.id FROM executions e LEFT JOIN (SELECT execution_id, quantity FROM contributions"
-    " UNION ALL SELECT execution_id, quantity FROM archived_contributions) c ON c.execution_id = e.id"
-    " WHERE e.id = ANY(CAST(:ids AS uuid[])) GROUP BY e.id, e.side, e.quantity"
-    " HAVING coalesce(sum(c.quantity), 0) <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END"
+    "SELECT e.id FROM executions e CROSS JOIN LATERAL (SELECT coalesce(sum(quantity), 0) AS taken FROM"
+    " (SELECT quantity FROM contributions WHERE execution_id = e.id"
+    " UNION ALL SELECT quantity FROM archived_contributions WHERE execution_id = e.id) c) t"
+    " WHERE e.id = ANY(CAST(:ids AS uuid[]))"
+    " AND t.taken <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END"
 )
 _INSTALL_CHECKPOINTS = text(
     """
