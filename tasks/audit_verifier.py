@@ -45,12 +45,13 @@ _EXECUTION_CHUNK = text(
     "SELECT id, symbol, seq, status, side, filled_quantity, source FROM executions"
     " WHERE (symbol, seq) > (:symbol, :seq) ORDER BY symbol, seq LIMIT :n"
 )
+# Per execution of the chunk, through the indexes (the ids drive, never a scan of all executions).
 _MISMATCHED = text(
-    "SELECT e.id FROM executions e CROSS JOIN LATERAL (SELECT coalesce(sum(quantity), 0) AS taken FROM"
+    "SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS chunk (id) JOIN executions e ON e.id = chunk.id"
+    " CROSS JOIN LATERAL (SELECT coalesce(sum(quantity), 0) AS taken FROM"
     " (SELECT quantity FROM contributions WHERE execution_id = e.id"
     " UNION ALL SELECT quantity FROM archived_contributions WHERE execution_id = e.id) c) t"
-    " WHERE e.id = ANY(CAST(:ids AS uuid[]))"
-    " AND t.taken <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END"
+    " WHERE t.taken <> CASE WHEN e.side = 'buy' THEN e.quantity ELSE -e.quantity END"
 )
 _INSTALL_CHECKPOINTS = text(
     """
