@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
 from models.domain.quantities import ZERO
-from tasks.sales import LedgerVolume
+
+if TYPE_CHECKING:
+    from tasks.sales import LedgerVolume
 
 # DELETE ... RETURNING and the upsert are one statement: a delta is folded once or not at all.
 # Two folds at once: the second waits on the first's deleted rows, then skips them.
@@ -114,6 +117,8 @@ def book_rows(session: Session, kind: str) -> list[BookRow]:
 
 def ledger_totals(uow: UnitOfWork, symbol: str | None = None) -> LedgerVolume:
     """The dust ledger's sales, proceeds and dust from the kept totals: no pass over the ledger."""
+    from tasks.sales import LedgerVolume  # here: a one-shot `dustpan audit` does not load the sales use cases
+
     with uow:
         rows = [r for r in book_rows(uow.session, "ledger") if symbol is None or r.symbol == symbol]
     return LedgerVolume(
