@@ -97,6 +97,12 @@ beat_schedule = {
         "schedule": _every(_settings.schedule.audit_seconds),
         "options": {"expires": 120},
     },
+    # One bounded chunk of the background re-verification of the whole history per tick.
+    "audit-verify": {
+        "task": "audit.verify",
+        "schedule": _every(_settings.schedule.audit_verify_seconds),
+        "options": {"expires": max(1, int(_settings.schedule.audit_verify_seconds * 4 / 5))},
+    },
     "dust-broker-cleanup": {
         "task": "dust.broker_cleanup",
         "schedule": _every(_settings.schedule.cleanup_seconds),

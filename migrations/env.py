@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import models.tables_audit  # the audit's tables too
 import models.tables_ops  # noqa: F401 - registers the operations tables on the metadata
 from models.db import sqlalchemy_url
 from models.tables import Base

@@ -83,6 +83,8 @@ class Trade(Base):
         CheckConstraint("status = 'accumulated' OR open_quantity = 0", name="open_only_when_accumulated"),
         Index("ix_trades_waiting", "symbol", "seq", postgresql_where=text("status = 'received'")),
         Index("ix_trades_open", "symbol", "seq", postgresql_where=text("open_quantity <> 0")),
+        # The audit reads each symbol's trades above its checkpoint; the verifier walks this order.
+        Index("ix_trades_symbol_seq", "symbol", "seq"),
     )
 
 

@@ -48,6 +48,14 @@ class CleanupConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    max_waiting_seconds: int  # the audit is not ok while a trade waits longer
+    verify_period_seconds: int  # every row is re-verified within this
+    verify_chunk_rows: int  # least rows per verifier step
+    verify_every_seconds: float  # float-ok: Beat's interval between verifier steps, a duration
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """Every setting a task needs, as the use cases' own config objects."""
 
@@ -61,6 +69,7 @@ class TaskConfig:
     trading_policy: TradingPolicy
     cleanup: CleanupConfig
     timing: Timing
+    audit: AuditConfig
 
     @property
     def market_data_account(self) -> str:

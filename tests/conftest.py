@@ -18,6 +18,7 @@ import psycopg2
 import pytest
 import redis
 
+import models.tables_audit  # the audit's tables too
 import models.tables_ops  # noqa: F401 - its tables are truncated too
 from models.db import UnitOfWork, dispose_engines
 from models.tables import Base

@@ -16,7 +16,7 @@ from models.tables_ops import Lot
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
 from tasks.lineage import TradeExecution, is_completed, trade_executions, trade_ids_by_execution
-from tasks.sales import ledger_volume
+from tasks.totals import ledger_totals
 from workers import api_types, runtime
 from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json, json_value
 from workers.api_contract import responses
@@ -124,7 +124,11 @@ def _trade_execution_json(share: TradeExecution) -> dict[str, Any]:
 
 @router.get("/audit")
 def audit(_: Operator) -> dict[str, Any]:
-    return audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now()).as_json()
+    settings = runtime.settings()
+    report = audit_books(
+        runtime.unit_of_work(), settings.accumulation.threshold, runtime.now(), settings.audit.max_waiting_seconds
+    )
+    return report.as_json()
 
 
 @router.get("/freezes")
@@ -163,7 +167,7 @@ def unfreeze(symbol: Symbol, _: Operator) -> Response:
 
 @router.get("/dust")
 def dust(_: Operator, limit: Limit = 100) -> dict[str, Any]:
-    volume = ledger_volume(runtime.unit_of_work())
+    volume = ledger_totals(runtime.unit_of_work())
     with runtime.unit_of_work() as uow:
         recent = uow.session.scalars(select(DustLedger).order_by(DustLedger.id.desc()).limit(limit)).all()
         orphaned = uow.session.scalars(select(Position).where(Position.status == "dust_orphaned")).all()

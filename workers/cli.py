@@ -298,10 +298,15 @@ def _run_flower(address: str, port: int, insecure: bool) -> None:
 
 
 def _audit(as_json: bool) -> int:
-    from tasks.audit import audit_books
-    from workers import runtime
+    # Only what the audit reads: not workers.runtime, whose adapters and task configs it never uses.
+    from datetime import UTC, datetime
 
-    report = audit_books(runtime.unit_of_work(), runtime.settings().accumulation.threshold, runtime.now())
+    from models.db import UnitOfWork
+    from tasks.audit import audit_books
+
+    settings = get_settings()
+    uow = UnitOfWork(_require_database(settings.database_url))
+    report = audit_books(uow, settings.accumulation.threshold, datetime.now(UTC), settings.audit.max_waiting_seconds)
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:

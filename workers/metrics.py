@@ -54,7 +54,7 @@ TASK_SUCCESSES_KEY = "dustpan:metrics:task_successes"  # field: task name
 TASK_FAILURES_KEY = "dustpan:metrics:task_failures"  # field: task name
 TASK_RETRIES_KEY = "dustpan:metrics:task_retries"  # field: task name
 AUDIT_CACHE_KEY = "dustpan:metrics:audit_unbalanced"
-# The audit scans every trade: one run per this many seconds serves all scrapers of the fleet.
+# One audit run per this many seconds serves all scrapers of the fleet (cheap now, but per scrape it adds up).
 AUDIT_CACHE_SECONDS = 30
 TRADE_OUTCOMES = ("accepted", "duplicate", "conflict")
 # Upper bounds in seconds, as exact text; observations are integer nanoseconds.

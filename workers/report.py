@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.domain.quantities import canonical, money_text
-from models.tables import Accumulator, Execution, Position, SymbolFreeze, Trade
+from models.tables import Accumulator, Position, SymbolFreeze
 from models.tables_ops import Lot
 from workers import runtime
 from workers.console import table, table_console
@@ -29,15 +29,15 @@ Json = dict[str, Any]
 
 def collect() -> Json:
     """Every section of the report; the audit runs last, in its own snapshot."""
-    from tasks.audit import audit_books  # imports the Celery app: only when a report is asked for
+    from tasks.audit import audit_books
     from tasks.position_book import open_positions, realized_pnl
-    from tasks.sales import ledger_volume
+    from tasks.totals import ledger_totals
 
-    volume = ledger_volume(runtime.unit_of_work())
+    volume = ledger_totals(runtime.unit_of_work())
     with runtime.unit_of_work() as uow:
         session = uow.session
         data: Json = {
-            "trades": {s: n for s, n in session.execute(select(Trade.status, func.count()).group_by(Trade.status))},
+            "trades": _trades_by_status(session),
             "accumulators": _accumulators(session),
             "executions": _executions(session),
             "dust": {
@@ -57,8 +57,9 @@ def collect() -> Json:
     data["positions"] = open_positions(runtime.unit_of_work())
     pnl = realized_pnl(runtime.unit_of_work())
     data["pnl"] = {"totals": pnl["totals"], "total": pnl["total"]}
-    threshold = runtime.settings().accumulation.threshold
-    data["audit"] = audit_books(runtime.unit_of_work(), threshold, runtime.now()).as_json()
+    settings = runtime.settings()
+    threshold, max_waiting = settings.accumulation.threshold, settings.audit.max_waiting_seconds
+    data["audit"] = audit_books(runtime.unit_of_work(), threshold, runtime.now(), max_waiting).as_json()
     return data
 
 
@@ -70,22 +71,29 @@ def _accumulators(session: Session) -> list[Json]:
     ]
 
 
+def _trades_by_status(session: Session) -> Json:
+    """From the totals the triggers keep (tasks.totals): the cost does not grow with history."""
+    from tasks.totals import book_rows
+
+    counts: Json = {}
+    for row in book_rows(session, "trade"):
+        counts[row.status] = counts.get(row.status, 0) + row.row_count
+    return dict(sorted(counts.items()))
+
+
 def _executions(session: Session) -> list[Json]:
-    rows = session.execute(
-        select(
-            Execution.symbol,
-            Execution.side,
-            Execution.status,
-            func.count(),
-            func.sum(Execution.quantity),
-            func.sum(Execution.filled_quantity),
-        )
-        .group_by(Execution.symbol, Execution.side, Execution.status)
-        .order_by(Execution.symbol, Execution.side, Execution.status)
-    ).all()
+    from tasks.totals import book_rows
+
     return [
-        {"symbol": s, "side": side, "status": st, "count": n, "quantity": canonical(q), "filled": canonical(f)}
-        for s, side, st, n, q, f in rows
+        {
+            "symbol": r.symbol,
+            "side": r.side,
+            "status": r.status,
+            "count": r.row_count,
+            "quantity": canonical(r.quantity),
+            "filled": canonical(r.filled),
+        }
+        for r in book_rows(session, "execution")
     ]
 
 

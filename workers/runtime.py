@@ -14,7 +14,7 @@ from models.db import UnitOfWork
 from models.domain.venue import VenueRules
 from models.domain.venue_sources import RuleOverride
 from tasks.balances import BalanceConfig
-from tasks.deps import CleanupConfig, Dependencies, TaskConfig, Timing
+from tasks.deps import AuditConfig, CleanupConfig, Dependencies, TaskConfig, Timing
 from tasks.dust import DustScanConfig
 from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
@@ -162,6 +162,12 @@ def _build_task_config(config: Settings) -> TaskConfig:
             config.operations.cleanup_execute,
             config.operations.normalize_execute,
             config.dust.consolidate_usd,
+        ),
+        audit=AuditConfig(
+            config.audit.max_waiting_seconds,
+            config.audit.verify_period_seconds,
+            config.audit.verify_chunk_rows,
+            float(config.schedule.audit_verify_seconds),  # float-ok: a duration
         ),
         timing=Timing(
             poll_seconds=config.execution.poll_seconds,

@@ -47,6 +47,12 @@ class AccumulationSettings(_Section):
     _split = field_validator("restricted_symbols", mode="before")(_comma_list)
 
 
+class AuditSettings(_Section):
+    max_waiting_seconds: int = Field(60, ge=1, description="the audit is not ok while a trade waits longer")
+    verify_period_seconds: int = Field(86_400, ge=60, description="every row is re-verified within this")
+    verify_chunk_rows: int = Field(20_000, ge=100, le=1_000_000, description="least rows per verifier step")
+
+
 class ExecutionSettings(_Section):
     rejection_backoff_seconds: int = Field(30, ge=0, le=3600)
     freeze_after_rejections: int = Field(3, ge=1)
@@ -139,6 +145,7 @@ class ScheduleSettings(_Section):
 
     sweep_seconds: Decimal = Field(Decimal(5), gt=0)
     audit_seconds: Decimal = Field(Decimal(60), gt=0)
+    audit_verify_seconds: Decimal = Field(Decimal(30), gt=0)
     venues_seconds: Decimal = Field(Decimal(3600), gt=0)
     positions_seconds: Decimal = Field(Decimal(300), gt=0)
     dust_scan_seconds: Decimal = Field(Decimal(300), gt=0)
@@ -219,6 +226,7 @@ class Settings(BaseSettings):
 
     accumulation: AccumulationSettings = AccumulationSettings()
     execution: ExecutionSettings = ExecutionSettings()
+    audit: AuditSettings = AuditSettings()
     paper: PaperSettings = PaperSettings()
     webhook: WebhookSettings = WebhookSettings()
     http: HttpSettings = HttpSettings()

@@ -24,7 +24,7 @@ EXECUTION_STATES = ("pending", "submitted", "filled")
 # kombu's Redis transport keeps a queue as a list named after it, plus one sibling list per
 # priority step ("<queue>" + Channel.sep + "<step>") for messages sent with a priority.
 _PRIORITY_SUFFIXES = tuple(f"{Channel.sep}{step}" if step else "" for step in PRIORITY_STEPS)
-# The audit scans every trade: however often the line refreshes, it runs at most this often.
+# However often the line refreshes, the audit runs at most this often.
 AUDIT_EVERY_SECONDS = 10
 _REDIS_TIMEOUT_SECONDS = 2
 

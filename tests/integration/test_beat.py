@@ -40,6 +40,7 @@ def test_a_real_beat_and_worker_run_every_scheduled_job(make_fleet, books: Books
         for name in (
             "sweep_seconds",
             "audit_seconds",
+            "audit_verify_seconds",
             "venues_seconds",
             "positions_seconds",
             "dust_scan_seconds",

@@ -13,6 +13,7 @@ import redis
 from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books
 from tests.support.feed import make_trades, post_trades
 from tests.support.fleet import DustpanProcess, Fleet, wait_for
+from tests.support.totals import running_and_recomputed
 
 
 def _assert_books_exact(fleet: Fleet, books: Books, trade_count: int) -> None:
@@ -30,6 +31,9 @@ def _assert_books_exact(fleet: Fleet, books: Books, trade_count: int) -> None:
         )
         == []
     )
+    # The running totals, written by triggers in the killed transactions' own commits, are exact.
+    running, recomputed = running_and_recomputed(books.url)
+    assert running == recomputed and recomputed, (running, recomputed)
     posts = books.rows("SELECT client_order_id, count(*) FROM paper_order_requests GROUP BY 1 HAVING count(*) > 1")
     assert posts == [], "an order was sent twice"
     assert books.value("SELECT count(*) FROM paper_orders") == books.value("SELECT count(*) FROM executions")

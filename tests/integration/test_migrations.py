@@ -10,6 +10,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
+import models.tables_audit  # the audit's tables too
 import models.tables_ops  # noqa: F401 - registers the operations tables
 from models.db import sqlalchemy_url
 from models.tables import Base
