@@ -43,6 +43,11 @@ class UnresolvedOrder(TemporaryError):
     chain we cannot follow, a replacement for another quantity). Hold the execution; never re-order."""
 
 
+class NotFound(BrokerageError):
+    """A read the broker answered with its own "no such thing" (market data for an unknown
+    symbol): evidence about the thing asked for, never about an order."""
+
+
 class InvalidOrder(BrokerageError):
     """The broker refused this order (only a state-changing call raises it, only when the body
     says so). Settle it as refused, but only after one lookup by ``client_order_id`` found nothing."""

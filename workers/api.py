@@ -13,12 +13,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import ClientDisconnect
 
+from tasks.ports import BrokerageError, InvalidOrder, NotFound, RateLimited
 from workers import api_balances, api_books, api_orders, api_positions, api_webhook, metrics, runtime
 from workers.api_access import AccessLog
 from workers.api_common import Operator
 from workers.api_contract import responses, serve_local_docs, unavailable
 from workers.api_types import invalid_payload
-from workers.brokerage.base import BrokerageError, InvalidOrder, RateLimited
 
 log = logging.getLogger(__name__)
 app = FastAPI(
@@ -63,7 +63,7 @@ async def _broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
 
 @app.exception_handler(BrokerageError)
 async def _brokerage_unavailable(_: Request, exc: BrokerageError) -> JSONResponse:
-    if isinstance(exc, InvalidOrder):  # the brokerage refused the request for what it is
+    if isinstance(exc, InvalidOrder | NotFound):  # the brokerage refused or does not know what was asked
         return JSONResponse({"error": "not_tradable", "message": str(exc)}, status_code=422)
     log.warning("brokerage unavailable: %s", exc)
     body, headers = unavailable("brokerage")

@@ -75,7 +75,7 @@ def _outage(exc: BaseException) -> ServiceUnreachable | None:
     import sqlalchemy.exc
     from kombu.exceptions import OperationalError as KombuOperationalError
 
-    from workers.brokerage.base import RateLimited, TemporaryError
+    from tasks.ports import RateLimited, TemporaryError
     from workers.settings import get_settings
 
     settings = get_settings()
@@ -178,8 +178,8 @@ def check_broker() -> None:
 
 
 def check_brokerage() -> None:
+    from tasks.ports import TemporaryError
     from workers import runtime
-    from workers.brokerage.base import TemporaryError
 
     for account in runtime.settings().accounts:
         try:

@@ -34,6 +34,7 @@ from tasks.ports import (
     InsufficientFunds,
     InvalidOrder,
     MalformedAnswer,
+    NotFound,
     OrderRequest,
     RateLimited,
     TemporaryError,
@@ -141,7 +142,10 @@ class AlpacaBrokerage(Brokerage):
             response = self._send("GET", url, params={"symbols": pair})
             return parse_crypto_trade_price(self._read(response, f"GET crypto latest trade {pair}"), pair)
         url = f"{self._data_url}/v2/stocks/{quote(symbol, safe='')}/trades/latest"
-        return parse_trade_price(self._read(self._send("GET", url), f"GET latest trade {symbol}"), symbol)
+        response = self._send("GET", url)
+        if response.status_code == 404 and _is_alpaca_error(response):
+            raise NotFound(f"no market data for {symbol}: {_error_message(response)}")
+        return parse_trade_price(self._read(response, f"GET latest trade {symbol}"), symbol)
 
     def get_account(self) -> AccountBalance:
         return parse_account(self._read(self._send("GET", "/v2/account"), "GET /v2/account"))
