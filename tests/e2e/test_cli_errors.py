@@ -118,7 +118,7 @@ def test_version_prints_the_installed_version(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        (["worker"], "(default: ingestion,execution,ops)"),
+        (["worker"], "(default: 16)"),  # --io-concurrency: the threads of the execution pool
         (["up"], "(default: 5555)"),
         (["api"], "(default: 127.0.0.1)"),
         (["demo"], "(default: 3000)"),
