@@ -163,7 +163,8 @@ def test_queue_depth_and_accumulator_lag_grow_without_workers_and_drain_to_zero(
         def drained() -> bool:
             samples = scrape(client)
             return (
-                value(samples, "dustpan_task_successes_total", task="ingestion.accumulate") == 2
+                # The two wake-ups, and any run the worker's own sweep adds (harmless: nothing waits).
+                value(samples, "dustpan_task_successes_total", task="ingestion.accumulate") >= 2
                 and value(samples, "dustpan_accumulator_waiting_trades") == 0
             )
 
