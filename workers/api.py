@@ -97,7 +97,7 @@ def live() -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-@app.get("/health/ready")
+@app.get("/health/ready", responses=responses(503))
 def ready() -> JSONResponse:
     """Whether it can take webhooks now: the database and the broker. The brokerage is
     reported but not required: trades are stored and netted while it is away."""
