@@ -1,7 +1,7 @@
 """What every Celery task reaches its world through: one ``Dependencies`` object, built once per
 process by the composition root (``workers.runtime.dependencies``) and set on the Celery app
 (``workers.celery_app``). Tasks read it as ``self.deps`` (base class ``DustpanTask``) and never
-import workers/; tests build the same object with fakes.
+reach up into the workers package; tests build the same object with fakes.
 """
 
 from __future__ import annotations
