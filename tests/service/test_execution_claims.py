@@ -48,6 +48,20 @@ def pending_execution(uow: UnitOfWork) -> Execution:
         return uow.session.scalars(select(Execution).where(Execution.id == execution_id)).one()
 
 
+def submit_in_thread(
+    url: str, broker: FakeBrokerage, execution_id: object, outcome: list[SubmitOutcome]
+) -> threading.Thread:
+    """Worker w1 submitting the execution on a thread of its own; its outcome lands in ``outcome``."""
+
+    def run() -> None:
+        result = submit_execution(uow_for(url), lambda _a: broker, execution_id, EXECUTION, NOW, worker="w1")  # type: ignore[arg-type]
+        outcome.append(result.outcome)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def lock_nowait(url: str, query: str, *args: object) -> int:
     """Lock rows the way a second worker would, failing at once if anyone holds them."""
     connection = psycopg2.connect(url)
@@ -65,14 +79,7 @@ def test_rows_are_free_while_the_broker_call_hangs(uow: UnitOfWork, clean_databa
     execution = pending_execution(uow)
     broker = HangingBrokerage()
     outcome: list[SubmitOutcome] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(
-            submit_execution(
-                uow_for(clean_database), lambda _a: broker, execution.id, EXECUTION, NOW, worker="w1"
-            ).outcome
-        )
-    )
-    worker.start()
+    worker = submit_in_thread(clean_database, broker, execution.id, outcome)
     try:
         assert broker.in_call.wait(30), "the worker never reached the broker"
         # While the POST hangs, every row it touches can be locked by someone else at once.
@@ -110,14 +117,7 @@ def test_a_call_that_outlives_its_lease_records_nothing_the_new_claimant_does(
     execution = pending_execution(uow)
     broker = HangingBrokerage()
     outcome: list[SubmitOutcome] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(
-            submit_execution(
-                uow_for(clean_database), lambda _a: broker, execution.id, EXECUTION, NOW, worker="w1"
-            ).outcome
-        )
-    )
-    worker.start()
+    worker = submit_in_thread(clean_database, broker, execution.id, outcome)
     assert broker.in_call.wait(30)
     # w1 hangs past its lease (a dead worker looks the same): w2 takes over. Its lookup finds
     # nothing yet (w1's POST has not reached the book), so it places the order itself...
