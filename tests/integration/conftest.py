@@ -14,6 +14,7 @@ from tests.support.fleet import Fleet
 
 WEBHOOK_SECRET = "integration-webhook-secret"
 API_TOKEN = "integration-api-token"
+OPERATOR_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 def fleet_env(database_url: str, broker_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:

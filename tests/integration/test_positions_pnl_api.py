@@ -6,22 +6,12 @@ from decimal import Decimal
 
 import httpx
 
-from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books
+from tests.integration.conftest import OPERATOR_AUTH, WEBHOOK_SECRET, Books
+from tests.support.feed import trade_json as trade
 from tests.support.fleet import Fleet, wait_for
 from workers.demo import post_batch
 
-AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-
-
-def trade(trade_id: str, symbol: str, quantity: str, price: str, side: str = "buy") -> dict[str, str]:
-    return {
-        "id": trade_id,
-        "symbol": symbol,
-        "side": side,
-        "quantity": quantity,
-        "price": price,
-        "executed_at": "2026-11-02T14:30:00Z",
-    }
+AUTH = OPERATOR_AUTH
 
 
 def get(fleet: Fleet, path: str) -> httpx.Response:

@@ -24,5 +24,17 @@ def make_trades(symbol: str, count: int, rng: random.Random, prefix: str | None 
     ]
 
 
+def trade_json(trade_id: str, symbol: str, quantity: str, price: str, side: str = "buy") -> dict[str, str]:
+    """One trade of a webhook body, as an upstream sends it."""
+    return {
+        "id": trade_id,
+        "symbol": symbol,
+        "side": side,
+        "quantity": quantity,
+        "price": price,
+        "executed_at": "2026-11-02T14:30:00Z",
+    }
+
+
 # The demo's signed post is the one way to send a webhook; tests use it as it is.
 post_trades = post_batch
