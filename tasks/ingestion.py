@@ -51,13 +51,18 @@ def store_trades(uow: UnitOfWork, trades: Sequence[IncomingTrade]) -> StoreResul
 
 
 def store_webhooks(uow: UnitOfWork, webhooks: Sequence[Sequence[IncomingTrade]]) -> list[StoreResult]:
-    """Store several webhooks' trades with one INSERT (group commit), one result per webhook.
+    """Store several webhooks' trades with one statement (group commit), one result per webhook.
 
     Each webhook gets the result it would have had alone, had they been stored one after the
     other in the order given: a trade id that two of them carry is accepted by the first and
-    known to the second, a duplicate or a conflict by the content the first stored. The INSERT
-    is one transaction, so an autocommit unit of work commits it as it returns; the read of
-    known ids' content hashes after it need not be in that transaction.
+    known to the second, a duplicate or a conflict by the content the first stored.
+
+    The INSERT and the read of the known ids' stored content are one statement, so that a
+    caller who sees an error knows nothing of it was committed (SPEC 6: a webhook 503 means
+    nothing was stored; a retry is safe and answers what it finds), except when the connection
+    breaks after COMMIT but before its acknowledgement. The one exception: an id inserted by a
+    concurrent transaction while this statement ran is not in the statement's snapshot, and is
+    read once more after the commit.
     """
     first_by_id: dict[str, IncomingTrade] = {}
     for trades in webhooks:
@@ -68,11 +73,16 @@ def store_webhooks(uow: UnitOfWork, webhooks: Sequence[Sequence[IncomingTrade]])
         # unique-index entries in the same order instead of deadlocking.
         ordered = [first_by_id[trade_id] for trade_id in sorted(first_by_id)]
         hashes = {trade.id: trade.content_hash() for trade in ordered}
-        inserted = {row[0] for row in uow.rows(_INSERT_TRADES_SQL, _trade_columns(ordered, hashes))}
+        inserted: set[str] = set()
         stored_hash: dict[str, str] = {}
-        if len(inserted) < len(first_by_id):
-            known = sorted(first_by_id.keys() - inserted)
-            stored_hash = dict(uow.rows(_STORED_HASHES_SQL, {"ids": known}))
+        for trade_id, was_inserted, content_hash in uow.rows(_INSERT_TRADES_SQL, _trade_columns(ordered, hashes)):
+            if was_inserted:
+                inserted.add(trade_id)
+            else:
+                stored_hash[trade_id] = content_hash
+        raced = sorted(first_by_id.keys() - inserted - stored_hash.keys())
+        if raced:
+            stored_hash.update(uow.rows(_STORED_HASHES_SQL, {"ids": raced}))
         uow.commit()
     stored_hash.update((trade_id, hashes[trade_id]) for trade_id in inserted)
     claimed: set[str] = set()  # inserted ids already accepted by an earlier webhook of this call
@@ -102,15 +112,24 @@ def _result_of(
 # which psycopg2 quotes in one go (adapting seven arrays of Decimals and datetimes value by
 # value cost more than the statement on a 100-trade webhook). Numbers stay exact: decimals go
 # as their text and PostgreSQL reads them into numeric. WITH ORDINALITY keeps the rows in the
-# order given.
+# order given. The same statement returns the ids it inserted, then, only when some were not
+# (a one-time filter: nothing is read when all were new), the stored content hash of every id
+# that existed before it began (its snapshot does not see its own inserts).
 _INSERT_TRADES = text(
-    "INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash)"
-    " SELECT id, symbol, side, quantity, price, executed_at, content_hash"
+    "WITH incoming AS ("
+    " SELECT id, symbol, side, quantity, price, executed_at, content_hash, n"
     " FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS (id text, symbol text, side text,"
     " quantity numeric, price numeric, executed_at timestamptz, content_hash text))"
-    " WITH ORDINALITY AS incoming (id, symbol, side, quantity, price, executed_at, content_hash, n)"
-    " ORDER BY n"
-    " ON CONFLICT (id) DO NOTHING RETURNING id"
+    " WITH ORDINALITY AS incoming (id, symbol, side, quantity, price, executed_at, content_hash, n)),"
+    " inserted AS ("
+    " INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash)"
+    " SELECT id, symbol, side, quantity, price, executed_at, content_hash FROM incoming ORDER BY n"
+    " ON CONFLICT (id) DO NOTHING RETURNING id)"
+    " SELECT id, true, CAST(NULL AS text) FROM inserted"
+    " UNION ALL"
+    " SELECT trades.id, false, trades.content_hash FROM trades"
+    " WHERE (SELECT count(*) FROM inserted) < (SELECT count(*) FROM incoming)"
+    " AND trades.id = ANY(ARRAY(SELECT id FROM incoming))"
 )
 # The webhook path runs them at the driver level (UnitOfWork.rows): in psycopg2's spelling.
 _INSERT_TRADES_SQL = str(_INSERT_TRADES.compile(dialect=psycopg2.dialect()))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.db import UnitOfWork
 from models.domain.quantities import Side
@@ -73,3 +77,42 @@ def test_a_group_answers_and_stores_exactly_as_its_webhooks_one_after_another(
             rows = [tuple(row) for row in uow.session.execute(select(Trade.id, Trade.content_hash).order_by(Trade.id))]
         outcomes.append((results, rows))
     assert outcomes[0] == outcomes[1]
+
+
+class _OneStatementThenGone(UnitOfWork):
+    """A real unit of work whose connection is lost after its first statement: the database
+    going away between the INSERT's commit and anything that would follow it."""
+
+    statements = 0
+
+    def rows(self, statement: str, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        type(self).statements += 1
+        if type(self).statements > 1:
+            raise OperationalError(statement, parameters, Exception("server closed the connection unexpectedly"))
+        return super().rows(statement, parameters)
+
+
+def test_duplicates_and_conflicts_are_read_in_the_statement_that_inserts(clean_database: str) -> None:
+    """SPEC 6: a webhook 503 means nothing of it was committed. The answer is computed from the
+    one statement that commits, so no later round trip can fail after the trades are stored."""
+    store_trades(UnitOfWork(clean_database), [trade("old"), trade("older", "2")])
+    _OneStatementThenGone.statements = 0
+
+    result = store_trades(
+        _OneStatementThenGone(clean_database, autocommit=True), [trade("new"), trade("old"), trade("older", "3")]
+    )
+
+    assert result == StoreResult(1, 1, ["older"], ["AAPL"])
+    assert _OneStatementThenGone.statements == 1
+
+
+def test_a_statement_that_fails_stores_nothing(clean_database: str) -> None:
+    """The webhook's 503 path: the one statement fails (here, a value PostgreSQL rejects in the
+    last row), and none of the batch's other trades are stored."""
+    too_big = IncomingTrade("t3", "AAPL", Side.BUY, D("1e40"), D("100"), NOW)  # past numeric(38, 18)
+
+    with pytest.raises(DBAPIError):
+        store_webhooks(UnitOfWork(clean_database, autocommit=True), [[trade("t1"), trade("t2")], [too_big]])
+
+    with UnitOfWork(clean_database) as uow:
+        assert uow.session.scalar(select(func.count()).select_from(Trade)) == 0
