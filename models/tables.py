@@ -121,6 +121,8 @@ class Execution(Base):
     submit_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     # Broker answers in a row that said nothing about the order (timeouts, 5xx, 4xx on a lookup).
     unknown_outcomes: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Claims taken on it, ever: only a claim leads to a POST, so the first one needs no lookup.
+    claims: Mapped[int] = mapped_column(Integer, server_default="0")
     # The worker calling the broker for it, and until when that claim holds (tasks.execution).
     claimed_by: Mapped[str | None]
     claimed_until: Mapped[datetime | None]

@@ -80,6 +80,7 @@ class Claim:
     account: str
     client_order_id: str
     access: Access  # OPEN, or PROBE: the one probe of a paused account
+    first: bool = False  # the execution's first claim ever: no request can have reached the broker
 
 
 @dataclass
@@ -147,9 +148,14 @@ def claim_execution(
                 Execution.status.in_(IN_FLIGHT),
                 or_(Execution.claimed_until.is_(None), Execution.claimed_until <= now),
             )
-            .values(claimed_by=token, claimed_until=until)
+            .values(claimed_by=token, claimed_until=until, claims=Execution.claims + 1)
             .returning(
-                Execution.symbol, Execution.side, Execution.quantity, Execution.account, Execution.client_order_id
+                Execution.symbol,
+                Execution.side,
+                Execution.quantity,
+                Execution.account,
+                Execution.client_order_id,
+                Execution.claims,
             )
         ).one_or_none()
         if row is None:
@@ -163,7 +169,16 @@ def claim_execution(
             return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
         uow.commit()
     return Claim(
-        execution_id, token, until, row.symbol, row.side, row.quantity, row.account, row.client_order_id, access
+        execution_id,
+        token,
+        until,
+        row.symbol,
+        row.side,
+        row.quantity,
+        row.account,
+        row.client_order_id,
+        access,
+        first=row.claims == 1,
     )
 
 
@@ -273,9 +288,13 @@ def _find_or_place_order(
     sleep: Sleep,
     call: _Call,
 ) -> BrokerOrder:
-    order = _look_up(brokerage, claim)
-    if order is not None:
-        return order
+    # Every POST follows a committed claim, so on the first claim the broker cannot hold an order
+    # under our client_order_id: one round trip saved on the common path. Any later claim (a
+    # retry, a redelivery, a takeover after a crash or a lapsed lease) looks it up first.
+    if not claim.first:
+        order = _look_up(brokerage, claim)
+        if order is not None:
+            return order
     if claim.side == Side.BUY.value:
         # A buy increases exposure: never sent on a balance older than its max age (SPEC 1.5).
         # Sells only reduce it and must go out even when the balance cannot be read.

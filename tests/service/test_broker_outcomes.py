@@ -21,7 +21,7 @@ from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
 from tasks.ports import TemporaryError
 from tasks.sweeps import find_stranded_work
-from tests.service.conftest import ALPACA_TIMEOUT
+from tests.service.conftest import ALPACA_TIMEOUT, claimed_before
 from tests.support.alpaca_stub import AlpacaStub
 from workers.brokerage.alpaca import AlpacaBrokerage
 
@@ -124,7 +124,7 @@ def test_refusal_with_no_order_behind_it_is_settled_after_one_lookup(uow: UnitOf
     assert submit(uow, stub, execution) is SubmitOutcome.SETTLED
     assert reread(uow, execution.id).status == "rejected"
     lookups = [r for r in stub.requests if r.path.startswith("/v2/orders:by_client_order_id")]
-    assert len(lookups) == 2  # before the POST, and once more before settling the refusal
+    assert len(lookups) == 1  # none before the first claim's POST; one before settling the refusal
 
 
 def test_account_wide_403_pauses_the_account_alerts_once_and_freezes_nothing(
@@ -166,6 +166,7 @@ def test_unknown_outcomes_alert_a_person_once_at_the_threshold(
     uow: UnitOfWork, stub: AlpacaStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     execution = pending_execution(uow, "1.1")
+    claimed_before(uow, execution.id)  # every claim starts with the lookup the 403s answer
     stub.fail_next("403", count=4)
     with caplog.at_level(logging.WARNING, logger="tasks.execution"):
         for _ in range(4):

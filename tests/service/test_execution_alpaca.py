@@ -16,7 +16,7 @@ from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
 from tasks.ports import TemporaryError
-from tests.service.conftest import ALPACA_TIMEOUT
+from tests.service.conftest import ALPACA_TIMEOUT, claimed_before
 from tests.support.alpaca_stub import AlpacaStub
 from workers.brokerage.alpaca import AlpacaBrokerage
 
@@ -66,6 +66,7 @@ def test_alpaca_partial_fill_then_cancel_returns_the_rest(uow: UnitOfWork, stub:
 
 def test_alpaca_server_errors_leave_the_execution_pending(uow: UnitOfWork, stub: AlpacaStub) -> None:
     execution = pending_execution(uow, "1.5")
+    claimed_before(uow, execution.id)  # a retry: it looks the order up before anything else
     stub.fail_next("500")
     with pytest.raises(TemporaryError):
         submit_execution(uow, lambda _account: brokerage(stub), execution.id, EXECUTION, NOW)

@@ -16,6 +16,7 @@ from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
 from tasks.ports import TemporaryError
+from tests.service.conftest import claimed_before
 from tests.support.fakes import FakeBrokerage
 
 D = Decimal
@@ -58,7 +59,8 @@ def test_filled_order_is_recorded_and_books_balance(uow: UnitOfWork) -> None:
 def test_order_the_broker_already_has_is_recorded_not_resent(uow: UnitOfWork) -> None:
     broker = FakeBrokerage()
     execution = execution_for(uow, trade(1, "1.2"))
-    # The worker died after the broker accepted and before anything was recorded.
+    # The worker claimed it, the broker accepted its order, and it died before recording it.
+    claimed_before(uow, execution.id)
     broker.submit_order(_request(execution))
     submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     assert broker.posts[execution.client_order_id] == 1
@@ -155,6 +157,7 @@ def test_broker_outage_leaves_the_execution_pending_with_the_error(uow: UnitOfWo
     broker = FakeBrokerage()
     broker.unavailable = 1
     execution = execution_for(uow, trade(1, "1.5"))
+    claimed_before(uow, execution.id)  # a retry: the lookup is the first call, and it fails
     with pytest.raises(TemporaryError):
         submit_execution(uow, broker.by_account, execution.id, EXECUTION, NOW)
     stored = fetch(uow, execution.id)
@@ -166,3 +169,23 @@ def _request(execution: Execution):  # type: ignore[no-untyped-def]
     from tasks.ports import OrderRequest
 
     return OrderRequest(execution.client_order_id, execution.symbol, execution.side, execution.quantity)
+
+
+def test_only_the_first_claim_posts_without_a_lookup(uow: UnitOfWork) -> None:
+    """Every POST follows a committed claim: on the first one the broker cannot hold an order
+    under the client_order_id, so none is looked up; any later claim looks it up first."""
+    broker = FakeBrokerage()
+    lookups: list[str] = []
+    look_up = broker.get_order_by_client_order_id
+    broker.get_order_by_client_order_id = lambda cid: lookups.append(cid) or look_up(cid)  # type: ignore[method-assign]
+    first = execution_for(uow, trade(1, "1.2"))
+    assert submit_execution(uow, broker.by_account, first.id, EXECUTION, NOW).outcome is SubmitOutcome.SETTLED
+    assert lookups == [] and broker.posts[first.client_order_id] == 1
+
+    again = execution_for(uow, trade(2, "1.2"))
+    claimed_before(uow, again.id)  # claimed by a worker that died before it could POST
+    assert submit_execution(uow, broker.by_account, again.id, EXECUTION, NOW).outcome is SubmitOutcome.SETTLED
+    assert lookups == [again.client_order_id] and broker.posts[again.client_order_id] == 1
+    with uow:
+        claims = uow.session.scalars(select(Execution.claims).where(Execution.id.in_([first.id, again.id])))
+        assert sorted(claims) == [1, 2]
