@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import Numeric, String, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,6 @@ from models.tables import (
     Contribution,
     ContributionOrigin,
     Execution,
-    ExecutionReturn,
     SymbolFreeze,
     Trade,
 )
@@ -277,27 +276,27 @@ def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decima
         return []
     if accumulator.hold_until is not None and accumulator.hold_until > now:
         return []
-    if session.get(SymbolFreeze, accumulator.symbol) is not None:
-        return []
-    execution_id = _create_execution(session, accumulator, threshold, now)
+    # The accumulator's new net is written once, at commit: nothing read below depends on it.
+    with session.no_autoflush:
+        if session.get(SymbolFreeze, accumulator.symbol) is not None:
+            return []
+        execution_id = _create_execution(session, accumulator, threshold, now)
     return [execution_id] if execution_id else []
 
 
 def open_portions(session: Session, symbol: str) -> list[Portion]:
-    """The symbol's open quantity, oldest first: unfilled shares put back, then trades."""
-    returns = session.execute(
-        select(ExecutionReturn.id, ExecutionReturn.open_quantity)
-        .where(ExecutionReturn.symbol == symbol, ExecutionReturn.open_quantity != 0)
-        .order_by(ExecutionReturn.id)
-    ).all()
-    trades = session.execute(
-        select(Trade.id, Trade.open_quantity)
-        .where(Trade.symbol == symbol, Trade.open_quantity != 0)
-        .order_by(Trade.seq)
-    ).all()
-    return [Portion("return", str(r.id), r.open_quantity) for r in returns] + [
-        Portion("trade", t.id, t.open_quantity) for t in trades
-    ]
+    """The symbol's open quantity, oldest first: unfilled shares put back, then trades (one query)."""
+    rows = session.execute(_OPEN_PORTIONS, {"symbol": symbol}).all()
+    return [Portion(row.source, row.ref, row.open_quantity) for row in rows]
+
+
+_OPEN_PORTIONS = text(
+    "(SELECT 'return' AS source, CAST(id AS text) AS ref, open_quantity, 0 AS part, id AS n"
+    " FROM execution_returns WHERE symbol = :symbol AND open_quantity <> 0)"
+    " UNION ALL"
+    " (SELECT 'trade', id, open_quantity, 1, seq FROM trades WHERE symbol = :symbol AND open_quantity <> 0)"
+    " ORDER BY part, n"
+).columns(source=String, ref=String, open_quantity=Numeric(38, 18, asdecimal=True))
 
 
 def _create_execution(
@@ -312,8 +311,8 @@ def _create_execution(
     if plan is None:
         return None
     execution_id = uuid.uuid4()
-    session.add(
-        Execution(
+    session.execute(
+        insert(Execution).values(
             id=execution_id,
             symbol=accumulator.symbol,
             side=plan.side.value,
@@ -323,7 +322,6 @@ def _create_execution(
             updated_at=now,
         )
     )
-    session.flush()
     _take_from_portions(session, execution_id, plan.allocations)
     accumulator.net_quantity -= plan.signed_quantity
     return execution_id
