@@ -85,6 +85,8 @@ class Trade(Base):
         Index("ix_trades_open", "symbol", "seq", postgresql_where=text("open_quantity <> 0")),
         # The audit reads each symbol's trades above its checkpoint; the verifier walks this order.
         Index("ix_trades_symbol_seq", "symbol", "seq"),
+        # `dustpan up`'s last-minute latency percentiles (workers/up_status.py).
+        Index("ix_trades_accumulated_at", "accumulated_at", postgresql_where=text("accumulated_at IS NOT NULL")),
     )
 
 
@@ -157,6 +159,7 @@ class Execution(Base):
             postgresql_where=text("status IN ('pending', 'submitted')"),
         ),
         Index("ix_executions_symbol_seq", "symbol", "seq"),
+        Index("ix_executions_submitted_at", "submitted_at", postgresql_where=text("submitted_at IS NOT NULL")),
     )
 
 

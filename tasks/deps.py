@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
 from tasks.job_runs import finish_run, start_run
-from tasks.ports import Brokerage, Enqueue
+from tasks.ports import Brokerage, Enqueue, Latencies, NoLatencies
 from tasks.prices import PriceConfig
 from tasks.venues import VenueConfig
 
@@ -84,6 +84,8 @@ class Dependencies:
     now: Callable[[], datetime]
     enqueue: Enqueue
     config: Callable[[], TaskConfig]
+    # Trade latency histograms; observed after commit, never failing a task.
+    latencies: Latencies = field(default_factory=NoLatencies)
 
 
 class DustpanTask(Task):

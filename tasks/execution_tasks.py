@@ -42,6 +42,8 @@ def submit(self: DustpanTask, execution_id: str) -> str:
             raise self.retry(exc=exc, countdown=delay) from None
         log.info("submit outcome: %s", result.outcome.value)
         deps.enqueue.submit(result.follow_ups)
+        if result.submitted_wait is not None:  # committed: the order is known at the broker
+            deps.latencies.submitted(result.submitted_wait)
         if result.outcome is SubmitOutcome.SYMBOL_BUSY:
             # The symbol's calls under way end within a timeout; their row is free meanwhile.
             raise self.retry(countdown=1, max_retries=None)

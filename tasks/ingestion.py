@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -168,6 +168,7 @@ class AccumulateResult:
     applied: int = 0
     rejected: int = 0
     trade_ids: list[str] = field(default_factory=list)  # the batch claimed: applied, or rejected
+    waits: list[timedelta] = field(default_factory=list)  # accumulated_at - received_at per applied trade
     executions: list[uuid.UUID] = field(default_factory=list)
     more_waiting: bool = False
     busy: bool = False  # another run of this symbol was under way: nothing was done
@@ -204,7 +205,7 @@ def accumulate_symbol(
         before_claim()
         # SKIP LOCKED: a trade another transaction holds is left for the next run, never waited on.
         claimed = session.execute(
-            select(Trade.id, Trade.side, Trade.quantity, Trade.price)
+            select(Trade.id, Trade.side, Trade.quantity, Trade.price, Trade.received_at)
             .where(Trade.symbol == symbol, Trade.status == "received")
             .order_by(Trade.seq)
             .limit(config.batch_size)
@@ -225,6 +226,7 @@ def accumulate_symbol(
             accumulator.last_price = claimed[-1].price
             accumulator.updated_at = now
             result.applied = len(claimed)
+            result.waits = [now - row.received_at for row in claimed]
         result.executions += execute_if_due(session, accumulator, config.threshold, now)
         uow.commit()
     return result

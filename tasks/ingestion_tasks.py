@@ -36,6 +36,7 @@ def accumulate(self: DustpanTask, symbol: str) -> None:
         deps.enqueue.submit(result.executions)  # committed: a lost message is found by the sweep
         if result.more_waiting or deps.enqueue.take_bounced(symbol):
             deps.enqueue.accumulate(symbol)
+        deps.latencies.accumulated(result.waits)  # last: the order and the next run go out first
 
 
 def _log_result(result: AccumulateResult) -> None:

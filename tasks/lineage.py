@@ -16,13 +16,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.domain.quantities import ZERO
-from models.tables import Contribution, ContributionOrigin, Execution, ExecutionReturn
+from models.tables import Contribution, ContributionOrigin, Execution, ExecutionReturn, Trade
 
 FILLED_STATUSES = ("filled", "partially_filled")
 
@@ -102,6 +103,18 @@ def trade_ids_by_execution(session: Session, execution_ids: Iterable[uuid.UUID])
         if str(trade_id) not in listed:
             listed.append(str(trade_id))
     return found
+
+
+def first_received_at(session: Session, execution_id: uuid.UUID) -> datetime | None:
+    """When the oldest trade the execution took shares from directly was received: the start of
+    its received -> submitted latency. None for an execution made only of returned shares (its
+    trades waited through an earlier execution's rejection: not the pipeline's latency) and for
+    sales and exits, which have no trades."""
+    return session.scalar(
+        select(func.min(Trade.received_at))
+        .join(Contribution, Contribution.trade_id == Trade.id)
+        .where(Contribution.execution_id == execution_id)
+    )
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 
@@ -259,3 +260,32 @@ class Enqueue(abc.ABC):
     @abc.abstractmethod
     def resend_stale(self, symbols: list[str], execution_ids: list[uuid.UUID], hold_seconds: int) -> int:
         """Re-enqueue stranded work, each item at most once per ``hold_seconds``; how many were sent."""
+
+
+class Latencies(abc.ABC):
+    """Where the use cases report how long trades took to move on (SPEC 6 service levels).
+
+    The task wrappers call it after the commit that made the event true. No method raises: an
+    observation that could not be written is a gap in a graph, never a failed task (the
+    adapter logs it). Waits are measured between the stamps the rows carry, so the histograms
+    say what ``GET /trades/{id}`` shows.
+    """
+
+    @abc.abstractmethod
+    def accumulated(self, waits: Sequence[timedelta]) -> None:
+        """One wait per trade a committed accumulate run applied: ``accumulated_at - received_at``."""
+
+    @abc.abstractmethod
+    def submitted(self, wait: timedelta) -> None:
+        """An execution's order first known at the broker: ``submitted_at`` minus the
+        ``received_at`` of the oldest trade it took shares from directly."""
+
+
+class NoLatencies(Latencies):
+    """Observes nothing: for use cases run outside the fleet (tests, tools)."""
+
+    def accumulated(self, waits: Sequence[timedelta]) -> None:
+        pass
+
+    def submitted(self, wait: timedelta) -> None:
+        pass

@@ -26,6 +26,7 @@ from models.tables_ops import AccountPause
 from tasks.balances import BalanceConfig
 from tasks.exits import settle_position_order
 from tasks.ingestion import execute_if_due, lock_accumulator
+from tasks.lineage import first_received_at
 from tasks.ports import BrokerOrder
 from tasks.positions import book_fill
 
@@ -64,6 +65,9 @@ class SubmitResult:
     outcome: SubmitOutcome
     # Executions created in the same transaction from shares put back (enqueue after commit).
     follow_ups: list[uuid.UUID] = field(default_factory=list)
+    # Set when this record made the order known at the broker (submitted_at): how long after
+    # its oldest direct trade was received (tasks.lineage.first_received_at); None otherwise.
+    submitted_wait: timedelta | None = None
 
 
 def note_unknown_outcome(execution: Execution, error: Exception, config: ExecutionConfig, now: datetime) -> None:
@@ -145,6 +149,8 @@ def record_broker_order(
 ) -> SubmitResult:
     """Write the broker's answer onto the execution; put unfilled shares back when it is over."""
     settlement = settle(order.status, execution.quantity, order.filled_quantity)
+    first_known = execution.submitted_at is None and execution.source == "hedge"  # sales, exits: no trades
+    wait = _submitted_wait(session, execution.id, now) if first_known else None
     book_fill(session, execution, order.filled_quantity, order.filled_average_price, now)
     execution.broker_order_id = order.id
     execution.filled_quantity = order.filled_quantity
@@ -165,11 +171,18 @@ def record_broker_order(
         extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
     )
     if settlement.status is ExecutionStatus.SUBMITTED:
-        return SubmitResult(SubmitOutcome.WORKING)
+        return SubmitResult(SubmitOutcome.WORKING, submitted_wait=wait)
     reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
     return SubmitResult(
-        SubmitOutcome.SETTLED, _after_settlement(session, execution, settlement.unfilled, reason, config, now)
+        SubmitOutcome.SETTLED,
+        _after_settlement(session, execution, settlement.unfilled, reason, config, now),
+        submitted_wait=wait,
     )
+
+
+def _submitted_wait(session: Session, execution_id: uuid.UUID, now: datetime) -> timedelta | None:
+    received = first_received_at(session, execution_id)
+    return None if received is None else now - received
 
 
 def settle_refused(

@@ -15,7 +15,7 @@ from models.tables import Accumulator, DustLedger, Execution, Position, SymbolFr
 from models.tables_ops import Lot
 from tasks.audit import audit_books
 from tasks.freezes import freeze_symbol, unfreeze_symbol
-from tasks.lineage import TradeExecution, is_completed, trade_executions, trade_ids_by_execution
+from tasks.lineage import FILLED_STATUSES, TradeExecution, is_completed, trade_executions, trade_ids_by_execution
 from tasks.totals import ledger_totals
 from workers import api_types, runtime
 from workers.api_common import FreeText, Operator, body_schema, exact_body, execution_json, json_value
@@ -109,7 +109,9 @@ def get_trade(trade_id: Annotated[str, Path(pattern=TRADE_ID_PATTERN)], _: Opera
 
 def _trade_execution_json(share: TradeExecution) -> dict[str, Any]:
     execution = share.execution
-    filled_at = execution.updated_at if execution.status == "filled" else None
+    # A filled or partially filled execution is final: the transaction that recorded the broker's
+    # fill (stamped when the broker answered) was its last write, so updated_at is the fill time.
+    filled_at = execution.updated_at if execution.status in FILLED_STATUSES else None
     return {
         "execution_id": str(execution.id),
         "quantity": canonical(share.quantity),

@@ -37,8 +37,9 @@ app = Celery("dustpan", include=TASK_MODULES)
 app.config_from_object("celeryconfig")
 # Follow-up work leaves every process through this one after-commit enqueue (tasks.ports.Enqueue).
 enqueue = RedisEnqueue(runtime.redis_client, app.send_task, dict(get_settings().accumulation.queues))
-# The tasks reach unit of work, brokerage, clock, enqueue and settings through this (tasks.deps).
-app.dependencies = runtime.dependencies(enqueue)
+# The tasks reach unit of work, brokerage, clock, enqueue, settings and the trade latency
+# histograms (fleet-wide, in Redis: workers.metrics) through this (tasks.deps).
+app.dependencies = runtime.dependencies(enqueue, metrics.RedisLatencies())
 
 
 @setup_logging.connect

@@ -19,7 +19,7 @@ from tasks.dust import DustScanConfig
 from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
-from tasks.ports import Brokerage, Enqueue
+from tasks.ports import Brokerage, Enqueue, Latencies, NoLatencies
 from tasks.prices import PriceConfig
 from tasks.venues import VenueConfig, rules_for_symbol
 from workers.settings import Settings, get_settings
@@ -179,6 +179,13 @@ def _build_task_config(config: Settings) -> TaskConfig:
     )
 
 
-def dependencies(enqueue: Enqueue) -> Dependencies:
+def dependencies(enqueue: Enqueue, latencies: Latencies | None = None) -> Dependencies:
     """The composition root: what every task reaches its world through (tasks.deps)."""
-    return Dependencies(unit_of_work=unit_of_work, brokerage=brokerage, now=now, enqueue=enqueue, config=task_config)
+    return Dependencies(
+        unit_of_work=unit_of_work,
+        brokerage=brokerage,
+        now=now,
+        enqueue=enqueue,
+        config=task_config,
+        latencies=latencies or NoLatencies(),
+    )

@@ -1,4 +1,4 @@
-"""The status line of `dustpan up`: queue depths, trade rate, executions, audit and restarts.
+"""The status line of `dustpan up`: queue depths, trade rate, latency, executions, audit, restarts.
 
 Read by the supervisor from the services it started (explicit URLs: its own settings may
 name none), so it works the same on embedded and on external PostgreSQL and Redis.
@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from models.db import UnitOfWork
 from models.tables import Execution, Trade
@@ -27,6 +27,21 @@ _PRIORITY_SUFFIXES = tuple(f"{Channel.sep}{step}" if step else "" for step in PR
 # However often the line refreshes, the audit runs at most this often.
 AUDIT_EVERY_SECONDS = 10
 _REDIS_TIMEOUT_SECONDS = 2
+LATENCY_WINDOW_SECONDS = 60
+# The p99 of the last minute's waits, read from the stamps the rows carry (the histograms of
+# workers/metrics.py observe the same differences): trades by accumulated_at, and hedge orders
+# by submitted_at against their oldest direct trade (tasks.lineage.first_received_at). Both
+# windows are range scans of the partial indexes of migration 0009, whatever the history.
+LATENCY_P99_SQL = text(
+    "SELECT"
+    " (SELECT percentile_disc(0.99) WITHIN GROUP (ORDER BY t.accumulated_at - t.received_at)"
+    "  FROM trades t WHERE t.accumulated_at > now() - make_interval(secs => :window)),"
+    " (SELECT percentile_disc(0.99) WITHIN GROUP (ORDER BY e.submitted_at - first.received_at)"
+    "  FROM executions e CROSS JOIN LATERAL (SELECT min(t.received_at) AS received_at"
+    "   FROM contributions c JOIN trades t ON t.id = c.trade_id WHERE c.execution_id = e.id) first"
+    "  WHERE e.submitted_at > now() - make_interval(secs => :window) AND e.source = 'hedge'"
+    "  AND first.received_at IS NOT NULL)"
+)
 
 
 @dataclass(frozen=True)
@@ -36,14 +51,28 @@ class StackStatus:
     executions: dict[str, int]  # by status: pending, submitted, filled
     imbalances: int  # symbols the latest audit found unbalanced
     restarts: int  # children restarted by the supervisor
+    # p99 over the last minute: trade received -> accumulated, and -> its order at the broker
+    accumulated_p99: timedelta | None = None
+    ordered_p99: timedelta | None = None
 
     def line(self) -> str:
         queues = " ".join(f"{name} {depth}" for name, depth in self.queues.items())
         executions = " ".join(f"{status} {n}" for status, n in self.executions.items())
+        latency = f"accumulated {duration_text(self.accumulated_p99)}, ordered {duration_text(self.ordered_p99)}"
         return (
-            f"queue {queues} | trades/s {self.trades_per_second} | executions {executions} | "
+            f"queue {queues} | trades/s {self.trades_per_second} | p99 1m {latency} | executions {executions} | "
             f"imbalances {self.imbalances} | restarts {self.restarts}"
         )
+
+
+def duration_text(wait: timedelta | None) -> str:
+    """``-`` for no data, whole milliseconds below 10 s, else seconds with one decimal."""
+    if wait is None:
+        return "-"
+    microseconds = Decimal(max(0, wait // timedelta(microseconds=1)))
+    if microseconds < 10_000_000:
+        return f"{(microseconds / 1000).quantize(Decimal(1))} ms"
+    return f"{(microseconds / 1_000_000).quantize(Decimal('0.1'))} s"
 
 
 class ThrottledAudit:
@@ -88,6 +117,7 @@ def read_status(
             .where(Execution.status.in_(EXECUTION_STATES))
             .group_by(Execution.status)
         ).all()
+        accumulated_p99, ordered_p99 = uow.session.execute(LATENCY_P99_SQL, {"window": LATENCY_WINDOW_SECONDS}).one()
     counts = {status: n for status, n in rows}
     return StackStatus(
         queues=queues,
@@ -95,6 +125,8 @@ def read_status(
         executions={status: counts.get(status, 0) for status in EXECUTION_STATES},
         imbalances=audit(),
         restarts=restarts,
+        accumulated_p99=accumulated_p99,
+        ordered_p99=ordered_p99,
     )
 
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import configure_mappers
 
 from models.tables_ops import JobRun
 from tasks.deps import Dependencies
@@ -35,6 +36,11 @@ class WorkerSweep:
         self._thread = threading.Thread(target=self._loop, name="worker-sweep", daemon=True)
 
     def start(self) -> None:
+        # The prefork pool forks its children from this process, at start and whenever it
+        # replaces one. A child forked while this thread configures the ORM mappers (lazily, at
+        # the first query) inherits SQLAlchemy's configure mutex held and hangs at its own first
+        # query until the task's time limit: configure them here, before any thread runs.
+        configure_mappers()
         self._thread.start()
 
     def stop(self) -> None:

@@ -15,7 +15,8 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
 # The services that run dustpan itself (the others are PostgreSQL and Redis images).
-DUSTPAN_SERVICES = ("migrate", "api", "worker-orders", "worker-ops", "beat", "flower")
+DUSTPAN_SERVICES = ("migrate", "api", "worker-ingestion", "worker-execution", "worker-ops", "beat", "flower")
+WORKER_SERVICES = ("worker-ingestion", "worker-execution", "worker-ops")
 
 _ASSIGNMENT = re.compile(r"^(?P<commented>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
 

@@ -210,31 +210,34 @@ def test_migrate_service_upgrades_an_empty_database_to_head_and_is_rerunnable(
         admin.close()
 
 
-def test_api_and_worker_orders_services_take_a_trade_to_a_filled_order(
+def test_api_ingestion_and_execution_services_take_a_trade_to_a_filled_order(
     clean_database: str, broker_url: str, start_role: Callable[..., Role]
 ) -> None:
     env = compose_env(clean_database, broker_url)
     api = start_api(start_role, env)
-    worker = start_worker(start_role, "worker-orders", env)
+    ingestion = start_worker(start_role, "worker-ingestion", env)
+    execution = start_worker(start_role, "worker-execution", env)
     ids = post_fractional_buys(api, env, "CMPS")
 
     books = Books(clean_database)
     accumulated = "SELECT id FROM trades WHERE status = 'accumulated' AND id = ANY(%s)"
-    wait_until(worker, lambda: len(books.rows(accumulated, ids)) == 2, "the trades to be accumulated by worker-orders")
-    # the same pool consumes the execution queue: the whole share reaches the (paper) broker
+    wait_until(ingestion, lambda: len(books.rows(accumulated, ids)) == 2, "worker-ingestion to accumulate the trades")
+    # the execution pool sends the whole share to the (paper) broker
     executions = "SELECT status, filled_quantity FROM executions WHERE symbol = 'CMPS'"
-    wait_until(worker, lambda: books.rows(executions) == [("filled", Decimal(1))], "one filled whole-share execution")
+    wait_until(execution, lambda: books.rows(executions) == [("filled", Decimal(1))], "one filled whole-share order")
     assert books.value("SELECT net_quantity FROM accumulators WHERE symbol = 'CMPS'") == Decimal("0.5")
-    assert "Task ingestion.accumulate[" in worker.log() and "Task execution.submit[" in worker.log()
-    assert_healthy(api)
-    assert_healthy(worker)
+    # the bulkhead: each pool ran only its own queue's tasks
+    assert "Task ingestion.accumulate[" in ingestion.log() and "Task execution.submit[" not in ingestion.log()
+    assert "Task execution.submit[" in execution.log() and "Task ingestion.accumulate[" not in execution.log()
+    for role in (api, ingestion, execution):
+        assert_healthy(role)
 
 
 def test_beat_service_sends_the_schedule_and_worker_ops_runs_it(
     clean_database: str, broker_url: str, start_role: Callable[..., Role]
 ) -> None:
     env = compose_env(clean_database, broker_url, DUSTPAN_SCHEDULE__SWEEP_SECONDS="1")
-    orders = start_worker(start_role, "worker-orders", env)
+    orders = start_worker(start_role, "worker-ingestion", env)
     ops = start_worker(start_role, "worker-ops", env)
     beat = start_role("beat", env)
 
@@ -243,7 +246,7 @@ def test_beat_service_sends_the_schedule_and_worker_ops_runs_it(
     sweeps = "SELECT id FROM job_runs WHERE job = 'sweep.rewake' AND outcome = 'ok'"
     wait_until(ops, lambda: len(books.rows(sweeps)) >= 2, "worker-ops to record sweep.rewake runs")
     assert "Task sweep.rewake[" in ops.log()
-    assert "Task sweep.rewake[" not in orders.log(), "worker-orders consumed the ops queue"
+    assert "Task sweep.rewake[" not in orders.log(), "worker-ingestion consumed the ops queue"
     assert beat.running(), beat.tail()
     for role in (orders, ops, beat):
         assert_healthy(role)
@@ -262,7 +265,7 @@ def test_flower_service_lists_the_fleet_tasks_behind_basic_auth(
     wait_until(flower, answers(tasks_url, auth=credentials), "flower to answer /api/tasks with basic auth")
     assert_healthy(flower)
     api = start_api(start_role, env)
-    start_worker(start_role, "worker-orders", env)
+    start_worker(start_role, "worker-ingestion", env)
     post_fractional_buys(api, env, "FLWR")
 
     def task_names() -> set[str]:

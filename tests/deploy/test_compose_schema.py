@@ -26,6 +26,7 @@ from tests.deploy.compose_files import (
     DOCKERIGNORE,
     DUSTPAN_SERVICES,
     REPO,
+    WORKER_SERVICES,
     command,
     env_example,
     load_compose,
@@ -34,6 +35,7 @@ from tests.deploy.compose_files import (
 from workers.cli import ALL_QUEUES, _parser
 from workers.embedded import PG_VERSION
 from workers.settings import Settings, SettingsError, read_settings
+from workers.worker_pools import pool_for
 
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|_KEY\b|_KEY_ID\b")
 INTERPOLATION = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:?[?-][^}]*)?\}$")
@@ -74,7 +76,8 @@ def test_every_role_runs_a_dustpan_command_the_cli_accepts() -> None:
     assert {service: args.command for service, args in roles.items()} == {
         "migrate": "migrate",
         "api": "api",
-        "worker-orders": "worker",
+        "worker-ingestion": "worker",
+        "worker-execution": "worker",
         "worker-ops": "worker",
         "beat": "beat",
         "flower": "flower",
@@ -83,11 +86,18 @@ def test_every_role_runs_a_dustpan_command_the_cli_accepts() -> None:
     assert (roles["flower"].address, roles["flower"].port) == ("0.0.0.0", 5555)
 
 
-def test_the_two_worker_pools_split_the_queues_and_consume_all_of_them() -> None:
-    orders, ops = (_parser().parse_args(command(name)[1:]) for name in ("worker-orders", "worker-ops"))
-    assert (orders.queues, orders.concurrency) == ("ingestion,execution", 2)
-    assert (ops.queues, ops.concurrency) == ("ops", 1)
-    assert sorted(f"{orders.queues},{ops.queues}".split(",")) == sorted(ALL_QUEUES.split(","))
+def test_the_worker_pools_split_the_queues_into_bulkheads_and_consume_all_of_them() -> None:
+    pools = {name: _parser().parse_args(command(name)[1:]) for name in WORKER_SERVICES}
+    queues = {name: args.queues.split(",") for name, args in pools.items()}
+    # Brokerage I/O has a pool of its own, of threads; nothing that accumulates ever waits on it.
+    assert [name for name, names in queues.items() if "execution" in names] == ["worker-execution"]
+    assert queues["worker-execution"] == ["execution"]
+    assert pool_for(pools["worker-execution"].queues, pools["worker-execution"].pool) == "threads"
+    assert queues["worker-ingestion"] == ["ingestion"]
+    assert pool_for(pools["worker-ingestion"].queues, pools["worker-ingestion"].pool) == "prefork"
+    assert (pools["worker-ops"].queues, pools["worker-ops"].concurrency) == ("ops", 1)
+    union = [queue for names in queues.values() for queue in names]
+    assert sorted(union) == sorted(ALL_QUEUES.split(","))  # each queue consumed, and by one service
 
 
 def test_exactly_one_beat_service() -> None:
@@ -98,7 +108,7 @@ def test_exactly_one_beat_service() -> None:
 
 
 def test_workers_are_scalable() -> None:
-    for name in ("worker-orders", "worker-ops"):
+    for name in WORKER_SERVICES:
         spec = services()[name]
         # a fixed container name or a published host port would stop `--scale` at one container
         assert "container_name" not in spec and "ports" not in spec, name
@@ -152,7 +162,8 @@ def test_start_order_is_gated_on_health_and_a_finished_migration() -> None:
     assert conditions == {
         "migrate": {"postgres": "service_healthy"},
         "api": gated_on_migrate,
-        "worker-orders": gated_on_migrate,
+        "worker-ingestion": gated_on_migrate,
+        "worker-execution": gated_on_migrate,
         "worker-ops": gated_on_migrate,
         "beat": gated_on_migrate,
         "flower": {"redis": "service_healthy"},
@@ -181,7 +192,7 @@ def test_every_long_running_service_has_a_healthcheck_log_rotation_and_resource_
     assert limits["memory"] and limits["cpus"]
 
 
-@pytest.mark.parametrize("name", ["worker-orders", "worker-ops"])
+@pytest.mark.parametrize("name", WORKER_SERVICES)
 def test_a_worker_healthcheck_pings_its_own_node(name: str) -> None:
     argv = command(name)
     node = argv[argv.index("--name") + 1]

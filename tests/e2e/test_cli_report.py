@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,10 +20,11 @@ import psutil
 import psycopg2
 import pytest
 import redis
+from sqlalchemy import text
 
 from models.db import UnitOfWork
 from tests.support.fleet import free_port, wait_for
-from workers.up_status import QUEUES, StatusReader, ThrottledAudit, read_status
+from workers.up_status import LATENCY_P99_SQL, LATENCY_WINDOW_SECONDS, QUEUES, StatusReader, ThrottledAudit, read_status
 
 DUSTPAN = [sys.executable, "-m", "workers.cli"]
 NET = "0.123456789012345678"  # 18 decimals: the report must show every one of them
@@ -177,6 +179,59 @@ def test_status_counts_queues_recent_trades_executions_and_imbalances(clean_data
     assert line.startswith("queue ingestion 2 execution 1 ops 0 | trades/s 0.3 |"), line
     assert "executions pending 1 submitted 1 filled 2 | imbalances 1 | restarts 2" in line
     client.close()
+
+
+# Trades waiting 1..100 ms in the last minute, and one long ago that waited 10 s.
+LATENCY_BOOKS = (
+    "INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash, status, received_at,"
+    " accumulated_at) SELECT 'w-' || n, 'AAPL', 'buy', 1, 10, now(), 'h', 'accumulated', now() - interval '2 s',"
+    " now() - interval '2 s' + n * interval '1 ms' FROM generate_series(1, 100) n",
+    "INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash, status, received_at,"
+    " accumulated_at) VALUES ('w-old', 'AAPL', 'buy', 1, 10, now(), 'h', 'accumulated', now() - interval '2 h',"
+    " now() - interval '2 h' + interval '10 s')",
+    # A hedge order of w-1 and w-2 (the oldest received 2 s before it went out), and a sale without trades.
+    "INSERT INTO executions (id, symbol, side, quantity, status, client_order_id, submitted_at)"
+    " VALUES ('00000000-0000-0000-0000-00000000000a', 'AAPL', 'buy', 2, 'submitted', 'dp-a', now())",
+    "INSERT INTO contributions (execution_id, trade_id, quantity) VALUES"
+    " ('00000000-0000-0000-0000-00000000000a', 'w-1', 1), ('00000000-0000-0000-0000-00000000000a', 'w-2', 1)",
+    "INSERT INTO executions (id, symbol, side, quantity, status, client_order_id, source, submitted_at)"
+    " VALUES ('00000000-0000-0000-0000-00000000000b', 'MSFT', 'sell', 1, 'submitted', 'dp-b', 'sell', now())",
+)
+
+
+def test_status_shows_the_p99_of_the_last_minutes_waits(clean_database: str, broker_url: str) -> None:
+    uow = UnitOfWork(clean_database)
+    client = redis.Redis.from_url(broker_url)
+    quiet = read_status(uow, client, lambda: 0, window_seconds=10, restarts=0)
+    assert (quiet.accumulated_p99, quiet.ordered_p99) == (None, None)
+
+    execute(clean_database, *LATENCY_BOOKS)
+    status = read_status(uow, client, lambda: 0, window_seconds=10, restarts=0)
+    client.close()
+
+    assert status.accumulated_p99 == timedelta(milliseconds=99)  # the 99th of 100; the old 10 s is out
+    assert status.ordered_p99 == timedelta(seconds=2)  # an execution's oldest direct trade; sales have none
+    assert "| p99 1m accumulated 99 ms, ordered 2000 ms |" in status.line()
+
+
+def test_the_last_minutes_p99_reads_an_index_not_the_history(clean_database: str) -> None:
+    execute(
+        clean_database,
+        "INSERT INTO trades (id, symbol, side, quantity, price, executed_at, content_hash, status, received_at,"
+        " accumulated_at) SELECT 'h-' || n, 'AAPL', 'buy', 1, 10, now(), 'h', 'accumulated',"
+        " now() - interval '30 days', now() - interval '30 days' FROM generate_series(1, 50000) n",
+        "INSERT INTO executions (id, symbol, side, quantity, status, client_order_id, submitted_at)"
+        " SELECT gen_random_uuid(), 'AAPL', 'buy', 1, 'cancelled', 'dp-h' || n, now() - interval '30 days'"
+        " FROM generate_series(1, 20000) n",
+        *LATENCY_BOOKS,
+        "ANALYZE trades",
+        "ANALYZE executions",
+    )
+    with UnitOfWork(clean_database) as uow:
+        explain = text(f"EXPLAIN {LATENCY_P99_SQL.text}")
+        plan = "\n".join(uow.session.scalars(explain, {"window": LATENCY_WINDOW_SECONDS}))
+    assert "ix_trades_accumulated_at" in plan and "ix_executions_submitted_at" in plan, plan
+    assert "Seq Scan" not in plan, plan
 
 
 def test_status_audits_at_most_every_ten_seconds(clean_database: str) -> None:

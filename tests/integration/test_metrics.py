@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +16,8 @@ import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books
+from tests.integration.conftest import API_TOKEN, WEBHOOK_SECRET, Books, alpaca_fleet_env
+from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, free_port, wait_for
 from workers import metrics
@@ -190,3 +194,96 @@ def test_queue_depth_counts_every_priority_list_of_a_queue(make_fleet: Callable[
     fleet.start_api()
     with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
         assert value(scrape(client), "dustpan_queue_depth", queue="ops") == 3
+
+
+def histogram(samples: Samples, name: str) -> tuple[float, float, float]:  # float-ok: parsed samples
+    """(count, +Inf bucket, sum) of a histogram."""
+    return (
+        value(samples, f"{name}_count"),
+        value(samples, f"{name}_bucket", le="+Inf"),
+        value(samples, f"{name}_sum"),
+    )
+
+
+def at(stamp: str | None) -> datetime:
+    assert stamp is not None
+    return datetime.fromisoformat(stamp)
+
+
+def test_trade_latency_histograms_observe_every_trade_and_order_and_trades_show_their_stamps(
+    make_fleet: Callable[..., Fleet], books: Books
+) -> None:
+    fleet = make_fleet()
+    fleet.start_api()
+    fleet.start_worker()
+    with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+        before = scrape(client)
+        assert histogram(before, "dustpan_trade_received_to_accumulated_seconds") == (0, 0, 0)
+        assert histogram(before, "dustpan_trade_received_to_submitted_seconds") == (0, 0, 0)
+        first = [trade("l-1", "AAPL", "buy", "0.75"), trade("l-2", "MSFT", "sell", "0.25")]
+        post_trades(client, WEBHOOK_SECRET, first)
+        # l-1 and l-3 make one whole AAPL share; MSFT stays below a share.
+        post_trades(client, WEBHOOK_SECRET, [trade("l-3", "AAPL", "buy", "0.5")])
+        filled = "SELECT count(*) FROM executions WHERE status = 'filled'"
+        wait_for(lambda: books.value(filled) == 1 and books.drained(), 60, "the AAPL share to fill")
+
+        def observed() -> bool:
+            samples = scrape(client)
+            return (
+                histogram(samples, "dustpan_trade_received_to_accumulated_seconds")[0] == 3
+                and histogram(samples, "dustpan_trade_received_to_submitted_seconds")[0] == 1
+            )
+
+        wait_for(observed, 30, "three trades and one order in the histograms")  # observed after the commit
+        samples = scrape(client)
+        trade_view = client.get("/trades/l-1", headers={"Authorization": f"Bearer {API_TOKEN}"}).json()
+
+    accumulated = histogram(samples, "dustpan_trade_received_to_accumulated_seconds")
+    submitted = histogram(samples, "dustpan_trade_received_to_submitted_seconds")
+    assert accumulated[1] == 3 and accumulated[2] >= 0
+    assert submitted[1] == 1 and submitted[2] > 0
+    # GET /trades/{id}: the stamps the histograms measure between, in the order they happened.
+    assert trade_view["status"] == "completed"
+    [execution] = trade_view["executions"]
+    received, accumulated_at = at(trade_view["received_at"]), at(trade_view["accumulated_at"])
+    created, sent, done = (at(execution[f]) for f in ("created_at", "submitted_at", "filled_at"))
+    assert received <= accumulated_at <= created <= sent <= done
+    assert value(samples, "dustpan_trade_received_to_submitted_seconds_sum") == pytest.approx(
+        (sent - received).total_seconds(),
+        abs=1e-6,  # float-ok: a parsed sample, to the microsecond
+    )
+
+
+def test_calls_in_flight_count_a_held_order_call_under_its_execution_pool(
+    clean_database: str, broker_url: str, tmp_path: Path, log_dir: Path, books: Books
+) -> None:
+    with AlpacaStub() as stub:
+        stub.hold_symbols = {"HOLD"}
+        env = alpaca_fleet_env(
+            clean_database, broker_url, tmp_path / "data", stub, DUSTPAN_ALPACA_TIMEOUT_SECONDS="120"
+        )
+        fleet = Fleet(env, log_dir)
+        try:
+            fleet.start_api()
+            fleet.start_worker()  # no --queues: the execution pool is the child node io-<name>
+            with httpx.Client(base_url=fleet.api_url, timeout=30) as client:
+                assert not calls_in_flight(scrape(client))
+                post_trades(client, WEBHOOK_SECRET, [trade("h-1", "HOLD", "buy", "1")])
+                wait_for(lambda: stub.held_posts["HOLD"] == 1, 30, "the order POST to hang at the stub")
+                held = calls_in_flight(scrape(client))
+                stub.release_held()
+                wait_for(lambda: books.drained(), 60, "the held order to be recorded")
+                after = calls_in_flight(scrape(client))
+        finally:
+            stub.release_held()
+            fleet.stop()
+    [(pool, n)] = held.items()
+    assert n == 1
+    assert pool.startswith("io-test1-") and pool.endswith(f"@{socket.gethostname()}"), pool
+    assert not after  # the claim went with the recorded answer
+
+
+def calls_in_flight(samples: Samples) -> dict[str, float]:  # float-ok: parsed samples
+    return {
+        dict(labels)["pool"]: n for (name, labels), n in samples.items() if name == "dustpan_brokerage_calls_in_flight"
+    }

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from models.db import UnitOfWork
 from models.domain.quantities import Side
 from models.domain.trades import IncomingTrade
-from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze
+from models.tables import Accumulator, Execution, ExecutionReturn, SymbolFreeze, Trade
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
@@ -189,3 +189,26 @@ def test_only_the_first_claim_posts_without_a_lookup(uow: UnitOfWork) -> None:
     with uow:
         claims = uow.session.scalars(select(Execution.claims).where(Execution.id.in_([first.id, again.id])))
         assert sorted(claims) == [1, 2]
+
+
+def received_at(uow: UnitOfWork) -> dict[str, datetime]:
+    with uow:
+        return {trade_id: at for trade_id, at in uow.session.execute(select(Trade.id, Trade.received_at))}
+
+
+def test_latencies_are_the_row_stamps_and_an_order_reports_its_wait_once(uow: UnitOfWork) -> None:
+    broker = FakeBrokerage(fill_ratio=D("0.5"))
+    store_trades(uow, [trade(1, "0.75"), trade(2, "1.5")])
+    accumulated = accumulate_symbol(uow, "AAPL", ACCUMULATION, NOW)
+    received = received_at(uow)  # the database's clock at insert; NOW is the run's
+    assert accumulated.waits == [NOW - received["t1"], NOW - received["t2"]]
+
+    later = NOW + timedelta(seconds=2)
+    [execution_id] = accumulated.executions
+    first = submit_execution(uow, broker.by_account, execution_id, EXECUTION, later)
+    assert first.submitted_wait == later - received["t1"]  # the oldest direct trade
+    # Half filled, the rest put back and ordered again: that order holds only returned shares.
+    [again] = first.follow_ups
+    broker.fill_ratio = D(1)
+    assert submit_execution(uow, broker.by_account, again, EXECUTION, later).submitted_wait is None
+    assert submit_execution(uow, broker.by_account, execution_id, EXECUTION, later).submitted_wait is None
