@@ -26,6 +26,7 @@ from models.tables_ops import AccountPause
 from tasks.balances import BalanceConfig
 from tasks.exits import settle_position_order
 from tasks.ingestion import execute_if_due, lock_accumulator
+from tasks.order_breaker import BreakerConfig
 from tasks.ports import BrokerOrder
 from tasks.positions import book_fill
 
@@ -36,6 +37,7 @@ class SubmitOutcome(StrEnum):
     MISSING = "missing"
     BUSY = "busy"  # another worker holds the execution's claim right now
     SYMBOL_BUSY = "symbol_busy"  # the symbol has its limit of calls under way: try again shortly
+    SYMBOL_COOLING = "symbol_cooling"  # the symbol's order breaker is open: try again after wait_seconds
     FROZEN = "frozen"  # left pending until the symbol is unfrozen
     WORKING = "working"  # the broker has it and it can still fill: poll again
     SETTLED = "settled"  # filled, partially filled, rejected or cancelled
@@ -57,6 +59,7 @@ class ExecutionConfig:
     # worker that died mid-call lets its execution go within this.
     claim_lease_seconds: int = 3
     calls_per_symbol: int = 2  # claims of one symbol live at once (a sick symbol's share of the pool)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)  # per-symbol breaker of order calls
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class SubmitResult:
     outcome: SubmitOutcome
     # Executions created in the same transaction from shares put back (enqueue after commit).
     follow_ups: list[uuid.UUID] = field(default_factory=list)
+    wait_seconds: int = 0  # SYMBOL_COOLING: until the symbol's breaker lets a probe through
 
 
 def note_unknown_outcome(execution: Execution, error: Exception, config: ExecutionConfig, now: datetime) -> None:
