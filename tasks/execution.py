@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
@@ -201,7 +201,7 @@ def _claim_context(symbol: str, account: str, execution_id: uuid.UUID, now: date
     )
 
 
-def _symbol_lock_key(symbol: ColumnElement[str]) -> ColumnElement[int]:
+def _symbol_lock_key(symbol: SQLColumnExpression[str]) -> ColumnElement[int]:
     # Hashed in the database, so the lock is taken in the statement that finds the symbol.
     return func.hashtextextended(literal("dustpan:claims:") + symbol, 0)
 
