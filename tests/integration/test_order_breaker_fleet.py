@@ -12,7 +12,7 @@ import httpx
 import psycopg2
 import pytest
 
-from tests.integration.conftest import WEBHOOK_SECRET, Books, alpaca_fleet_env
+from tests.integration.conftest import OPERATOR_AUTH, WEBHOOK_SECRET, Books, alpaca_fleet_env
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, wait_for
@@ -100,6 +100,7 @@ def test_a_symbol_whose_orders_time_out_opens_its_breaker_while_others_trade(
     assert sick_posts(stub) == posts_when_open
     assert books.rows("SELECT DISTINCT status FROM executions WHERE symbol = %s", SICK) == [("pending",)]
     assert books.rows("SELECT symbol FROM order_call_health WHERE symbol = %s", HEALTHY) == []
+    assert open_breakers(fleet) == [f'dustpan_order_breaker_open{{symbol="{SICK}"}} 1.0']
     worker_log = fleet.workers[0].log_path.read_text(errors="replace")
     assert f"orders of {SICK}: 3 broker answers in a row said nothing" in worker_log
 
@@ -114,3 +115,10 @@ def test_a_symbol_whose_orders_time_out_opens_its_breaker_while_others_trade(
     assert books.rows("SELECT DISTINCT status FROM executions") == [("filled",)]
     assert not stub.resent_after_accept
     assert "breaker closed" in fleet.workers[0].log_path.read_text(errors="replace")
+    assert open_breakers(fleet) == []
+
+
+def open_breakers(fleet: Fleet) -> list[str]:
+    response = httpx.get(f"{fleet.api_url}/metrics", headers=OPERATOR_AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    return [line for line in response.text.splitlines() if line.startswith("dustpan_order_breaker_open{")]
