@@ -133,3 +133,31 @@ class AccountPause(Base):
     paused_at: Mapped[datetime]
     probe_after: Mapped[datetime]
     refusals: Mapped[int] = mapped_column(Integer, server_default="1")
+
+
+class OrderCallHealth(Base):
+    """Per-symbol health of the brokerage's order calls, shared by the whole fleet: a breaker.
+
+    closed: orders go out; calls whose answer said nothing (timeouts, 5xx, malformed answers,
+    dropped connections) are counted in a row, an answer resets the count. open: after
+    ``execution.failures_to_open`` of them no execution of the symbol is claimed until
+    ``cooldown_until``. half_open: one execution probes; ``probe_token`` is its claim
+    (``executions.claimed_by``), so the probe lives exactly as long as that claim's lease.
+    No row is the same as closed with no failures: a healthy symbol never writes one."""
+
+    __tablename__ = "order_call_health"
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), server_default="closed")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    opens: Mapped[int] = mapped_column(Integer, server_default="0")  # times opened since it last closed
+    cooldown_until: Mapped[datetime | None]
+    probe_token: Mapped[str | None]
+    opened_at: Mapped[datetime | None]
+    last_error: Mapped[str | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("state IN ('closed', 'open', 'half_open')", name="state"),
+        CheckConstraint("consecutive_failures >= 0 AND opens >= 0", name="counts_non_negative"),
+        CheckConstraint("state = 'closed' OR cooldown_until IS NOT NULL", name="open_has_cooldown"),
+    )

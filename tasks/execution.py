@@ -20,7 +20,6 @@ followed to its replacement; an account the broker refuses as a whole is paused.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -29,15 +28,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
 from models.domain.execution_state import ExecutionStatus
 from models.domain.quantities import Side
 from models.tables import Execution, SymbolFreeze
+from models.tables_ops import AccountPause
 from tasks.balances import BalanceUnknown, Sleep, ensure_known_balance
+from tasks.order_breaker import BreakerRole, gate, health_columns, note_call, take_probe, with_health
 from tasks.ports import (
     AccountRefused,
     Brokerage,
@@ -80,6 +82,7 @@ class Claim:
     account: str
     client_order_id: str
     access: Access  # OPEN, or PROBE: the one probe of a paused account
+    breaker: BreakerRole  # what the symbol's order breaker saw: QUIET, COUNTING, or PROBE
     first: bool = False  # the execution's first claim ever: no request can have reached the broker
 
 
@@ -123,23 +126,28 @@ def claim_execution(
 ) -> Claim | SubmitResult:
     """The short transaction before any broker call: take the lease, or say why not.
 
-    At most ``config.calls_per_symbol`` claims of one symbol are live at once (an advisory lock
-    per symbol makes the count exact), so a symbol whose calls hang holds that many threads of
-    the execution pool and no more; its other executions answer ``SYMBOL_BUSY`` and wait."""
+    Three statements on the usual path: find the execution and take its symbol's claim lock;
+    read, under that lock, the symbol's live claims, freeze, account pause and order breaker
+    (``tasks.order_breaker``) in one go; take the lease. At most ``config.calls_per_symbol``
+    claims of one symbol are live at once, so a symbol whose calls hang holds that many threads
+    of the execution pool and no more (``SYMBOL_BUSY``); a symbol whose calls keep saying
+    nothing is not claimed at all while its breaker cools down (``SYMBOL_COOLING``)."""
     until = now + timedelta(seconds=config.claim_lease_seconds)
     token = f"{worker} {uuid.uuid4().hex[:12]}"
     with uow:
         session = uow.session
-        symbol = session.scalar(select(Execution.symbol).where(Execution.id == execution_id))
-        if symbol is None:
+        found = session.execute(
+            select(Execution.symbol, Execution.account, func.pg_advisory_xact_lock(_symbol_lock_key(Execution.symbol)))
+            .where(Execution.id == execution_id)
+        ).one_or_none()  # fmt: skip
+        if found is None:
             return SubmitResult(SubmitOutcome.MISSING)
-        session.execute(select(func.pg_advisory_xact_lock(_symbol_lock_key(symbol))))
-        live = session.scalar(
-            select(func.count()).where(
-                Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
-            )
-        )
-        if (live or 0) >= config.calls_per_symbol:
+        # A statement of its own, after the lock: its snapshot sees every claim committed before.
+        seen = session.execute(_claim_context(found.symbol, found.account, execution_id, now)).one()
+        breaker = gate(seen, config.breaker, config.claim_lease_seconds, now)
+        if breaker.role is None:
+            return SubmitResult(SubmitOutcome.SYMBOL_COOLING, wait_seconds=breaker.wait_seconds)
+        if seen.live >= config.calls_per_symbol:
             return SubmitResult(SubmitOutcome.SYMBOL_BUSY)
         row = session.execute(
             update(Execution)
@@ -161,12 +169,14 @@ def claim_execution(
         if row is None:
             status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
             return SubmitResult(SubmitOutcome.BUSY if status in IN_FLIGHT else SubmitOutcome.SETTLED)
-        # Leaving without a commit rolls the claim back: nothing is asked of the broker.
-        if session.get(SymbolFreeze, row.symbol) is not None:
+        # Leaving without a commit rolls the claim back (and a probe taken): nothing is asked of the broker.
+        if seen.frozen:
             return SubmitResult(SubmitOutcome.FROZEN)
-        access = account_access(session, row.account, config, now)
+        access = account_access(session, row.account, config, now) if seen.paused else Access.OPEN
         if access is Access.PAUSED:
             return SubmitResult(SubmitOutcome.ACCOUNT_PAUSED)
+        if breaker.wants_probe and not take_probe(session, row.symbol, token, now):
+            return SubmitResult(SubmitOutcome.SYMBOL_COOLING, wait_seconds=config.claim_lease_seconds)
         uow.commit()
     return Claim(
         execution_id,
@@ -178,13 +188,29 @@ def claim_execution(
         row.account,
         row.client_order_id,
         access,
+        breaker.role,
         first=row.claims == 1,
     )
 
 
-def _symbol_lock_key(symbol: str) -> int:
-    digest = hashlib.sha256(f"dustpan:claims:{symbol}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+def _claim_context(symbol: str, account: str, execution_id: uuid.UUID, now: datetime) -> Select[Any]:
+    live = select(func.count()).where(
+        Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
+    )
+    return with_health(
+        select(
+            live.scalar_subquery().label("live"),
+            exists().where(SymbolFreeze.symbol == symbol).label("frozen"),
+            exists().where(AccountPause.account == account).label("paused"),
+            *health_columns(symbol, now),
+        ),
+        symbol,
+    )
+
+
+def _symbol_lock_key(symbol: SQLColumnExpression[str]) -> ColumnElement[int]:
+    # Hashed in the database, so the lock is taken in the statement that finds the symbol.
+    return func.hashtextextended(literal("dustpan:claims:") + symbol, 0)
 
 
 class _Heartbeat:
@@ -251,6 +277,7 @@ def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig,
             return SubmitResult(SubmitOutcome.LEASE_LOST)
         execution.claimed_by, execution.claimed_until = None, None
         execution.submit_attempts += int(call.posted)
+        note_call(session, claim.symbol, claim.token, claim.breaker, call.error, config.breaker, now)
         result = _apply(session, execution, claim, call, config, now)
         uow.commit()
     return result

@@ -47,6 +47,10 @@ def submit(self: DustpanTask, execution_id: str) -> str:
         if result.outcome is SubmitOutcome.SYMBOL_BUSY:
             # The symbol's calls under way end within a timeout; their row is free meanwhile.
             raise self.retry(countdown=1, max_retries=None)
+        if result.outcome is SubmitOutcome.SYMBOL_COOLING:
+            # The symbol's order breaker is open: come back when it lets a probe through (or
+            # sooner, for the visibility timeout); the claim then tells who probes.
+            raise self.retry(countdown=max(1, min(result.wait_seconds, timing.max_countdown_seconds)), max_retries=None)
         if result.outcome is SubmitOutcome.WORKING:
             raise self.retry(countdown=min(timing.poll_seconds, timing.max_countdown_seconds))
         if result.outcome is SubmitOutcome.WAITING_FOR_BALANCE:

@@ -27,6 +27,7 @@ from tasks.balances import BalanceConfig
 from tasks.exits import settle_position_order
 from tasks.ingestion import execute_if_due, lock_accumulator
 from tasks.lineage import first_received_at
+from tasks.order_breaker import BreakerConfig
 from tasks.ports import BrokerOrder
 from tasks.positions import book_fill
 
@@ -37,6 +38,7 @@ class SubmitOutcome(StrEnum):
     MISSING = "missing"
     BUSY = "busy"  # another worker holds the execution's claim right now
     SYMBOL_BUSY = "symbol_busy"  # the symbol has its limit of calls under way: try again shortly
+    SYMBOL_COOLING = "symbol_cooling"  # the symbol's order breaker is open: try again after wait_seconds
     FROZEN = "frozen"  # left pending until the symbol is unfrozen
     WORKING = "working"  # the broker has it and it can still fill: poll again
     SETTLED = "settled"  # filled, partially filled, rejected or cancelled
@@ -58,6 +60,7 @@ class ExecutionConfig:
     # worker that died mid-call lets its execution go within this.
     claim_lease_seconds: int = 3
     calls_per_symbol: int = 2  # claims of one symbol live at once (a sick symbol's share of the pool)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)  # per-symbol breaker of order calls
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class SubmitResult:
     # Set when this record made the order known at the broker (submitted_at): how long after
     # its oldest direct trade was received (tasks.lineage.first_received_at); None otherwise.
     submitted_wait: timedelta | None = None
+    wait_seconds: int = 0  # SYMBOL_COOLING: until the symbol's breaker lets a probe through
 
 
 def note_unknown_outcome(execution: Execution, error: Exception, config: ExecutionConfig, now: datetime) -> None:

@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import extract, func, select, text
 
 from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Execution, Position, Trade
-from models.tables_ops import AccountPause
+from models.tables_ops import AccountPause, OrderCallHealth
 from tasks.ports import Latencies
 from workers import runtime
 
@@ -272,6 +272,9 @@ class _ScrapeCollector(Collector):
                 select(Execution.source, Execution.status, func.count()).group_by(Execution.source, Execution.status)
             ).all()
             paused = uow.session.execute(select(AccountPause.account, AccountPause.refusals)).all()
+            breakers = uow.session.scalars(
+                select(OrderCallHealth.symbol).where(OrderCallHealth.state != "closed")
+            ).all()
             held = uow.session.scalar(
                 select(func.count()).where(
                     Execution.status.in_(("pending", "submitted")),
@@ -312,6 +315,14 @@ class _ScrapeCollector(Collector):
         for account, _refusals in sorted(paused):
             accounts.add_metric([account], 1)
         yield accounts
+        open_breakers = GaugeMetricFamily(
+            "dustpan_order_breaker_open",
+            "1 while a symbol's order breaker is open or probing: its executions wait, the others trade",
+            labels=["symbol"],
+        )
+        for symbol in sorted(breakers):
+            open_breakers.add_metric([symbol], 1)
+        yield open_breakers
         yield GaugeMetricFamily(
             "dustpan_executions_outcome_unknown",
             "In-flight executions whose broker answers have said nothing for the alert threshold or more",

@@ -19,6 +19,7 @@ from tasks.dust import DustScanConfig
 from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
+from tasks.order_breaker import BreakerConfig
 from tasks.ports import Brokerage, Enqueue, Latencies, NoLatencies
 from tasks.prices import PriceConfig
 from tasks.venues import VenueConfig, rules_for_symbol
@@ -63,6 +64,9 @@ def execution_config() -> ExecutionConfig:
         account_pause_seconds=section.account_pause_seconds,
         claim_lease_seconds=section.claim_lease_seconds,
         calls_per_symbol=section.calls_per_symbol,
+        breaker=BreakerConfig(
+            section.failures_to_open, section.breaker_cooldown_seconds, section.breaker_max_cooldown_seconds
+        ),
     )
 
 

@@ -66,6 +66,16 @@ class ExecutionSettings(_Section):
         3, ge=2, le=600, description="a claim on an execution lasts this long without its worker's heartbeat"
     )
     calls_per_symbol: int = Field(2, ge=1, le=64, description="broker calls of one symbol under way at once")
+    failures_to_open: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="order calls of one symbol in a row whose answer said nothing before its breaker opens",
+    )
+    breaker_cooldown_seconds: int = Field(
+        10, ge=1, le=3600, description="first cooldown of an open breaker; doubles with each opening in a row"
+    )
+    breaker_max_cooldown_seconds: int = Field(300, ge=1, le=86400, description="cap of the breaker's cooldown")
     account_pause_seconds: int = Field(
         300, ge=1, le=86400, description="an account the broker refused waits this long before one probe order"
     )

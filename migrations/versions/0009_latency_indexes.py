@@ -1,7 +1,7 @@
 """indexes for the last minute's latencies: trades by accumulated_at, executions by submitted_at
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02 14:10:00.000000
 
 `dustpan up`'s status line reads the p99 of the last minute's trade received -> accumulated
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

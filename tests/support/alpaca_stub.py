@@ -118,6 +118,8 @@ class AlpacaStub:
       (a 5xx accepted nothing, so a POST after it is not one of these)
     - ``lookup_fault_percent[kind]``: likewise for ``GET /v2/orders:by_client_order_id`` (e.g. "403")
     - ``account_refusal``: every order POST is answered 403 with this message (e.g. "forbidden.")
+    - ``sick_symbols[symbol]``: every order POST for the symbol gets this fault (e.g. "timeout" or
+      "500": nothing stored), ahead of any scripted or drawn one; lookups answer as usual
     - fault "403": Alpaca's bare ``{"message": "forbidden."}``, whatever the endpoint
     - fault "422_after_accept": the order is stored, the answer is a 422 that is not a duplicate
     - fault "replaced": the order is stored as ``replaced`` with nothing filled; its fill lands on
@@ -144,6 +146,7 @@ class AlpacaStub:
         self.order_fault_percent: dict[str, int] = {}
         self.lookup_fault_percent: dict[str, int] = {}
         self.account_refusal: str | None = None
+        self.sick_symbols: dict[str, str] = {}
         self.hold_symbols: set[str] = set()  # order POSTs for these are stored, then held until release_held()
         self.held_posts: Counter[str] = Counter()
         self._release_held = threading.Event()
@@ -227,7 +230,8 @@ class AlpacaStub:
             # A scripted after-accept fault waits for the next order POST: there is nothing to accept before.
             state_change = order_post or (method == "DELETE" and urlsplit(path).path.startswith("/v2/positions/"))
             scripted = bool(self._faults) and (state_change or self._faults[0] not in _AFTER_ACCEPT)
-            fault = self._faults.popleft() if scripted else None
+            fault = self.sick_symbols.get(_posted_symbol(body)) if order_post and self.sick_symbols else None
+            fault = fault or (self._faults.popleft() if scripted else None)
             if fault is None and order_post:
                 fault = self._draw_fault(self.order_fault_percent)
             elif fault is None and lookup:
@@ -474,6 +478,14 @@ def _decimal_or_none(value: Any) -> Decimal | None:
     except InvalidOperation:
         return None
     return number if number.is_finite() else None
+
+
+def _posted_symbol(body: str) -> str:
+    try:
+        symbol = json.loads(body).get("symbol")
+    except (ValueError, AttributeError):
+        return ""
+    return symbol if isinstance(symbol, str) else ""
 
 
 def _fault_reply(fault: str, retry_after: int | None) -> Reply | None:
