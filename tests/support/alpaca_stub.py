@@ -19,6 +19,7 @@ import sys
 import threading
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -118,6 +119,8 @@ class AlpacaStub:
       (a 5xx accepted nothing, so a POST after it is not one of these)
     - ``lookup_fault_percent[kind]``: likewise for ``GET /v2/orders:by_client_order_id`` (e.g. "403")
     - ``account_refusal``: every order POST is answered 403 with this message (e.g. "forbidden.")
+    - ``hold(symbols)``: these symbols' order POSTs are accepted and their answers held (a hang)
+      until ``release_held()``
     - fault "403": Alpaca's bare ``{"message": "forbidden."}``, whatever the endpoint
     - fault "422_after_accept": the order is stored, the answer is a 422 that is not a duplicate
     - fault "replaced": the order is stored as ``replaced`` with nothing filled; its fill lands on
@@ -196,6 +199,13 @@ class AlpacaStub:
             raise ValueError(f"unknown fault {kind!r}; choose from {sorted(FAULT_KINDS)}")
         with self._lock:
             self._faults.extend([kind] * count)
+
+    def hold(self, symbols: Iterable[str]) -> None:
+        """Hold the order POSTs of these symbols from now on, also after a ``release_held()``: each
+        order is stored (accepted), then its answer waits for ``release_held()``, so the client
+        times out with the order at the broker. Setting ``hold_symbols`` alone holds until the first release."""
+        self._release_held.clear()
+        self.hold_symbols = set(symbols)
 
     def release_held(self) -> None:
         """Answer every held order POST (and hold no more)."""
