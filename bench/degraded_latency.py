@@ -55,7 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support li
 
 import httpx
 
-from bench._fleet_bench import API_TOKEN, WEBHOOK_SECRET, FleetBench, run_fleet_bench
+from bench._fleet_bench import (
+    API_TOKEN,
+    WEBHOOK_SECRET,
+    FleetBench,
+    add_fleet_options,
+    require_positive,
+    run_fleet_bench,
+)
 from bench._measure import BenchError, Books, machine, percentile
 from bench._sigkill import Killer, recover_execution_node, recover_prefork, wait_drained
 from bench._webhook_client import post_open_loop
@@ -223,18 +230,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", default=",".join(RUNS), help=f"which runs, in order (of {', '.join(RUNS)})")
     parser.add_argument("--recoveries", type=int, default=2, help="SIGKILL recoveries per pool (0: none)")
     parser.add_argument("--connections", type=int, default=32, help="most webhook connections open at once")
-    parser.add_argument("--workers", type=int, default=2, help="`dustpan worker` processes")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the books to drain")
-    parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
-    parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+    add_fleet_options(parser)
     args = parser.parse_args(argv)
     args.runs = [run for run in args.runs.split(",") if run]
     if set(args.runs) - set(RUNS):
         parser.error(f"--runs: choose from {', '.join(RUNS)}")
-    for name in ("rate", "seconds", "symbols", "connections", "workers", "concurrency"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_positive(parser, args, ("rate", "seconds", "symbols", "connections", "workers", "concurrency"))
     if not 0 <= args.hang_percent < 100 or not 0 <= args.error_percent <= 100 or args.kill_every <= 0:
         parser.error("--hang-percent must be 0..99, --error-percent 0..100, --kill-every above 0")
     return args

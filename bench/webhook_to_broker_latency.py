@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support li
 
 import httpx
 
-from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, run_fleet_bench
+from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, add_fleet_options, require_positive, run_fleet_bench
 from bench._measure import (
     BenchError,
     Books,
@@ -278,15 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32, help="most webhook connections open at once")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the books to settle")
-    parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
-    parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+    add_fleet_options(parser)
     args = parser.parse_args(argv)
-    for name in ("rate", "seconds", "symbols", "connections", "workers", "concurrency"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    require_positive(parser, args, ("rate", "seconds", "symbols", "connections", "workers", "concurrency"))
     stub = TimedAlpacaStub()
 
     def measure(bench: FleetBench) -> None:
