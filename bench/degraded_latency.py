@@ -161,7 +161,7 @@ def check_exact(
     at_broker = {o["client_order_id"]: (o["symbol"], Decimal(o["filled_qty"])) for o in new}
     rows = books.rows("SELECT client_order_id, symbol, filled_quantity, status FROM executions")
     in_books = {str(cid): (str(symbol), Decimal(filled)) for cid, symbol, filled, _ in rows}
-    if at_broker != in_books or {status for *_, status in rows} - {"filled"}:
+    if len(new) != len(at_broker) or at_broker != in_books or {status for *_, status in rows} - {"filled"}:
         raise BenchError(f"the broker and the books disagree: {len(at_broker)} orders at the broker, rows {len(rows)}")
     sent = Counter(trades[0]["symbol"] for trades in requests)
     filled: Counter[str] = Counter()
