@@ -8,7 +8,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,20 @@ class FleetBench:
     books: Books
     services: Services
     logs: Path
+
+
+def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``run_fleet_bench`` reads: the fleet's size and the servers to run it on."""
+    parser.add_argument("--workers", type=int, default=2, help="`dustpan worker` processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
+    parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
+    parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+
+
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Iterable[str]) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def run_fleet_bench(

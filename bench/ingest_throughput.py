@@ -39,7 +39,13 @@ sys.path.insert(0, str(REPO))  # tests.support is not installed; it lives next t
 
 import httpx  # noqa: E402
 
-from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, run_fleet_bench  # noqa: E402
+from bench._fleet_bench import (  # noqa: E402
+    WEBHOOK_SECRET,
+    FleetBench,
+    add_fleet_options,
+    require_positive,
+    run_fleet_bench,
+)
 from bench._measure import (  # noqa: E402
     BenchError,
     Books,
@@ -273,8 +279,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=100, help="trades per webhook in the batched run")
     parser.add_argument("--single-trades", type=int, default=3_000, help="trades in the 1-per-webhook run")
     parser.add_argument("--clients", type=int, default=8, help="concurrent webhook connections (and PostgreSQL ones)")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
     parser.add_argument("--noop-tasks", type=int, default=5_000, help="tasks in the no-op Celery ceiling")
     parser.add_argument("--no-ceilings", action="store_true", help="end-to-end figures only")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per shape before giving up")
@@ -284,17 +288,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="embedded PostgreSQL without fsync (to see what durability costs)",
     )
-    parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
-    parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+    add_fleet_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("trades", "batch", "single_trades", "clients", "workers", "concurrency", "noop_tasks"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_positive(
+        parser, args, ("trades", "batch", "single_trades", "clients", "workers", "concurrency", "noop_tasks")
+    )
     if bool(args.database_url) != bool(args.broker_url):
         print("note: only one URL given; the other service is embedded", file=sys.stderr)
     shapes = [

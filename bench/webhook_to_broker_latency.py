@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support li
 
 import httpx
 
-from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, run_fleet_bench
+from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, add_fleet_options, require_positive, run_fleet_bench
 from bench._measure import (
     BenchError,
     Books,
@@ -69,7 +69,8 @@ TARGET_RSS_MB = 200
 
 
 class TimedAlpacaStub(AlpacaStub):
-    """The stub, noting when (time.perf_counter) each order's lookup and POST first reached it."""
+    """The stub, noting when (time.perf_counter) each order's first lookup, and the POST it accepted
+    (not one it answered 5xx), reached it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,11 +82,12 @@ class TimedAlpacaStub(AlpacaStub):
     def handle(self, method: str, path: str, headers: Any, body: str) -> Any:
         received = time.perf_counter()
         parts = urlsplit(path)
-        if method == "POST" and parts.path == "/v2/orders":
-            self._note(self.posted_at, _client_order_id(body), received)
-        elif method == "GET" and parts.path == "/v2/orders:by_client_order_id":
+        if method == "GET" and parts.path == "/v2/orders:by_client_order_id":
             self._note(self.looked_up_at, parse_qs(parts.query).get("client_order_id", [""])[0], received)
-        return super().handle(method, path, headers, body)
+        fault, reply = super().handle(method, path, headers, body)  # a held order POST returns when released
+        if method == "POST" and parts.path == "/v2/orders" and reply is not None and reply.status == 200:
+            self._note(self.posted_at, _client_order_id(body), received)
+        return fault, reply
 
     def _note(self, times: dict[str, float], client_order_id: str, at: float) -> None:
         with self._times:
@@ -276,15 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32, help="most webhook connections open at once")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the books to settle")
-    parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
-    parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+    add_fleet_options(parser)
     args = parser.parse_args(argv)
-    for name in ("rate", "seconds", "symbols", "connections", "workers", "concurrency"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    require_positive(parser, args, ("rate", "seconds", "symbols", "connections", "workers", "concurrency"))
     stub = TimedAlpacaStub()
 
     def measure(bench: FleetBench) -> None:
@@ -298,14 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         print_figures(args, run_trickle(fleet, books, stub, args, cpu))
 
     with stub:
-        alpaca = {
-            "DUSTPAN_BROKERAGE": "alpaca",
-            "DUSTPAN_ALPACA_TRADING_URL": stub.url,
-            "DUSTPAN_ALPACA_DATA_URL": stub.url,
-            "DUSTPAN_ALPACA_KEY_ID": stub.key_id,
-            "DUSTPAN_ALPACA_SECRET_KEY": stub.secret_key,
-        }
-        return run_fleet_bench(args, measure, env=alpaca)
+        return run_fleet_bench(args, measure, env=alpaca_env(stub))
+
+
+def alpaca_env(stub: AlpacaStub) -> dict[str, str]:
+    """The fleet's settings for the Alpaca adapter against the (started) stub."""
+    return {
+        "DUSTPAN_BROKERAGE": "alpaca",
+        "DUSTPAN_ALPACA_TRADING_URL": stub.url,
+        "DUSTPAN_ALPACA_DATA_URL": stub.url,
+        "DUSTPAN_ALPACA_KEY_ID": stub.key_id,
+        "DUSTPAN_ALPACA_SECRET_KEY": stub.secret_key,
+    }
 
 
 if __name__ == "__main__":

@@ -155,6 +155,19 @@ def test_timeout_after_accept_is_temporary_but_lookup_finds_the_accepted_order(
     assert stub.posts_per_client_order_id["coid-1"] == 1
 
 
+def test_a_held_symbol_hangs_again_after_a_release(stub: AlpacaStub, broker: AlpacaBrokerage) -> None:
+    """The benches hang a symbol for a run, release it, and hang it again for the next run."""
+    for n in (1, 2):
+        stub.hold(["HANG"])
+        with pytest.raises(TemporaryError):  # accepted; the answer never came within the client's timeout
+            broker.submit_order(order(f"coid-{n}", symbol="HANG"))
+        stub.release_held()
+
+        assert stub.held_posts["HANG"] == n
+        assert broker.get_order_by_client_order_id(f"coid-{n}") is not None
+    assert broker.submit_order(order("coid-3", symbol="HANG")).status == "filled"  # released: answered
+
+
 def test_unreachable_broker_is_temporary() -> None:
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ import sys
 import threading
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -120,6 +121,8 @@ class AlpacaStub:
     - ``account_refusal``: every order POST is answered 403 with this message (e.g. "forbidden.")
     - ``sick_symbols[symbol]``: every order POST for the symbol gets this fault (e.g. "timeout" or
       "500": nothing stored), ahead of any scripted or drawn one; lookups answer as usual
+    - ``hold(symbols)``: these symbols' order POSTs are accepted and their answers held (a hang)
+      until ``release_held()``
     - fault "403": Alpaca's bare ``{"message": "forbidden."}``, whatever the endpoint
     - fault "422_after_accept": the order is stored, the answer is a 422 that is not a duplicate
     - fault "replaced": the order is stored as ``replaced`` with nothing filled; its fill lands on
@@ -199,6 +202,13 @@ class AlpacaStub:
             raise ValueError(f"unknown fault {kind!r}; choose from {sorted(FAULT_KINDS)}")
         with self._lock:
             self._faults.extend([kind] * count)
+
+    def hold(self, symbols: Iterable[str]) -> None:
+        """Hold the order POSTs of these symbols from now on, also after a ``release_held()``: each
+        order is stored (accepted), then its answer waits for ``release_held()``, so the client
+        times out with the order at the broker. Setting ``hold_symbols`` alone holds until the first release."""
+        self._release_held.clear()
+        self.hold_symbols = set(symbols)
 
     def release_held(self) -> None:
         """Answer every held order POST (and hold no more)."""
