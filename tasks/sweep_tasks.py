@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
 from celery import shared_task
 
 from tasks.deps import Dependencies, DustpanTask, recorded
-from tasks.sweeps import find_stranded_work
+from tasks.sweeps import find_orphaned_executions, find_stranded_work
 
 
 @shared_task(name="sweep.rewake", bind=True, base=DustpanTask, ignore_result=True)
@@ -28,3 +29,13 @@ def rewake_once(deps: Dependencies) -> dict[str, int]:
     )
     resent = deps.enqueue.resend_stale(work.symbols, work.executions, timing.pending_stale_seconds)
     return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}
+
+
+def rescue_executions(deps: Dependencies, died_at: datetime, already: set[uuid.UUID]) -> int:
+    """Re-send what an execution node that died at ``died_at`` may have held (``already``: the
+    ids this rescue re-sent before, never sent twice by it); how many were sent."""
+    found = find_orphaned_executions(deps.unit_of_work(), deps.now(), died_at)
+    fresh = [execution_id for execution_id in found if execution_id not in already]
+    already.update(fresh)
+    deps.enqueue.submit(fresh)
+    return len(fresh)

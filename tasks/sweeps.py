@@ -65,3 +65,25 @@ def find_stranded_work(
             .limit(RESEND_PER_SWEEP)
         ).all()
     return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
+
+
+def find_orphaned_executions(uow: UnitOfWork, now: datetime, died_at: datetime) -> list[uuid.UUID]:
+    """In-flight executions an execution node that died at ``died_at`` may have held: its
+    claims have lapsed, or the execution was last touched before it died and nobody claims it
+    (its message may have been among the ones the node had taken and will never acknowledge)."""
+    with uow:
+        return list(
+            uow.session.scalars(
+                select(Execution.id)
+                .where(
+                    Execution.status.in_(("pending", "submitted")),
+                    or_(
+                        and_(Execution.claimed_by.is_not(None), Execution.claimed_until <= now),
+                        and_(Execution.claimed_until.is_(None), Execution.updated_at < died_at),
+                    ),
+                    ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
+                )
+                .order_by(Execution.updated_at)
+                .limit(RESEND_PER_SWEEP)
+            ).all()
+        )

@@ -254,7 +254,16 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
     if queues is None:  # the two pools: this node on ingestion,ops, a threads node on execution
         queues = FAST_QUEUES
-        keeper = IoPoolKeeper(f"io-{node}", io_concurrency)
+        from tasks.sweep_tasks import rescue_executions
+
+        deps = app.dependencies
+        keeper = IoPoolKeeper(
+            f"io-{node}",
+            io_concurrency,
+            rescue=lambda died_at, already: rescue_executions(deps, died_at, already),  # type: ignore[arg-type]
+            rescue_seconds=deps.config().execution.claim_lease_seconds + 2,
+            clock=deps.now,
+        )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()
     if pool_for(queues, pool) == "prefork":  # the node that ingests sweeps too, with or without Beat
