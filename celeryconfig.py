@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from kombu import Queue
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from workers.settings import get_settings
 
@@ -71,11 +73,20 @@ task_routes = {
 # Exactly one Beat sends the schedule across the fleet: RedBeat keeps the schedule and its
 # last-run times in Redis behind a lock; a second Beat waits, and takes over within
 # redbeat_lock_timeout when the leader dies. Every countdown stays far below the visibility timeout.
-beat_scheduler = "redbeat.RedBeatScheduler"
+# RedBeat's own scheduler exits when Redis blips during a tick; this subclass stops scheduling,
+# re-acquires the lock with backoff and goes on (workers/beat_scheduler.py).
+beat_scheduler = "workers.beat_scheduler.LeaderScheduler"
 redbeat_redis_url = broker_url
 # Set, even empty: left unset, RedBeat falls back to broker_transport_options (broker options it
 # does not forward to its client anyway) and warns at every start that the fallback will go.
-redbeat_redis_options: dict[str, object] = {}
+# Its client retries a blip of a fraction of a second itself; anything longer reaches the
+# scheduler, which stops scheduling and re-acquires with its own backoff (redis-py's default,
+# 3 retries of up to 10 s, would hold a tick for seconds without saying so).
+redbeat_redis_options: dict[str, object] = {
+    "retry": Retry(ExponentialWithJitterBackoff(base=0.1, cap=0.5), 2),
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+}
 redbeat_key_prefix = "dustpan:redbeat"
 redbeat_lock_timeout = _settings.schedule.leader_lock_seconds
 beat_max_loop_interval = max(1, min(5, redbeat_lock_timeout // 3))  # the lock is renewed every loop
