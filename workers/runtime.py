@@ -181,4 +181,11 @@ def _build_task_config(config: Settings) -> TaskConfig:
 
 def dependencies(enqueue: Enqueue) -> Dependencies:
     """The composition root: what every task reaches its world through (tasks.deps)."""
-    return Dependencies(unit_of_work=unit_of_work, brokerage=brokerage, now=now, enqueue=enqueue, config=task_config)
+    return Dependencies(
+        unit_of_work=unit_of_work,
+        brokerage=brokerage,
+        now=now,
+        enqueue=enqueue,
+        config=task_config,
+        broker_errors=(redis.ConnectionError, redis.TimeoutError),  # a task meeting one is retried
+    )
