@@ -14,6 +14,10 @@ _settings = get_settings()
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
+# A worker waits out a broker outage of any length (celery's default gives up after 100
+# attempts and exits), reconnecting within seconds of the return (workers/celery_consumer.py).
+broker_connection_max_retries = None
+worker_consumer = "workers.celery_consumer:PromptReconnectConsumer"
 # Redis redelivers an unacknowledged message (its worker was SIGKILLed, or lost Redis before
 # the ack) once it is visibility_timeout old. kombu's default is an hour, looked for every
 # 100 s; here each worker looks every restore interval, so such messages come back within

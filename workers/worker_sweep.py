@@ -5,7 +5,8 @@ messages were lost with a Redis restart) must still finish what is waiting. So t
 node of each worker runs the same sweep from a thread of its own, whenever no sweep ran
 fleet-wide (Beat's or any worker's, per ``job_runs``) in the last interval; a session advisory
 lock keeps two workers from sweeping at once. A failure (the database or Redis away) is one
-WARNING, the return one INFO, and the loop goes on.
+WARNING, the return one INFO, and the loop goes on, trying every second until the sweep runs
+again: so the first sweep after a dependency's return comes within about a second of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tasks.deps import Dependencies
 from tasks.sweep_tasks import rewake_once
 
 log = logging.getLogger(__name__)
+RETRY_SECONDS = 1.0
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"dustpan:worker-sweep").digest()[:8], "big", signed=True)
 
 
@@ -41,12 +43,14 @@ class WorkerSweep:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._every):
+        # After a failure the next attempt comes within a second: the sweep after the
+        # dependency's return is what finishes the work the outage left undone.
+        while not self._stop.wait(min(self._every, RETRY_SECONDS) if self._failing else self._every):
             try:
                 self.sweep_once()
             except Exception as exc:  # the database or Redis is away: the next tick tries again
                 if not self._failing:
-                    log.warning("worker sweep failed (retrying every %s s): %s", self._every, exc)
+                    log.warning("worker sweep failed (retrying every %s s): %s", min(self._every, RETRY_SECONDS), exc)
                 self._failing = True
                 continue
             if self._failing:
@@ -59,7 +63,12 @@ class WorkerSweep:
         with deps.unit_of_work() as uow:
             session = uow.session
             since = deps.now() - timedelta(seconds=self._every)
-            recent = session.scalar(select(func.max(JobRun.started_at)).where(JobRun.job == "sweep.rewake"))
+            # A failed sweep (the broker was away) leads nobody to wait: the next one runs at once.
+            recent = session.scalar(
+                select(func.max(JobRun.started_at)).where(
+                    JobRun.job == "sweep.rewake", JobRun.outcome.is_distinct_from("failed")
+                )
+            )
             if recent is not None and recent > since:
                 return False
             if not session.scalar(select(func.pg_try_advisory_lock(_LOCK_KEY))):
