@@ -137,6 +137,17 @@ def _assert_books_exact(fleet: Fleet, books: Books, accepted: list[str]) -> None
     assert books.value("SELECT count(*) FROM paper_orders") == books.value("SELECT count(*) FROM executions")
 
 
+def _assert_one_line_per_failure(fleet: Fleet) -> None:
+    """Tasks that met an outage were retried with a WARNING line; nothing failed with a traceback."""
+    worker_log = "".join(w.log_path.read_text(errors="replace") for w in fleet.workers)
+    assert "PostgreSQL away, retrying in" in worker_log, "no task met the PostgreSQL restarts?"
+    assert "raised unexpected" not in worker_log, "a task failed instead of being retried"
+    for role in _roles(fleet):
+        text = role.log_path.read_text(errors="replace")
+        if "Traceback" in text:
+            pytest.fail(f"{role.name} logged a traceback:\n{text[text.index('Traceback') - 400 :][:3000]}")
+
+
 def _restarts(postgres: EmbeddedPostgres, redis_server: EmbeddedRedis) -> list[tuple[str, Callable[[], None]]]:
     def redis_sigkill() -> None:
         redis_server.kill()
@@ -207,6 +218,7 @@ def test_dependency_restarts_cost_seconds_never_a_role_or_a_trade(
         )
         _assert_roles_alive(fleet, "every restart")
         _assert_books_exact(fleet, books, accepted)
+        _assert_one_line_per_failure(fleet)
     finally:
         fleet.stop()
         figures = ", ".join(f"{kind}: {seconds:.1f} s" for kind, seconds in recovery.items())
