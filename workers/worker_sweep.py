@@ -7,17 +7,25 @@ fleet-wide (Beat's or any worker's, per ``job_runs``) in the last interval; a se
 lock keeps two workers from sweeping at once. A failure (the database or Redis away) is one
 WARNING, the return one INFO, and the loop goes on, trying every second until the sweep runs
 again: so the first sweep after a dependency's return comes within about a second of it.
+
+The thread lives in the process that forks the pool's children, and a fork copies every lock
+as it is at that instant: a child forked while the sweep held SQLAlchemy's mapper-configuration
+mutex (or any lock of its clients) waited on it forever, and every task it took hit its time
+limit. So the mappers are configured before the thread starts, and a fork waits until the
+thread is between sweeps (``os.register_at_fork``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import configure_mappers
 
 from models.tables_ops import JobRun
 from tasks.deps import Dependencies
@@ -25,6 +33,7 @@ from tasks.sweep_tasks import rewake_once
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
+FORK_WAIT_SECONDS = 30.0  # a fork waits at most this for a sweep under way (each call has a timeout)
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"dustpan:worker-sweep").digest()[:8], "big", signed=True)
 
 
@@ -35,9 +44,21 @@ class WorkerSweep:
         self._stop = threading.Event()
         self._failing = False
         self._thread = threading.Thread(target=self._loop, name="worker-sweep", daemon=True)
+        self._sweeping = threading.Lock()  # held during a sweep; a fork takes it first
+        self._held_for_fork = False
 
     def start(self) -> None:
+        configure_mappers()  # once, here: a child must never inherit the configuration mutex held
+        os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork, after_in_child=self._after_fork)
         self._thread.start()
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._sweeping.acquire(timeout=FORK_WAIT_SECONDS)
+
+    def _after_fork(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._sweeping.release()
 
     def stop(self) -> None:
         self._stop.set()
@@ -47,7 +68,8 @@ class WorkerSweep:
         # dependency's return is what finishes the work the outage left undone.
         while not self._stop.wait(min(self._every, RETRY_SECONDS) if self._failing else self._every):
             try:
-                self.sweep_once()
+                with self._sweeping:
+                    self.sweep_once()
             except Exception as exc:  # the database or Redis is away: the next tick tries again
                 if not self._failing:
                     log.warning("worker sweep failed (retrying every %s s): %s", min(self._every, RETRY_SECONDS), exc)
