@@ -107,6 +107,20 @@ class DustpanTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
+            return self._retrying_outages(*args, **kwargs)
+        except Reject as rejected:
+            # A retry could not be queued because the broker is away (celery rejects the message
+            # then, with a traceback): the rows still say what is left, and the sweep re-sends it.
+            deps = getattr(self.app, "dependencies", None)
+            reason = rejected.reason if isinstance(rejected.reason, BaseException) else None
+            dependency = dependency_away(reason, deps.broker_errors if deps else ()) if reason else None
+            if dependency is None:
+                raise
+            log.warning("%s: %s away, retry not queued (the sweep re-sends the work)", self.name, dependency)
+            raise Ignore() from None
+
+    def _retrying_outages(self, *args: Any, **kwargs: Any) -> Any:
+        try:
             return super().__call__(*args, **kwargs)
         except (Retry, Reject, Ignore):
             raise

@@ -24,7 +24,8 @@ from typing import Any
 
 import kombu.exceptions
 import redis
-from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
+from celery.signals import beat_init
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, acquire_distributed_beat_lock, get_redis
 
 log = logging.getLogger("celery.beat")
 
@@ -149,3 +150,21 @@ class LeaderScheduler(RedBeatScheduler):
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def _acquire_at_start(sender: Any = None, **kwargs: Any) -> None:
+    """RedBeat's blocking acquire at start, minus the traceback when Redis is away: the first
+    tick then re-acquires with backoff, as after any outage."""
+    scheduler = sender.scheduler
+    if not isinstance(scheduler, LeaderScheduler):
+        acquire_distributed_beat_lock(sender, **kwargs)
+        return
+    try:
+        acquire_distributed_beat_lock(sender, **kwargs)
+    except REDIS_AWAY as exc:
+        scheduler.lock = None
+        scheduler._note_away(exc, "could not take the leader lock at start")
+
+
+beat_init.disconnect(acquire_distributed_beat_lock)
+beat_init.connect(_acquire_at_start, weak=False)
