@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from kombu import Queue
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from workers.settings import get_settings
 
@@ -12,6 +14,10 @@ _settings = get_settings()
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
+# A worker waits out a broker outage of any length (celery's default gives up after 100
+# attempts and exits), reconnecting within seconds of the return (workers/celery_consumer.py).
+broker_connection_max_retries = None
+worker_consumer = "workers.celery_consumer:PromptReconnectConsumer"
 # Redis redelivers an unacknowledged message (its worker was SIGKILLed, or lost Redis before
 # the ack) once it is visibility_timeout old. kombu's default is an hour, looked for every
 # 100 s; here each worker looks every restore interval, so such messages come back within
@@ -71,11 +77,20 @@ task_routes = {
 # Exactly one Beat sends the schedule across the fleet: RedBeat keeps the schedule and its
 # last-run times in Redis behind a lock; a second Beat waits, and takes over within
 # redbeat_lock_timeout when the leader dies. Every countdown stays far below the visibility timeout.
-beat_scheduler = "redbeat.RedBeatScheduler"
+# RedBeat's own scheduler exits when Redis blips during a tick; this subclass stops scheduling,
+# re-acquires the lock with backoff and goes on (workers/beat_scheduler.py).
+beat_scheduler = "workers.beat_scheduler.LeaderScheduler"
 redbeat_redis_url = broker_url
 # Set, even empty: left unset, RedBeat falls back to broker_transport_options (broker options it
 # does not forward to its client anyway) and warns at every start that the fallback will go.
-redbeat_redis_options: dict[str, object] = {}
+# Its client retries a blip of a fraction of a second itself; anything longer reaches the
+# scheduler, which stops scheduling and re-acquires with its own backoff (redis-py's default,
+# 3 retries of up to 10 s, would hold a tick for seconds without saying so).
+redbeat_redis_options: dict[str, object] = {
+    "retry": Retry(ExponentialWithJitterBackoff(base=0.1, cap=0.5), 2),
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+}
 redbeat_key_prefix = "dustpan:redbeat"
 redbeat_lock_timeout = _settings.schedule.leader_lock_seconds
 beat_max_loop_interval = max(1, min(5, redbeat_lock_timeout // 3))  # the lock is renewed every loop

@@ -7,6 +7,7 @@ reach up into the workers package; tests build the same object with fakes.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 
 from models.db import UnitOfWork
 from tasks.balances import BalanceConfig
@@ -22,6 +24,7 @@ from tasks.execution import ExecutionConfig
 from tasks.guards import TradingPolicy
 from tasks.ingestion import AccumulationConfig
 from tasks.job_runs import finish_run, start_run
+from tasks.outages import dependency_away, first_line, outage_retry_delay
 from tasks.ports import Brokerage, Enqueue, Latencies, NoLatencies
 from tasks.prices import PriceConfig
 from tasks.venues import VenueConfig
@@ -86,12 +89,56 @@ class Dependencies:
     config: Callable[[], TaskConfig]
     # Trade latency histograms; observed after commit, never failing a task.
     latencies: Latencies = field(default_factory=NoLatencies)
+    # The broker client's "server away" errors (the composition root knows the library).
+    broker_errors: tuple[type[BaseException], ...] = ()
+
+
+log = logging.getLogger("tasks.outages")
 
 
 class DustpanTask(Task):
-    """Base of every dustpan task: ``self.deps`` is what the composition root set on the app."""
+    """Base of every dustpan task: ``self.deps`` is what the composition root set on the app.
+
+    A task that fails because PostgreSQL or Redis is away is retried with capped jittered
+    backoff and one WARNING line, never dropped with a traceback: every task is safe to run
+    twice. A task with a bounded ``max_retries`` (a scheduled job: its next tick comes anyway)
+    stops retrying there, with one WARNING; ingestion and execution retry without end.
+    """
 
     abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._retrying_outages(*args, **kwargs)
+        except Reject as rejected:
+            # A retry could not be queued because the broker is away (celery rejects the message
+            # then, with a traceback): the rows still say what is left, and the sweep re-sends it.
+            deps = getattr(self.app, "dependencies", None)
+            reason = rejected.reason if isinstance(rejected.reason, BaseException) else None
+            dependency = dependency_away(reason, deps.broker_errors if deps else ()) if reason else None
+            if dependency is None:
+                raise
+            log.warning("%s: %s away, retry not queued (the sweep re-sends the work)", self.name, dependency)
+            raise Ignore() from None
+
+    def _retrying_outages(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except (Retry, Reject, Ignore):
+            raise
+        except Exception as exc:
+            deps = getattr(self.app, "dependencies", None)
+            dependency = dependency_away(exc, deps.broker_errors if deps else ())
+            if dependency is None or deps is None or self.request.called_directly:
+                raise
+            retries = self.request.retries
+            if self.max_retries is not None and retries >= self.max_retries:
+                what = first_line(exc)
+                log.warning("%s: %s away, gave up after %d retries: %s", self.name, dependency, retries, what)
+                raise Ignore() from None
+            delay = outage_retry_delay(retries, deps.config().timing.max_countdown_seconds)
+            log.warning("%s: %s away, retrying in %d s: %s", self.name, dependency, delay, first_line(exc))
+            raise self.retry(exc=exc, countdown=delay) from None
 
     @property
     def deps(self) -> Dependencies:

@@ -259,7 +259,10 @@ class Enqueue(abc.ABC):
 
     @abc.abstractmethod
     def resend_stale(self, symbols: list[str], execution_ids: list[uuid.UUID], hold_seconds: int) -> int:
-        """Re-enqueue stranded work, each item at most once per ``hold_seconds``; how many were sent."""
+        """Re-enqueue stranded work, each item at most once per ``hold_seconds``; how many were sent.
+
+        Raises when the broker is away: the sweep then counts as failed and is run again
+        soon, instead of waiting a whole interval after the broker's return."""
 
 
 class Latencies(abc.ABC):

@@ -6,6 +6,7 @@ process that only enqueues (the API) never imports the task modules.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -80,11 +81,13 @@ class RedisEnqueue(Enqueue):
         ]
         client, sent = self._client(), 0
         for kind, name, send in work:
-            try:
-                if client.set(RESEND_KEY.format(kind=kind, name=name), 1, nx=True, ex=hold_seconds):
+            hold = RESEND_KEY.format(kind=kind, name=name)
+            if client.set(hold, 1, nx=True, ex=hold_seconds):
+                try:
                     send()
-                    sent += 1
-            except Exception as exc:  # kombu and redis raise several families; the next tick tries again
-                log.warning("stranded work not re-sent (the next sweep tries again): %s", exc)
-                break
+                except Exception:
+                    with contextlib.suppress(Exception):  # not sent: the next sweep may send it at once
+                        client.delete(hold)
+                    raise  # the broker is away: the sweep fails, and its caller retries it promptly
+                sent += 1
         return sent

@@ -192,4 +192,5 @@ def dependencies(enqueue: Enqueue, latencies: Latencies | None = None) -> Depend
         enqueue=enqueue,
         config=task_config,
         latencies=latencies or NoLatencies(),
+        broker_errors=(redis.ConnectionError, redis.TimeoutError),  # a task meeting one is retried
     )

@@ -5,13 +5,21 @@ messages were lost with a Redis restart) must still finish what is waiting. So t
 node of each worker runs the same sweep from a thread of its own, whenever no sweep ran
 fleet-wide (Beat's or any worker's, per ``job_runs``) in the last interval; a session advisory
 lock keeps two workers from sweeping at once. A failure (the database or Redis away) is one
-WARNING, the return one INFO, and the loop goes on.
+WARNING, the return one INFO, and the loop goes on, trying every second until the sweep runs
+again: so the first sweep after a dependency's return comes within about a second of it.
+
+The thread lives in the process that forks the pool's children, and a fork copies every lock
+as it is at that instant: a child forked while the sweep held SQLAlchemy's mapper-configuration
+mutex (or any lock of its clients) waited on it forever, and every task it took hit its time
+limit. So the mappers are configured before the thread starts, and a fork waits until the
+thread is between sweeps (``os.register_at_fork``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -24,6 +32,8 @@ from tasks.deps import Dependencies
 from tasks.sweep_tasks import rewake_once
 
 log = logging.getLogger(__name__)
+RETRY_SECONDS = 1.0
+FORK_WAIT_SECONDS = 30.0  # a fork waits at most this for a sweep under way (each call has a timeout)
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"dustpan:worker-sweep").digest()[:8], "big", signed=True)
 
 
@@ -34,25 +44,35 @@ class WorkerSweep:
         self._stop = threading.Event()
         self._failing = False
         self._thread = threading.Thread(target=self._loop, name="worker-sweep", daemon=True)
+        self._sweeping = threading.Lock()  # held during a sweep; a fork takes it first
+        self._held_for_fork = False
 
     def start(self) -> None:
-        # The prefork pool forks its children from this process, at start and whenever it
-        # replaces one. A child forked while this thread configures the ORM mappers (lazily, at
-        # the first query) inherits SQLAlchemy's configure mutex held and hangs at its own first
-        # query until the task's time limit: configure them here, before any thread runs.
-        configure_mappers()
+        configure_mappers()  # once, here: a child must never inherit the configuration mutex held
+        os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork, after_in_child=self._after_fork)
         self._thread.start()
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._sweeping.acquire(timeout=FORK_WAIT_SECONDS)
+
+    def _after_fork(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._sweeping.release()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._every):
+        # After a failure the next attempt comes within a second: the sweep after the
+        # dependency's return is what finishes the work the outage left undone.
+        while not self._stop.wait(min(self._every, RETRY_SECONDS) if self._failing else self._every):
             try:
-                self.sweep_once()
+                with self._sweeping:
+                    self.sweep_once()
             except Exception as exc:  # the database or Redis is away: the next tick tries again
                 if not self._failing:
-                    log.warning("worker sweep failed (retrying every %s s): %s", self._every, exc)
+                    log.warning("worker sweep failed (retrying every %s s): %s", min(self._every, RETRY_SECONDS), exc)
                 self._failing = True
                 continue
             if self._failing:
@@ -60,18 +80,28 @@ class WorkerSweep:
             self._failing = False
 
     def sweep_once(self) -> bool:
-        """Sweep unless one ran fleet-wide within the interval or another worker sweeps now."""
+        """Sweep unless one ran fleet-wide within the interval or another worker sweeps now.
+
+        The connection that holds the advisory lock touches no table: a transaction that had
+        read ``job_runs`` would hold a lock on it while the sweep's own statements (other
+        connections) wait behind any DDL queued on it (a TRUNCATE, a migration's ALTER TABLE),
+        a wait PostgreSQL's deadlock detector cannot see, and the whole fleet would stop."""
         deps = self._deps
+        since = deps.now() - timedelta(seconds=self._every)
         with deps.unit_of_work() as uow:
-            session = uow.session
-            since = deps.now() - timedelta(seconds=self._every)
-            recent = session.scalar(select(func.max(JobRun.started_at)).where(JobRun.job == "sweep.rewake"))
-            if recent is not None and recent > since:
-                return False
-            if not session.scalar(select(func.pg_try_advisory_lock(_LOCK_KEY))):
+            # A failed sweep (the broker was away) leads nobody to wait: the next one runs at once.
+            recent = uow.session.scalar(
+                select(func.max(JobRun.started_at)).where(
+                    JobRun.job == "sweep.rewake", JobRun.outcome.is_distinct_from("failed")
+                )
+            )
+        if recent is not None and recent > since:
+            return False
+        with deps.unit_of_work() as lock:
+            if not lock.session.scalar(select(func.pg_try_advisory_lock(_LOCK_KEY))):
                 return False
             try:
                 rewake_once(deps)
             finally:
-                session.execute(select(func.pg_advisory_unlock(_LOCK_KEY)))
+                lock.session.execute(select(func.pg_advisory_unlock(_LOCK_KEY)))
         return True

@@ -129,9 +129,18 @@ class FaultInjector:
     """Injects one fault at a time, cycling through the kinds in shuffled rounds."""
 
     def __init__(
-        self, fleet: Fleet, postgres: EmbeddedPostgres, redis: EmbeddedRedis, plan: ChaosPlan, extra: list[str]
+        self,
+        fleet: Fleet,
+        postgres: EmbeddedPostgres,
+        redis: EmbeddedRedis,
+        plan: ChaosPlan,
+        extra: list[str],
+        supervised: bool = True,
     ) -> None:
         self.fleet, self.postgres, self.redis, self.plan = fleet, postgres, redis, plan
+        # Unsupervised, a role that exits by itself stays dead, as under a plain process manager.
+        self.supervised = supervised
+        self.exited: dict[str, str] = {}  # role -> the tail of its log, when unsupervised
         self.rng = random.Random(plan.seed + 1)
         self.counts: Counter[str] = Counter()
         self.extra = extra  # further fault kinds the caller injects through on_fault
@@ -195,11 +204,17 @@ class FaultInjector:
             self.counts[kind] += 1
 
     def supervise(self) -> None:
-        """Restart whatever died by itself (a Beat that lost Redis, say), as compose would."""
+        """Restart whatever died by itself, as compose would; unsupervised, only note it."""
         for process in [*self.fleet.workers, *self.fleet.beats, self.fleet.api]:
-            if process is not None and process.process is not None and process.process.poll() is not None:
-                self.counts[f"{process.name} exited by itself, restarted"] += 1
-                restart(process)
+            if process is None or process.process is None or process.process.poll() is None:
+                continue
+            if not self.supervised:
+                if process.name not in self.exited:
+                    self.counts[f"{process.name} exited by itself, not restarted"] += 1
+                    self.exited[process.name] = process.log_tail()
+                continue
+            self.counts[f"{process.name} exited by itself, restarted"] += 1
+            restart(process)
 
 
 def restart(process: DustpanProcess) -> None:
