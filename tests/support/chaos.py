@@ -22,7 +22,13 @@ from tests.support.feed import make_trades, post_trades
 from tests.support.fleet import DustpanProcess, Fleet, wait_for
 from workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
-FAULT_KINDS = ("worker child SIGKILL", "worker SIGKILL", "redis restart", "postgres restart -m immediate")
+FAULT_KINDS = (
+    "worker child SIGKILL",
+    "execution pool SIGKILL",  # the threads node, whose calls the stub often holds (stall_seconds)
+    "worker SIGKILL",
+    "redis restart",
+    "postgres restart -m immediate",
+)
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,12 @@ class FaultInjector:
             victims = worker.children()
             if victims:
                 self.rng.choice(victims).kill()
+                self.counts[kind] += 1
+        elif kind == "execution pool SIGKILL":  # its worker's keeper starts it again
+            worker = self.rng.choice(self.fleet.workers)
+            nodes = [child for child in worker.children() if "execution" in child.cmdline()]
+            if nodes:
+                nodes[0].kill()
                 self.counts[kind] += 1
         elif kind == "worker SIGKILL":
             worker = self.rng.choice(self.fleet.workers)
