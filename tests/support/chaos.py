@@ -9,6 +9,7 @@ compose or ``dustpan up`` would.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+import psutil
 
 from tests.support.feed import make_trades, post_trades
 from tests.support.fleet import DustpanProcess, Fleet, wait_for
@@ -193,10 +195,11 @@ class FaultInjector:
                 self.counts[kind] += 1
         elif kind == "execution pool SIGKILL":  # its worker's keeper starts it again
             worker = self.rng.choice(self.fleet.workers)
-            nodes = [child for child in worker.children() if "execution" in child.cmdline()]
+            nodes = [child for child in worker.children() if "execution" in _cmdline(child)]
             if nodes:
-                nodes[0].kill()
-                self.counts[kind] += 1
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    nodes[0].kill()
+                    self.counts[kind] += 1
         elif kind == "worker SIGKILL":
             worker = self.rng.choice(self.fleet.workers)
             worker.kill()
@@ -227,6 +230,13 @@ class FaultInjector:
                 continue
             self.counts[f"{process.name} exited by itself, restarted"] += 1
             restart(process)
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return []
 
 
 def restart(process: DustpanProcess) -> None:
