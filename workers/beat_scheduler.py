@@ -73,8 +73,11 @@ class LeaderScheduler(RedBeatScheduler):
             except BROKER_AWAY:
                 raise
             except Exception as exc:
-                if isinstance(exc.__cause__ or exc.__context__, BROKER_AWAY):
-                    raise  # celery wraps a publish failure in SchedulingError
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, BROKER_AWAY):
+                    # celery wraps a publish failure in SchedulingError: hand the tick the
+                    # broker's own error, which it handles (stop scheduling, lead again)
+                    raise cause from None
                 log.exception("Scheduler: Message Error: %s", exc)
         return next_time_to_run
 
