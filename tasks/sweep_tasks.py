@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from celery import shared_task
 
@@ -31,10 +31,10 @@ def rewake_once(deps: Dependencies) -> dict[str, int]:
     return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}
 
 
-def rescue_executions(deps: Dependencies, died_at: datetime, already: set[uuid.UUID]) -> int:
-    """Re-send what an execution node that died at ``died_at`` may have held (``already``: the
-    ids this rescue re-sent before, never sent twice by it); how many were sent."""
-    found = find_orphaned_executions(deps.unit_of_work(), deps.now(), died_at)
+def rescue_executions(deps: Dependencies, already: set[uuid.UUID]) -> int:
+    """Re-send the executions whose claims lapsed (``already``: the ids this rescue re-sent
+    before, never sent twice by it); how many were sent."""
+    found = find_orphaned_executions(deps.unit_of_work(), deps.now())
     fresh = [execution_id for execution_id in found if execution_id not in already]
     already.update(fresh)
     deps.enqueue.submit(fresh)

@@ -67,20 +67,21 @@ def find_stranded_work(
     return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
 
 
-def find_orphaned_executions(uow: UnitOfWork, now: datetime, died_at: datetime) -> list[uuid.UUID]:
-    """In-flight executions an execution node that died at ``died_at`` may have held: its
-    claims have lapsed, or the execution was last touched before it died and nobody claims it
-    (its message may have been among the ones the node had taken and will never acknowledge)."""
+def find_orphaned_executions(uow: UnitOfWork, now: datetime) -> list[uuid.UUID]:
+    """In-flight executions whose claim has lapsed: the worker calling the broker for them
+    stopped renewing its lease (a live one renews it every third of it), so it is dead.
+
+    Executions a dead node had taken off the queue but not claimed yet are left to the sweep
+    (``pending_stale_seconds``): re-sending every unclaimed execution on a death would, in a
+    backlog, queue a duplicate of each behind the backlog at every death."""
     with uow:
         return list(
             uow.session.scalars(
                 select(Execution.id)
                 .where(
                     Execution.status.in_(("pending", "submitted")),
-                    or_(
-                        and_(Execution.claimed_by.is_not(None), Execution.claimed_until <= now),
-                        and_(Execution.claimed_until.is_(None), Execution.updated_at < died_at),
-                    ),
+                    Execution.claimed_by.is_not(None),
+                    Execution.claimed_until <= now,
                     ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
                 )
                 .order_by(Execution.updated_at)

@@ -260,9 +260,8 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
         keeper = IoPoolKeeper(
             f"io-{node}",
             io_concurrency,
-            rescue=lambda died_at, already: rescue_executions(deps, died_at, already),  # type: ignore[arg-type]
+            rescue=lambda already: rescue_executions(deps, already),  # type: ignore[arg-type]
             rescue_seconds=deps.config().execution.claim_lease_seconds + 2,
-            clock=deps.now,
         )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()

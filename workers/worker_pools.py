@@ -7,11 +7,11 @@ waits, and a symbol whose orders hang ties up threads of that pool only, never t
 that ingest and accumulate. The second node is this process's child: it dies with it (a parent
 death signal), and it is started again within a second if it dies alone.
 
-What a node that died held is not left to the sweep's next tick or to Redis's visibility
-timeout: for a while after the death the keeper re-sends, twice a second, every in-flight
-execution whose claim has lapsed or that was last touched before the death and is claimed by
-nobody (``rescue``), each at most once; a duplicate message only finds the execution claimed
-or settled. So a kill in the middle of a hanging call costs about one claim lease.
+The calls a node that died was making are not left to the sweep's next tick: for a claim
+lease and a bit after the death the keeper re-sends, twice a second, every in-flight execution
+whose claim has lapsed (``rescue``), each at most once. So a kill in the middle of a hanging
+call costs about one claim lease. Messages the node had taken but not started are found by the
+sweep (``pending_stale_seconds``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 log = logging.getLogger(__name__)
 FAST_QUEUES = "ingestion,ops"
@@ -55,11 +54,10 @@ class IoPoolKeeper:
         self,
         node: str,
         concurrency: int,
-        rescue: Callable[[datetime, set[object]], int] | None = None,
+        rescue: Callable[[set[object]], int] | None = None,
         rescue_seconds: float = 5,  # float-ok: a duration: a claim lease and a bit more
-        clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """``rescue(died_at, already)`` re-sends what a dead node may have held (the ids in
+        """``rescue(already)`` re-sends the executions whose claims lapsed (the ids in
         ``already`` excepted, and added to it); it runs for ``rescue_seconds`` after a death."""
         self.command = [
             sys.executable, "-m", "workers.cli", "worker",
@@ -68,7 +66,7 @@ class IoPoolKeeper:
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._keep, name="io-pool-keeper", daemon=True)
-        self._rescue, self._rescue_seconds, self._clock = rescue, rescue_seconds, clock
+        self._rescue, self._rescue_seconds = rescue, rescue_seconds
 
     def start(self) -> None:
         self._thread.start()
@@ -80,18 +78,17 @@ class IoPoolKeeper:
             if self._stopping.is_set():
                 return
             log.warning("execution pool exited (status %s); starting it again in %d s", code, RESTART_DELAY_SECONDS)
-            if self._rescue is not None and self._clock is not None:
-                died_at = self._clock()
-                threading.Thread(target=self._rescue_after, args=(died_at,), name="io-pool-rescue", daemon=True).start()
+            if self._rescue is not None:
+                threading.Thread(target=self._rescue_after, name="io-pool-rescue", daemon=True).start()
             self._stopping.wait(RESTART_DELAY_SECONDS)
 
-    def _rescue_after(self, died_at: datetime) -> None:
+    def _rescue_after(self) -> None:
         assert self._rescue is not None
         already: set[object] = set()
         deadline = time.monotonic() + self._rescue_seconds
         while not self._stopping.wait(RESCUE_EVERY_SECONDS) and time.monotonic() < deadline:
             try:
-                sent = self._rescue(died_at, already)
+                sent = self._rescue(already)
             except Exception as exc:  # the database or Redis away: the sweep finds it later
                 log.warning("re-sending the dead execution pool's work failed: %s", exc)
                 return
