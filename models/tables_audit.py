@@ -13,11 +13,15 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, Identity, Integer, String, func
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Integer, Numeric, String, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.tables import Base
+
+# Sums over any number of rows, each up to numeric(38, 18): a bounded type would overflow on
+# sums a user can send (two trades just under 10^20 in one webhook), so no precision limit.
+TOTAL = Numeric()
 
 
 class SymbolTotals(Base):
@@ -25,10 +29,10 @@ class SymbolTotals(Base):
 
     __tablename__ = "symbol_totals"
     symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
-    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
-    filled: Mapped[Decimal] = mapped_column(server_default="0")
-    in_flight: Mapped[Decimal] = mapped_column(server_default="0")
-    returned: Mapped[Decimal] = mapped_column(server_default="0")
+    trades_applied: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    filled: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    in_flight: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    returned: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
@@ -38,10 +42,10 @@ class SymbolTotalDelta(Base):
     __tablename__ = "symbol_total_deltas"
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     symbol: Mapped[str] = mapped_column(String(32))
-    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
-    filled: Mapped[Decimal] = mapped_column(server_default="0")
-    in_flight: Mapped[Decimal] = mapped_column(server_default="0")
-    returned: Mapped[Decimal] = mapped_column(server_default="0")
+    trades_applied: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    filled: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    in_flight: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    returned: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
 
 
 class _BookTotalsColumns:
@@ -52,10 +56,10 @@ class _BookTotalsColumns:
     side: Mapped[str] = mapped_column(String(4))
     status: Mapped[str] = mapped_column(String(16))
     row_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    quantity: Mapped[Decimal] = mapped_column(server_default="0")
-    filled: Mapped[Decimal] = mapped_column(server_default="0")
-    proceeds: Mapped[Decimal] = mapped_column(server_default="0")
-    dust: Mapped[Decimal] = mapped_column(server_default="0")
+    quantity: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    filled: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    proceeds: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    dust: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
 
 
 class BookTotals(_BookTotalsColumns, Base):
@@ -87,10 +91,10 @@ class AuditCheckpoint(Base):
     symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
     trade_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     execution_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
-    filled: Mapped[Decimal] = mapped_column(server_default="0")
-    archived_trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
-    archived_filled: Mapped[Decimal] = mapped_column(server_default="0")
+    trades_applied: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    filled: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    archived_trades_applied: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    archived_filled: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
     problems: Mapped[str | None]  # what the last pass found wrong in old rows, one per line
     verified_at: Mapped[datetime | None]
 
@@ -122,8 +126,8 @@ class AuditVerifierSums(Base):
 
     __tablename__ = "audit_verifier_sums"
     symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
-    trades_applied: Mapped[Decimal] = mapped_column(server_default="0")
-    filled: Mapped[Decimal] = mapped_column(server_default="0")
+    trades_applied: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
+    filled: Mapped[Decimal] = mapped_column(TOTAL, server_default="0")
     trade_limit: Mapped[int | None] = mapped_column(BigInteger)
     execution_limit: Mapped[int | None] = mapped_column(BigInteger)
     problems: Mapped[str | None]

@@ -116,3 +116,12 @@ def test_a_statement_that_fails_stores_nothing(clean_database: str) -> None:
 
     with UnitOfWork(clean_database) as uow:
         assert uow.session.scalar(select(func.count()).select_from(Trade)) == 0
+
+
+def test_the_largest_quantities_sum_past_the_column_type_without_failing(clean_database: str) -> None:
+    """Each trade fits numeric(38, 18); their sum in the books' totals does not have to (the
+    fuzz found a webhook of two such trades answered 500)."""
+    largest = "99999999999999999999.999999999999999999"
+    result = store_trades(UnitOfWork(clean_database, autocommit=True), [trade("big1", largest), trade("big2", largest)])
+
+    assert result == StoreResult(2, 0, [], ["AAPL"])
