@@ -151,22 +151,14 @@ def _wait_for_drain(stack: Stack | RunningUp, timeout: float = 120.0) -> bool:  
             audit = client.get("/audit").json()
             pending = client.get("/executions", params={"status": "pending", "limit": 1}).json()["items"]
             submitted = client.get("/executions", params={"status": "submitted", "limit": 1}).json()["items"]
-            if audit["ok"] and not pending and not submitted and _no_waiting_trades():
+            # The API's audit counts the trades still waiting in the stack's own database.
+            waiting = sum(int(symbol["waiting"]) for symbol in audit["symbols"])
+            if audit["ok"] and not waiting and not pending and not submitted:
                 progress.update(task, description="drained")
                 return True
             time.sleep(0.5)
     print("the queue did not drain in time")
     return False
-
-
-def _no_waiting_trades() -> bool:
-    from sqlalchemy import func, select
-
-    from models.tables import Trade
-    from workers import runtime
-
-    with runtime.unit_of_work() as uow:
-        return not uow.session.scalar(select(func.count()).where(Trade.status == "received"))
 
 
 def _progress() -> Progress:
