@@ -73,12 +73,7 @@ def run_noop_ceiling(
     processes: list[DustpanProcess] = []
     broker = redis.Redis.from_url(env["DUSTPAN_BROKER_URL"])
     try:
-        for n in range(1, workers + 1):
-            name = f"noop{n}-{os.getpid()}@%h"
-            args = ["worker", "--queues", NOOP_QUEUE, "--concurrency", str(concurrency), "--name", name]
-            processes.append(NoopWorker(f"noop{n}", args, env, log_dir).start())
-        for process in processes:
-            wait_ready(process)
+        start_noop_workers(processes, env, log_dir, workers, concurrency)
         _publish_and_count(noop, NOOP_QUEUE, broker, RAN_KEY, 20 * workers * concurrency, producers, timeout)
         roles = {"noop workers": [p.pid for p in processes], "bench publishers": [os.getpid()]}
         roles.update({name: [pid] for name, pid in server_pids.items() if name == "redis" and pid})
@@ -101,6 +96,20 @@ def run_noop_ceiling(
         for process in processes:
             process.stop()
         broker.close()
+
+
+def start_noop_workers(
+    processes: list[DustpanProcess], env: dict[str, str], log_dir: Path, workers: int, concurrency: int
+) -> None:
+    """Start ``workers`` no-op workers into ``processes`` (the caller stops them) and wait until ready."""
+    from bench.noop_app import NOOP_QUEUE
+
+    for n in range(1, workers + 1):
+        name = f"noop{n}-{os.getpid()}@%h"
+        args = ["worker", "--queues", NOOP_QUEUE, "--concurrency", str(concurrency), "--name", name]
+        processes.append(NoopWorker(f"noop{n}", args, env, log_dir).start())
+    for process in processes:
+        wait_ready(process)
 
 
 def _publish_and_count(

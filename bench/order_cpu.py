@@ -27,7 +27,6 @@ only if something broke.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -38,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support li
 import redis
 
 from bench._fleet_bench import WEBHOOK_SECRET, FleetBench, run_fleet_bench
-from bench._measure import BenchError, CpuRoles, machine, wait_ready
-from bench._noop_ceiling import NoopWorker, _noop_task
+from bench._measure import BenchError, CpuRoles, machine
+from bench._noop_ceiling import _noop_task, start_noop_workers
 from bench._webhook_client import post_open_loop
-from bench.webhook_to_broker_latency import TimedAlpacaStub, paced_trades, warm_up
-from tests.support.fleet import wait_for
+from bench.webhook_to_broker_latency import TimedAlpacaStub, alpaca_env, paced_trades, warm_up
+from tests.support.fleet import DustpanProcess, wait_for
 
 TARGET_RATIO = 3
 
@@ -90,14 +89,9 @@ def measure_noop(bench: FleetBench, args: argparse.Namespace, tasks: int) -> tup
     env = bench.fleet.env
     noop = _noop_task(env)
     broker = redis.Redis.from_url(env["DUSTPAN_BROKER_URL"])
-    processes = []
+    processes: list[DustpanProcess] = []
     try:
-        for n in range(1, args.workers + 1):
-            name = f"noop{n}-{os.getpid()}@%h"
-            argv = ["worker", "--queues", NOOP_QUEUE, "--concurrency", str(args.concurrency), "--name", name]
-            processes.append(NoopWorker(f"noop{n}", argv, env, bench.logs).start())
-        for process in processes:
-            wait_ready(process)
+        start_noop_workers(processes, env, bench.logs, args.workers, args.concurrency)
         _trickle_noop(noop, NOOP_QUEUE, broker, RAN_KEY, 20, args.rate, args.timeout)  # warm up
         cpu = CpuRoles({"noop workers": [p.pid for p in processes]})
         idle = _cpu_over(cpu, "noop workers", max(1, tasks // args.rate))
@@ -186,14 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     with stub:
-        alpaca = {
-            "DUSTPAN_BROKERAGE": "alpaca",
-            "DUSTPAN_ALPACA_TRADING_URL": stub.url,
-            "DUSTPAN_ALPACA_DATA_URL": stub.url,
-            "DUSTPAN_ALPACA_KEY_ID": stub.key_id,
-            "DUSTPAN_ALPACA_SECRET_KEY": stub.secret_key,
-        }
-        return run_fleet_bench(args, measure, env=alpaca)
+        return run_fleet_bench(args, measure, env=alpaca_env(stub))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class LeaderScheduler(RedBeatScheduler):
         if following and not self._lead_again():
             return self._backoff()
         try:
-            return float(super().tick(min=min, **kwargs))
+            return float(super().tick(min=min, **kwargs))  # float-ok: seconds to the next tick
         except BROKER_AWAY as exc:
             self._note_away(exc, "lost the Redis leader lock or Redis is away")
             return self._backoff()
@@ -147,7 +147,7 @@ class LeaderScheduler(RedBeatScheduler):
         return self._delay()
 
     def _delay(self) -> float:
-        ceiling = min(float(self.max_interval), FIRST_BACKOFF_SECONDS * 2 ** min(self._failures, 8))
+        ceiling = min(float(self.max_interval), FIRST_BACKOFF_SECONDS * 2 ** min(self._failures, 8))  # float-ok: s
         return random.uniform(ceiling / 2, ceiling)
 
 
