@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from tests.support.fleet import Fleet
+from workers.embedded import EmbeddedRedis
 
 WEBHOOK_SECRET = "integration-webhook-secret"
 API_TOKEN = "integration-api-token"
@@ -96,3 +97,12 @@ class Books:
 @pytest.fixture
 def books(clean_database: str) -> Books:
     return Books(clean_database)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of the test's own, with AOF as the compose file runs it: the session's shared one is never killed."""
+    server = EmbeddedRedis(tmp_path / "own-redis", persist=True)
+    server.start()
+    yield server
+    server.stop()

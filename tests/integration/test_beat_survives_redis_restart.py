@@ -18,7 +18,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,14 +63,6 @@ class LoadingRedis:
                         client.sendall(b"-LOADING Redis is loading the dataset in memory\r\n")
         for client in clients:
             client.close()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "own-redis", persist=True)  # AOF, as the compose file runs it
-    server.start()
-    yield server
-    server.stop()
 
 
 def _log(beat: DustpanProcess) -> str:

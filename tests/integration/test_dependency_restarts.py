@@ -45,14 +45,6 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     server.stop()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "own-redis", persist=True)  # AOF, as the compose file runs it
-    server.start()
-    yield server
-    server.stop()
-
-
 class Feeder:
     """One client posting batches over every symbol until stopped; each batch retried as is until 202."""
 

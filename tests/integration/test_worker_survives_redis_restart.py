@@ -35,14 +35,6 @@ RESTARTS = 5
 VISIBILITY_SECONDS = 2
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "own-redis", persist=True)  # AOF, as the compose file runs it
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_app_installs_the_guard() -> None:
     import kombu.transport.redis
 
