@@ -12,9 +12,11 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
-# A pooled connection idle longer than this is checked with a SELECT 1 before an autocommit
-# unit of work uses it (say, after a PostgreSQL restart); one in steady use is not: a ping
-# per checkout is a round trip per webhook group.
+# A pooled connection idle longer than this is checked with a SELECT 1 before a unit of work
+# uses it (say, after a PostgreSQL restart); one in steady use is not: a ping per checkout is a
+# round trip per webhook group, and three per order (claim, record, accumulate run). A
+# connection that breaks in use anyway makes SQLAlchemy drop the whole pool, and the task is
+# retried (tasks.deps.DustpanTask).
 PING_AFTER_IDLE_SECONDS = 1
 
 _engines: dict[tuple[str, bool], Engine] = {}
@@ -49,9 +51,8 @@ def engine_for(url: str, *, autocommit: bool = False) -> Engine:
             )
             _ping_when_idle(engine)
         else:
-            engine = create_engine(
-                sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
-            )
+            engine = create_engine(sqlalchemy_url(url), pool_size=5, max_overflow=5, connect_args=connect_args)
+            _ping_when_idle(engine)
         _engines[(url, autocommit)] = engine
     return engine
 

@@ -39,6 +39,7 @@ from models.domain.quantities import Side
 from models.tables import Execution, SymbolFreeze
 from models.tables_ops import AccountPause
 from tasks.balances import BalanceUnknown, Sleep, ensure_known_balance
+from tasks.lineage import first_received_of
 from tasks.order_breaker import BreakerRole, gate, health_columns, note_call, take_probe, with_health
 from tasks.ports import (
     AccountRefused,
@@ -54,9 +55,11 @@ from tasks.ports import (
 from tasks.settlement import (
     Access,
     ExecutionConfig,
+    ReadAlong,
     SubmitOutcome,
     SubmitResult,
     account_access,
+    backoff_of,
     lift_pause,
     note_unknown_outcome,
     pause_account,
@@ -265,7 +268,12 @@ def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig,
     """The transaction after the call: write the broker's answer if the claim is still ours."""
     with uow:
         session = uow.session
-        execution = session.scalars(select(Execution).where(Execution.id == claim.execution_id).with_for_update()).one()
+        # One statement locks the row and reads what recording it may need besides.
+        execution, first_received, in_backoff = session.execute(
+            select(Execution, first_received_of(Execution.id), backoff_of(Execution.symbol))
+            .where(Execution.id == claim.execution_id)
+            .with_for_update(of=Execution)
+        ).one()
         if execution.claimed_by != claim.token:
             log.warning(
                 "%s %s %s: the broker call outlived its claim; the worker that took over records it",
@@ -278,13 +286,19 @@ def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig,
         execution.claimed_by, execution.claimed_until = None, None
         execution.submit_attempts += int(call.posted)
         note_call(session, claim.symbol, claim.token, claim.breaker, call.error, config.breaker, now)
-        result = _apply(session, execution, claim, call, config, now)
+        result = _apply(session, execution, claim, call, config, now, ReadAlong(first_received, in_backoff))
         uow.commit()
     return result
 
 
 def _apply(
-    session: Session, execution: Execution, claim: Claim, call: _Call, config: ExecutionConfig, now: datetime
+    session: Session,
+    execution: Execution,
+    claim: Claim,
+    call: _Call,
+    config: ExecutionConfig,
+    now: datetime,
+    read_along: ReadAlong,
 ) -> SubmitResult:
     if not ExecutionStatus(execution.status).in_flight:
         return SubmitResult(SubmitOutcome.SETTLED)  # recorded already
@@ -303,7 +317,7 @@ def _apply(
     assert call.order is not None
     if claim.access is Access.PROBE:
         lift_pause(session, execution.account)
-    return record_broker_order(session, execution, call.order, config, now)
+    return record_broker_order(session, execution, call.order, config, now, read_along)
 
 
 def _find_or_place_order(

@@ -16,22 +16,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Numeric, String, case, func, select, text, update
+from sqlalchemy import DateTime, Numeric, String, func, select, text
 from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
-from models.domain.accumulation import Allocation, Portion, crosses_threshold, plan_execution
+from models.domain.accumulation import PlannedExecution, Portion, crosses_threshold, plan_execution
 from models.domain.quantities import ZERO
 from models.domain.symbols import is_restricted
 from models.domain.trades import IncomingTrade
 from models.tables import (
     Accumulator,
-    Contribution,
     ContributionOrigin,
-    Execution,
-    SymbolFreeze,
-    Trade,
 )
 from tasks.lineage import origins_of_take
 
@@ -203,23 +199,28 @@ def accumulate_symbol(
                 result.busy = True
                 return result
         before_claim()
-        # SKIP LOCKED: a trade another transaction holds is left for the next run, never waited on.
-        claimed = session.execute(
-            select(Trade.id, Trade.side, Trade.quantity, Trade.price, Trade.received_at)
-            .where(Trade.symbol == symbol, Trade.status == "received")
-            .order_by(Trade.seq)
-            .limit(config.batch_size)
-            .with_for_update(skip_locked=True)
-        ).all()
+        restricted = is_restricted(symbol, config.restricted_symbols)
+        # Claimed and marked (accumulated, or rejected) by one statement, oldest first.
+        claimed = sorted(
+            session.execute(
+                _REJECT_WAITING if restricted else _ACCUMULATE_WAITING,
+                {
+                    "symbol": symbol,
+                    "limit": config.batch_size,
+                    "now": now,
+                    "reason": "restricted symbol: never traded",
+                },
+            ).all(),
+            key=lambda row: row.seq,
+        )
         result.more_waiting = len(claimed) == config.batch_size
         accumulator = lock_accumulator(session, symbol)
         ids = result.trade_ids = [row.id for row in claimed]
-        if is_restricted(symbol, config.restricted_symbols):
-            result.rejected = _reject_trades(session, ids, "restricted symbol: never traded")
+        if restricted:
+            result.rejected = len(ids)
             uow.commit()
             return result
         if claimed:
-            _mark_accumulated(session, ids, now)
             accumulator.net_quantity += sum(
                 (row.quantity if row.side == "buy" else -row.quantity for row in claimed), ZERO
             )
@@ -250,26 +251,22 @@ def lock_accumulator(session: Session, symbol: str) -> Accumulator:
     return accumulator
 
 
-def _reject_trades(session: Session, ids: list[str], reason: str) -> int:
-    if ids:
-        session.execute(
-            update(Trade).where(Trade.id.in_(ids)).values(status="rejected", status_reason=reason),
-            execution_options={"synchronize_session": False},
-        )
-    return len(ids)
-
-
-def _mark_accumulated(session: Session, ids: list[str], now: datetime) -> None:
-    session.execute(
-        update(Trade)
-        .where(Trade.id.in_(ids))
-        .values(
-            status="accumulated",
-            accumulated_at=now,
-            open_quantity=case((Trade.side == "buy", Trade.quantity), else_=-Trade.quantity),
-        ),
-        execution_options={"synchronize_session": False},
-    )
+# The symbol's oldest waiting trades, claimed and marked in one statement. SKIP LOCKED: a trade
+# another transaction holds is left for the next run, never waited on. ARRAY(...) runs the
+# claim once, whatever plan the UPDATE gets.
+_WAITING = (
+    "WHERE id = ANY(ARRAY(SELECT id FROM trades WHERE symbol = :symbol AND status = 'received'"
+    " ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED))"
+    " RETURNING id, side, quantity, price, received_at, seq"
+)
+_TRADE_ROWS = {"quantity": Numeric(38, 18, asdecimal=True), "price": Numeric(38, 18, asdecimal=True)}
+_ACCUMULATE_WAITING = text(
+    "UPDATE trades SET status = 'accumulated', accumulated_at = :now,"
+    " open_quantity = CASE WHEN side = 'buy' THEN quantity ELSE -quantity END " + _WAITING
+).columns(received_at=DateTime(timezone=True), **_TRADE_ROWS)
+_REJECT_WAITING = text("UPDATE trades SET status = 'rejected', status_reason = :reason " + _WAITING).columns(
+    received_at=DateTime(timezone=True), **_TRADE_ROWS
+)
 
 
 def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime) -> list[uuid.UUID]:
@@ -280,20 +277,27 @@ def execute_if_due(session: Session, accumulator: Accumulator, threshold: Decima
         return []
     # The accumulator's new net is written once, at commit: nothing read below depends on it.
     with session.no_autoflush:
-        if session.get(SymbolFreeze, accumulator.symbol) is not None:
+        portions = open_portions(session, accumulator.symbol)
+        if portions is None:  # frozen
             return []
-        execution_id = _create_execution(session, accumulator, threshold, now)
+        execution_id = _create_execution(session, accumulator, portions, threshold, now)
     return [execution_id] if execution_id else []
 
 
-def open_portions(session: Session, symbol: str) -> list[Portion]:
-    """The symbol's open quantity, oldest first: unfilled shares put back, then trades (one query)."""
+def open_portions(session: Session, symbol: str) -> list[Portion] | None:
+    """The symbol's open quantity, oldest first: unfilled shares put back, then trades; None
+    while the symbol is frozen (one query)."""
     rows = session.execute(_OPEN_PORTIONS, {"symbol": symbol}).all()
+    if rows and rows[0].source == "freeze":
+        return None
     return [Portion(row.source, row.ref, row.open_quantity) for row in rows]
 
 
 _OPEN_PORTIONS = text(
-    "(SELECT 'return' AS source, CAST(id AS text) AS ref, open_quantity, 0 AS part, id AS n"
+    "(SELECT 'freeze' AS source, symbol AS ref, CAST(0 AS numeric) AS open_quantity, -1 AS part, 0 AS n"
+    " FROM symbol_freezes WHERE symbol = :symbol)"
+    " UNION ALL"
+    " (SELECT 'return', CAST(id AS text), open_quantity, 0, id"
     " FROM execution_returns WHERE symbol = :symbol AND open_quantity <> 0)"
     " UNION ALL"
     " (SELECT 'trade', id, open_quantity, 1, seq FROM trades WHERE symbol = :symbol AND open_quantity <> 0)"
@@ -302,9 +306,8 @@ _OPEN_PORTIONS = text(
 
 
 def _create_execution(
-    session: Session, accumulator: Accumulator, threshold: Decimal, now: datetime
+    session: Session, accumulator: Accumulator, portions: list[Portion], threshold: Decimal, now: datetime
 ) -> uuid.UUID | None:
-    portions = open_portions(session, accumulator.symbol)
     open_total = sum((p.quantity for p in portions), ZERO)
     if open_total != accumulator.net_quantity:
         # Integrity before availability: never order on a net the portions do not explain.
@@ -313,55 +316,64 @@ def _create_execution(
     if plan is None:
         return None
     execution_id = uuid.uuid4()
-    session.execute(
-        insert(Execution).values(
-            id=execution_id,
-            symbol=accumulator.symbol,
-            side=plan.side.value,
-            quantity=plan.quantity,
-            client_order_id=client_order_id_for(execution_id),
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    _take_from_portions(session, execution_id, plan.allocations)
+    _take_from_portions(session, execution_id, accumulator.symbol, plan, now)
     accumulator.net_quantity -= plan.signed_quantity
     return execution_id
 
 
-# One UPDATE per table, whatever the number of portions: psycopg2 runs an executemany as one
-# round trip per row. Each portion appears once in a plan, so each row is updated once.
-_TAKE_FROM_TRADES = text(
-    "UPDATE trades SET open_quantity = trades.open_quantity - take.taken"
-    " FROM unnest(CAST(:refs AS text[]), CAST(:taken AS numeric[])) AS take (ref, taken)"
-    " WHERE trades.id = take.ref"
-)
-_TAKE_FROM_RETURNS = text(
-    "UPDATE execution_returns SET open_quantity = execution_returns.open_quantity - take.taken"
-    " FROM unnest(CAST(:refs AS bigint[]), CAST(:taken AS numeric[])) AS take (ref, taken)"
-    " WHERE execution_returns.id = take.ref"
+# The execution, the shares it takes from each portion and its contributions: one statement,
+# whatever the number of portions (psycopg2 runs an executemany as one round trip per row).
+# Each portion appears once in a plan, so each row is updated once; the contributions' foreign
+# key to the new execution is checked at the end of the statement, when the row is there.
+_CREATE_EXECUTION = text(
+    "WITH execution AS ("
+    " INSERT INTO executions (id, symbol, side, quantity, client_order_id, created_at, updated_at)"
+    " VALUES (CAST(:id AS uuid), :symbol, :side, :quantity, :client_order_id, :now, :now) RETURNING id),"
+    " from_trades AS ("
+    " UPDATE trades SET open_quantity = trades.open_quantity - take.taken"
+    " FROM unnest(CAST(:trade_refs AS text[]), CAST(:trade_taken AS numeric[])) AS take (ref, taken)"
+    " WHERE trades.id = take.ref RETURNING trades.id),"
+    " from_returns AS ("
+    " UPDATE execution_returns SET open_quantity = execution_returns.open_quantity - take.taken"
+    " FROM unnest(CAST(:return_refs AS bigint[]), CAST(:return_taken AS numeric[])) AS take (ref, taken)"
+    " WHERE execution_returns.id = take.ref RETURNING execution_returns.id),"
+    " contributed AS ("
+    " INSERT INTO contributions (execution_id, trade_id, return_id, quantity)"
+    " SELECT (SELECT id FROM execution), part.trade_id, part.return_id, part.quantity"
+    " FROM unnest(CAST(:part_trades AS text[]), CAST(:part_returns AS bigint[]), CAST(:part_taken AS numeric[]))"
+    " AS part (trade_id, return_id, quantity) RETURNING contributions.id)"
+    " SELECT (SELECT count(*) FROM from_trades), (SELECT count(*) FROM from_returns),"
+    " (SELECT count(*) FROM contributed)"
 )
 
 
-def _take_from_portions(session: Session, execution_id: uuid.UUID, allocations: Sequence[Allocation]) -> None:
+def _take_from_portions(
+    session: Session, execution_id: uuid.UUID, symbol: str, plan: PlannedExecution, now: datetime
+) -> None:
+    allocations = plan.allocations
     trade_takes = [(a.portion.ref, a.taken) for a in allocations if a.portion.kind == "trade"]
     return_takes = [(int(a.portion.ref), a.taken) for a in allocations if a.portion.kind == "return"]
-    for statement, takes in ((_TAKE_FROM_TRADES, trade_takes), (_TAKE_FROM_RETURNS, return_takes)):
-        if takes:
-            refs, taken = zip(*takes, strict=True)
-            session.execute(statement, {"refs": list(refs), "taken": list(taken)})
-    session.execute(
-        insert(Contribution),
-        [
-            {
-                "execution_id": execution_id,
-                "trade_id": a.portion.ref if a.portion.kind == "trade" else None,
-                "return_id": int(a.portion.ref) if a.portion.kind == "return" else None,
-                "quantity": a.taken,
-            }
-            for a in allocations
-        ],
-    )
+    taken = session.execute(
+        _CREATE_EXECUTION,
+        {
+            "id": str(execution_id),
+            "symbol": symbol,
+            "side": plan.side.value,
+            "quantity": plan.quantity,
+            "client_order_id": client_order_id_for(execution_id),
+            "now": now,
+            "trade_refs": [ref for ref, _ in trade_takes],
+            "trade_taken": [amount for _, amount in trade_takes],
+            "return_refs": [ref for ref, _ in return_takes],
+            "return_taken": [amount for _, amount in return_takes],
+            "part_trades": [a.portion.ref if a.portion.kind == "trade" else None for a in allocations],
+            "part_returns": [int(a.portion.ref) if a.portion.kind == "return" else None for a in allocations],
+            "part_taken": [a.taken for a in allocations],
+        },
+    ).one()
+    if tuple(taken) != (len(trade_takes), len(return_takes), len(allocations)):
+        # Integrity before availability: a portion that vanished under us must not be half-taken.
+        raise RuntimeError(f"{symbol}: execution {execution_id} took {tuple(taken)} of its plan's portions")
     _record_origins(session, execution_id, return_takes)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import ScalarSelect, SQLColumnExpression, func, literal, select
 from sqlalchemy.orm import Session
 
 from models.domain.quantities import ZERO
@@ -110,10 +110,16 @@ def first_received_at(session: Session, execution_id: uuid.UUID) -> datetime | N
     its received -> submitted latency. None for an execution made only of returned shares (its
     trades waited through an earlier execution's rejection: not the pipeline's latency) and for
     sales and exits, which have no trades."""
-    return session.scalar(
+    return session.scalar(select(first_received_of(literal(execution_id, Contribution.execution_id.type))))
+
+
+def first_received_of(execution_id: SQLColumnExpression[uuid.UUID]) -> ScalarSelect[datetime]:
+    """``first_received_at`` as a scalar subquery, to read along with the execution's own row."""
+    return (
         select(func.min(Trade.received_at))
         .join(Contribution, Contribution.trade_id == Trade.id)
         .where(Contribution.execution_id == execution_id)
+        .scalar_subquery()
     )
 
 

@@ -16,15 +16,22 @@ from models.tables_ops import PriceHealth
 
 
 def lock_position(session: Session, account: str, symbol: str) -> Position:
-    # Row lock: fills, sales and exits of one account's symbol change the book one at a time.
-    session.execute(
-        insert(Position)
-        .values(account=account, symbol=symbol)
-        .on_conflict_do_nothing(index_elements=["account", "symbol"])
-    )
-    return session.scalars(
-        select(Position).where(Position.account == account, Position.symbol == symbol).with_for_update()
-    ).one()
+    """The account's position in the symbol, locked (created on its first fill).
+
+    Row lock: fills, sales and exits of one account's symbol change the book one at a time.
+    Pending changes of the caller's other rows are not flushed for it: a position's lock does
+    not depend on them, and they go out with the commit, one statement a row."""
+    locked = select(Position).where(Position.account == account, Position.symbol == symbol).with_for_update()
+    with session.no_autoflush:
+        position = session.scalars(locked).one_or_none()
+        if position is None:  # the symbol's first fill in this account: one round trip more, once
+            session.execute(
+                insert(Position)
+                .values(account=account, symbol=symbol)
+                .on_conflict_do_nothing(index_elements=["account", "symbol"])
+            )
+            position = session.scalars(locked).one()
+    return position
 
 
 def committed_to_sell(session: Session, account: str, symbol: str) -> Decimal:

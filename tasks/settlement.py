@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Exists, SQLColumnExpression, delete, exists, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -148,13 +148,39 @@ def lift_pause(session: Session, account: str) -> None:
         log.info("account %s: the broker accepted an order again; pause lifted", account)
 
 
+@dataclass(frozen=True)
+class ReadAlong:
+    """What the caller read with the execution's locked row, so recording needs no more reads:
+    its ``first_received_at`` (``tasks.lineage.first_received_of``) and whether its symbol is in
+    a rejection backoff (``backoff_of``)."""
+
+    first_received: datetime | None
+    in_backoff: bool
+
+
+def backoff_of(symbol: SQLColumnExpression[str]) -> Exists:
+    """True while the symbol's accumulator counts rejections or holds orders back."""
+    return exists().where(
+        Accumulator.symbol == symbol,
+        or_(Accumulator.consecutive_rejections != 0, Accumulator.hold_until.is_not(None)),
+    )
+
+
 def record_broker_order(
-    session: Session, execution: Execution, order: BrokerOrder, config: ExecutionConfig, now: datetime
+    session: Session,
+    execution: Execution,
+    order: BrokerOrder,
+    config: ExecutionConfig,
+    now: datetime,
+    read_along: ReadAlong | None = None,
 ) -> SubmitResult:
     """Write the broker's answer onto the execution; put unfilled shares back when it is over."""
     settlement = settle(order.status, execution.quantity, order.filled_quantity)
     first_known = execution.submitted_at is None and execution.source == "hedge"  # sales, exits: no trades
-    wait = _submitted_wait(session, execution.id, now) if first_known else None
+    wait = None
+    if first_known:
+        received = first_received_at(session, execution.id) if read_along is None else read_along.first_received
+        wait = None if received is None else now - received
     book_fill(session, execution, order.filled_quantity, order.filled_average_price, now)
     execution.broker_order_id = order.id
     execution.filled_quantity = order.filled_quantity
@@ -179,14 +205,9 @@ def record_broker_order(
     reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
     return SubmitResult(
         SubmitOutcome.SETTLED,
-        _after_settlement(session, execution, settlement.unfilled, reason, config, now),
+        _after_settlement(session, execution, settlement.unfilled, reason, config, now, read_along),
         submitted_wait=wait,
     )
-
-
-def _submitted_wait(session: Session, execution_id: uuid.UUID, now: datetime) -> timedelta | None:
-    received = first_received_at(session, execution_id)
-    return None if received is None else now - received
 
 
 def settle_refused(
@@ -213,11 +234,13 @@ def _after_settlement(
     reason: str,
     config: ExecutionConfig,
     now: datetime,
+    read_along: ReadAlong | None = None,
 ) -> list[uuid.UUID]:
     """What a finished order leads to; returns executions created in this commit."""
     if execution.source != "hedge":
         return settle_position_order(session, execution, unfilled, config.min_position_value, now)
-    if not unfilled and not _in_backoff(session, execution.symbol):
+    in_backoff = _in_backoff(session, execution.symbol) if read_along is None else read_along.in_backoff
+    if not unfilled and not in_backoff:
         # A complete fill with no rejection streak changes nothing on the net: leave the row
         # unlocked rather than queue behind the symbol's accumulate run.
         return []
@@ -234,10 +257,7 @@ def _after_settlement(
 
 
 def _in_backoff(session: Session, symbol: str) -> bool:
-    streak = session.execute(
-        select(Accumulator.consecutive_rejections, Accumulator.hold_until).where(Accumulator.symbol == symbol)
-    ).one()
-    return bool(streak.consecutive_rejections or streak.hold_until is not None)
+    return bool(session.scalar(select(backoff_of(literal(symbol, Accumulator.symbol.type)))))
 
 
 def _put_back(
