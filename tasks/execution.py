@@ -30,14 +30,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, exists, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
 from models.domain.execution_state import ExecutionStatus
 from models.domain.quantities import Side
 from models.tables import Execution, SymbolFreeze
-from models.tables_ops import AccountPause
+from models.tables_ops import AccountPause, Balance
 from tasks.balances import BalanceUnknown, Sleep, ensure_known_balance
 from tasks.lineage import first_received_of
 from tasks.order_breaker import BreakerRole, gate, health_columns, note_call, take_probe, with_health
@@ -87,6 +87,9 @@ class Claim:
     access: Access  # OPEN, or PROBE: the one probe of a paused account
     breaker: BreakerRole  # what the symbol's order breaker saw: QUIET, COUNTING, or PROBE
     first: bool = False  # the execution's first claim ever: no request can have reached the broker
+    # The claim read a balance of the account younger than its max age: a buy's gate is passed
+    # without another read (SPEC 1.5; the claim is microseconds before the call).
+    balance_fresh: bool = False
 
 
 @dataclass
@@ -139,35 +142,29 @@ def claim_execution(
     token = f"{worker} {uuid.uuid4().hex[:12]}"
     with uow:
         session = uow.session
-        found = session.execute(
-            select(Execution.symbol, Execution.account, func.pg_advisory_xact_lock(_symbol_lock_key(Execution.symbol)))
-            .where(Execution.id == execution_id)
-        ).one_or_none()  # fmt: skip
+        # Built once, run on the session's connection: none of them needs the ORM.
+        connection = session.connection()
+        found = connection.execute(_FIND_AND_LOCK, {"execution_id": execution_id}).one_or_none()
         if found is None:
             return SubmitResult(SubmitOutcome.MISSING)
         # A statement of its own, after the lock: its snapshot sees every claim committed before.
-        seen = session.execute(_claim_context(found.symbol, found.account, execution_id, now)).one()
+        seen = connection.execute(
+            _CLAIM_CONTEXT,
+            {
+                "symbol": found.symbol,
+                "account": found.account,
+                "execution_id": execution_id,
+                "now": now,
+                "fresh_after": now - config.balances.max_age,
+            },
+        ).one()
         breaker = gate(seen, config.breaker, config.claim_lease_seconds, now)
         if breaker.role is None:
             return SubmitResult(SubmitOutcome.SYMBOL_COOLING, wait_seconds=breaker.wait_seconds)
         if seen.live >= config.calls_per_symbol:
             return SubmitResult(SubmitOutcome.SYMBOL_BUSY)
-        row = session.execute(
-            update(Execution)
-            .where(
-                Execution.id == execution_id,
-                Execution.status.in_(IN_FLIGHT),
-                or_(Execution.claimed_until.is_(None), Execution.claimed_until <= now),
-            )
-            .values(claimed_by=token, claimed_until=until, claims=Execution.claims + 1)
-            .returning(
-                Execution.symbol,
-                Execution.side,
-                Execution.quantity,
-                Execution.account,
-                Execution.client_order_id,
-                Execution.claims,
-            )
+        row = connection.execute(
+            _TAKE_LEASE, {"execution_id": execution_id, "now": now, "token": token, "until": until}
         ).one_or_none()
         if row is None:
             status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
@@ -193,10 +190,17 @@ def claim_execution(
         access,
         breaker.role,
         first=row.claims == 1,
+        balance_fresh=seen.balance_fresh,
     )
 
 
-def _claim_context(symbol: str, account: str, execution_id: uuid.UUID, now: datetime) -> Select[Any]:
+def _claim_context(
+    symbol: ColumnElement[str],
+    account: ColumnElement[str],
+    execution_id: ColumnElement[uuid.UUID],
+    now: ColumnElement[datetime],
+    fresh_after: ColumnElement[datetime],
+) -> Select[Any]:
     live = select(func.count()).where(
         Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
     )
@@ -205,6 +209,15 @@ def _claim_context(symbol: str, account: str, execution_id: uuid.UUID, now: date
             live.scalar_subquery().label("live"),
             exists().where(SymbolFreeze.symbol == symbol).label("frozen"),
             exists().where(AccountPause.account == account).label("paused"),
+            exists()
+            .where(
+                Balance.account == account,
+                Balance.fetched_at >= fresh_after,
+                Balance.cash.is_not(None),
+                Balance.buying_power.is_not(None),
+                Balance.equity.is_not(None),
+            )
+            .label("balance_fresh"),
             *health_columns(symbol, now),
         ),
         symbol,
@@ -214,6 +227,47 @@ def _claim_context(symbol: str, account: str, execution_id: uuid.UUID, now: date
 def _symbol_lock_key(symbol: SQLColumnExpression[str]) -> ColumnElement[int]:
     # Hashed in the database, so the lock is taken in the statement that finds the symbol.
     return func.hashtextextended(literal("dustpan:claims:") + symbol, 0)
+
+
+# The claim's statements, built once (building one costs more CPU than running it).
+_EXECUTION_ID = bindparam("execution_id", type_=Execution.id.type)
+_NOW = bindparam("now", type_=Execution.claimed_until.type)
+_FIND_AND_LOCK = select(
+    Execution.symbol, Execution.account, func.pg_advisory_xact_lock(_symbol_lock_key(Execution.symbol))
+).where(Execution.id == _EXECUTION_ID)
+_CLAIM_CONTEXT = _claim_context(
+    bindparam("symbol", type_=Execution.symbol.type),
+    bindparam("account", type_=Execution.account.type),
+    _EXECUTION_ID,
+    _NOW,
+    bindparam("fresh_after", type_=Balance.fetched_at.type),
+)
+_LOCK_TO_RECORD = (
+    select(Execution, first_received_of(Execution.id), backoff_of(Execution.symbol))
+    .where(Execution.id == _EXECUTION_ID)
+    .with_for_update(of=Execution)
+)
+_TAKE_LEASE = (
+    update(Execution)
+    .where(
+        Execution.id == _EXECUTION_ID,
+        Execution.status.in_(IN_FLIGHT),
+        or_(Execution.claimed_until.is_(None), Execution.claimed_until <= _NOW),
+    )
+    .values(
+        claimed_by=bindparam("token", type_=Execution.claimed_by.type),
+        claimed_until=bindparam("until", type_=Execution.claimed_until.type),
+        claims=Execution.claims + 1,
+    )
+    .returning(
+        Execution.symbol,
+        Execution.side,
+        Execution.quantity,
+        Execution.account,
+        Execution.client_order_id,
+        Execution.claims,
+    )
+)
 
 
 class _Heartbeat:
@@ -270,9 +324,7 @@ def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig,
         session = uow.session
         # One statement locks the row and reads what recording it may need besides.
         execution, first_received, in_backoff = session.execute(
-            select(Execution, first_received_of(Execution.id), backoff_of(Execution.symbol))
-            .where(Execution.id == claim.execution_id)
-            .with_for_update(of=Execution)
+            _LOCK_TO_RECORD, {"execution_id": claim.execution_id}
         ).one()
         if execution.claimed_by != claim.token:
             log.warning(
@@ -336,7 +388,7 @@ def _find_or_place_order(
         order = _look_up(brokerage, claim)
         if order is not None:
             return order
-    if claim.side == Side.BUY.value:
+    if claim.side == Side.BUY.value and not claim.balance_fresh:
         # A buy increases exposure: never sent on a balance older than its max age (SPEC 1.5).
         # Sells only reduce it and must go out even when the balance cannot be read.
         ensure_known_balance(uow, brokerage, claim.account, config.balances, now, sleep)

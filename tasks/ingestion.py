@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Numeric, String, func, select, text
+from sqlalchemy import DateTime, Numeric, String, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
 
@@ -192,10 +192,10 @@ def accumulate_symbol(
     result = AccumulateResult()
     with uow:
         session = uow.session
-        lock = select(func.pg_try_advisory_xact_lock(accumulate_lock_key(symbol)))
-        if not session.scalar(lock):
+        key = {"key": accumulate_lock_key(symbol)}
+        if not session.scalar(_TRY_LOCK, key):
             on_busy()
-            if not session.scalar(lock):
+            if not session.scalar(_TRY_LOCK, key):
                 result.busy = True
                 return result
         before_claim()
@@ -233,6 +233,9 @@ def accumulate_symbol(
     return result
 
 
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
 def accumulate_lock_key(symbol: str) -> int:
     """The symbol's advisory lock key for accumulate runs (64 bits: collisions are not a concern)."""
     digest = hashlib.sha256(f"dustpan:accumulate:{symbol}".encode()).digest()
@@ -243,12 +246,18 @@ def lock_accumulator(session: Session, symbol: str) -> Accumulator:
     """The symbol's accumulator row, locked (created on the symbol's first trades).
 
     The row lock serialises every change to this symbol's net (trades in, unfilled shares back)."""
-    locked = select(Accumulator).where(Accumulator.symbol == symbol).with_for_update()
-    accumulator = session.scalars(locked).one_or_none()
+    accumulator = session.scalars(_LOCK_ACCUMULATOR, {"symbol": symbol}).one_or_none()
     if accumulator is None:  # the symbol's first trades: one round trip more, once
         session.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
-        accumulator = session.scalars(locked).one()
+        accumulator = session.scalars(_LOCK_ACCUMULATOR, {"symbol": symbol}).one()
     return accumulator
+
+
+_LOCK_ACCUMULATOR = (
+    select(Accumulator)
+    .where(Accumulator.symbol == bindparam("symbol", type_=Accumulator.symbol.type))
+    .with_for_update()
+)
 
 
 # The symbol's oldest waiting trades, claimed and marked in one statement. SKIP LOCKED: a trade

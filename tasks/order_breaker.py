@@ -69,8 +69,11 @@ class Gate:
     wait_seconds: int = 0
 
 
-def health_columns(symbol: str, now: datetime) -> tuple[ColumnElement[Any], ...]:
-    """The breaker's columns for the claim's one statement (see ``with_health``)."""
+def health_columns(
+    symbol: str | ColumnElement[str], now: datetime | ColumnElement[datetime]
+) -> tuple[ColumnElement[Any], ...]:
+    """The breaker's columns for the claim's one statement (see ``with_health``); ``symbol`` and
+    ``now`` are values or bound parameters."""
     probing = exists().where(
         Execution.symbol == symbol,
         Execution.claimed_by == OrderCallHealth.probe_token,
@@ -84,7 +87,7 @@ def health_columns(symbol: str, now: datetime) -> tuple[ColumnElement[Any], ...]
     )
 
 
-def with_health(statement: Select[Any], symbol: str) -> Select[Any]:
+def with_health(statement: Select[Any], symbol: str | ColumnElement[str]) -> Select[Any]:
     """``statement`` over the symbol's health row, or over NULLs when it has none (closed)."""
     anchor = select(literal(1).label("one")).subquery("anchor")
     return statement.select_from(anchor).outerjoin(OrderCallHealth, OrderCallHealth.symbol == symbol)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -21,17 +21,27 @@ def lock_position(session: Session, account: str, symbol: str) -> Position:
     Row lock: fills, sales and exits of one account's symbol change the book one at a time.
     Pending changes of the caller's other rows are not flushed for it: a position's lock does
     not depend on them, and they go out with the commit, one statement a row."""
-    locked = select(Position).where(Position.account == account, Position.symbol == symbol).with_for_update()
+    key = {"account": account, "symbol": symbol}
     with session.no_autoflush:
-        position = session.scalars(locked).one_or_none()
+        position = session.scalars(_LOCK_POSITION, key).one_or_none()
         if position is None:  # the symbol's first fill in this account: one round trip more, once
             session.execute(
                 insert(Position)
                 .values(account=account, symbol=symbol)
                 .on_conflict_do_nothing(index_elements=["account", "symbol"])
             )
-            position = session.scalars(locked).one()
+            position = session.scalars(_LOCK_POSITION, key).one()
     return position
+
+
+_LOCK_POSITION = (
+    select(Position)
+    .where(
+        Position.account == bindparam("account", type_=Position.account.type),
+        Position.symbol == bindparam("symbol", type_=Position.symbol.type),
+    )
+    .with_for_update()
+)
 
 
 def committed_to_sell(session: Session, account: str, symbol: str) -> Decimal:
