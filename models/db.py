@@ -68,9 +68,9 @@ def _ping_when_idle(engine: Engine) -> None:
         if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
             return
         try:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("SELECT 1")
-            cursor.close()
+            # The dialect's own ping: with autocommit on for the SELECT 1, so that it leaves no
+            # transaction open on a transactional connection (a SET TRANSACTION must come first).
+            engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
             raise DisconnectionError("stale pooled connection") from exc  # the pool connects anew
 

@@ -46,7 +46,10 @@ def submit(self: DustpanTask, execution_id: str) -> str:
             deps.latencies.submitted(result.submitted_wait)
         if result.outcome is SubmitOutcome.SYMBOL_BUSY:
             # The symbol's calls under way end within a timeout; their row is free meanwhile.
-            raise self.retry(countdown=1, max_retries=None)
+            # Backed off, so a symbol whose calls hang costs the pool few claims while it waits.
+            raise self.retry(
+                countdown=_busy_delay(self.request.retries, timing.max_countdown_seconds), max_retries=None
+            )
         if result.outcome is SubmitOutcome.SYMBOL_COOLING:
             # The symbol's order breaker is open: come back when it lets a probe through (or
             # sooner, for the visibility timeout); the claim then tells who probes.
@@ -60,10 +63,21 @@ def submit(self: DustpanTask, execution_id: str) -> str:
 
 
 def _retry_delay(retries: int, exc: Exception, cap: int) -> int:
-    """Exponential backoff with full jitter, capped; honour a broker's Retry-After.
+    """At once the first time, then exponential backoff with full jitter, capped; honour a
+    broker's Retry-After.
 
-    The cap keeps a countdown below the broker visibility timeout: a countdown is spent holding
-    an unacknowledged message, and one held past the timeout is delivered a second time."""
+    One answer that said nothing (a 5xx, a dropped connection) is usually alone: the first retry
+    looks the order up at once (never a blind re-POST), so the order is not a second late; the
+    symbol's order breaker counts every such answer, so a broker that keeps failing is not
+    hammered. The cap keeps a countdown below the broker visibility timeout: a countdown is spent
+    holding an unacknowledged message, and one held past the timeout is delivered a second time."""
     retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-    ceiling = min(cap, 2 ** min(retries + 1, 6))
+    if retries == 0 and not isinstance(exc, RateLimited):  # a rate limit is never hurried
+        return 0
+    ceiling = min(cap, 2 ** min(retries, 6))
     return min(cap, max(retry_after or 0, random.randint(1, ceiling)))
+
+
+def _busy_delay(retries: int, cap: int) -> int:
+    """A claim the symbol's call limit turned away: 1 s, then up to 2, 4 and 8 s with jitter."""
+    return min(cap, random.randint(1, 2 ** min(retries, 3)))

@@ -50,6 +50,24 @@ def test_a_pooled_connection_idle_past_the_limit_is_pinged_and_replaced_when_dea
         assert uow.session.scalar(text("SELECT pg_backend_pid()")) != backend
 
 
+def test_a_transactional_unit_of_work_after_idle_is_pinged_without_opening_its_transaction(
+    clean_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with UnitOfWork(clean_database) as uow:
+        backend = uow.session.scalar(text("SELECT pg_backend_pid()"))
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0)
+
+    with UnitOfWork(clean_database) as uow:  # the same pooled connection, alive: pinged
+        # The ping left no transaction open: a SET TRANSACTION must be the transaction's first statement.
+        uow.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        assert uow.session.scalar(text("SHOW transaction_isolation")) == "repeatable read"
+        assert uow.session.scalar(text("SELECT pg_backend_pid()")) == backend
+
+    terminate(clean_database, backend)
+    with UnitOfWork(clean_database) as uow:  # dead: the ping fails, and the pool connects anew
+        assert uow.session.scalar(text("SELECT pg_backend_pid()")) != backend
+
+
 def test_rows_on_a_dead_connection_raise_sqlalchemys_error_and_the_next_unit_of_work_connects_anew(
     clean_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
