@@ -30,7 +30,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, bindparam, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
@@ -273,38 +285,101 @@ _TAKE_LEASE = (
 class _Heartbeat:
     """Keeps the claim alive while the call runs, so the lease can be short: a worker that died
     mid-call lets its execution go within one lease, not after the longest possible call.
-    Without a ``clock`` (tests that fix the time) the lease is not extended."""
+    Without a ``clock`` (tests that fix the time) the lease is not extended.
+
+    A call that ends within a third of the lease (nearly all) costs a dict entry: the claims of
+    a process are renewed by one thread (``_HEARTBEATS``), one statement for all that are due."""
 
     def __init__(self, uow: UnitOfWork, claim: Claim, config: ExecutionConfig, clock: Callable[[], datetime] | None):
-        self._uow, self._claim, self._clock = uow, claim, clock
-        self._lease = timedelta(seconds=config.claim_lease_seconds)
-        self._every = max(config.claim_lease_seconds / 3, 0.2)  # float-ok: a duration
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="claim-heartbeat", daemon=True)
+        self._entry = None if clock is None else _Beating(uow, claim, config.claim_lease_seconds, clock)
 
     def __enter__(self) -> _Heartbeat:
-        if self._clock is not None:
-            self._thread.start()
+        if self._entry is not None:
+            _HEARTBEATS.add(self._entry)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        if self._entry is not None:
+            _HEARTBEATS.remove(self._entry)
 
-    def _beat(self) -> None:
-        assert self._clock is not None
-        while not self._stop.wait(self._every):
+
+class _Beating:
+    """One live claim under the process's heartbeat."""
+
+    def __init__(self, uow: UnitOfWork, claim: Claim, lease_seconds: int, clock: Callable[[], datetime]) -> None:
+        self.uow, self.claim, self.clock = uow, claim, clock
+        self.lease = timedelta(seconds=lease_seconds)
+        self.every = max(lease_seconds / 3, 0.2)  # float-ok: a duration
+        self.due = time.monotonic() + self.every  # float-ok: a monotonic instant
+
+    def group(self) -> tuple[str, timedelta, Callable[[], datetime]]:
+        return (self.uow.url, self.lease, self.clock)
+
+
+_EXTEND_LEASES = text(
+    "UPDATE executions SET claimed_until = :until"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS text[])) AS claim (id, token)"
+    " WHERE executions.id = claim.id AND executions.claimed_by = claim.token"
+)
+
+
+class _Heartbeats:
+    """The process's claim heartbeat: one thread, started on the first claim that needs it (and
+    again in a forked child), extends every due lease of the process in one UPDATE per database."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beating: dict[int, _Beating] = {}
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, entry: _Beating) -> None:
+        with self._lock:
+            self._beating[id(entry)] = entry
+            if self._thread is None or not self._thread.is_alive():  # first use, or a forked child
+                self._thread = threading.Thread(target=self._run, name="claim-heartbeat", daemon=True)
+                self._thread.start()
+        self._changed.set()
+
+    def remove(self, entry: _Beating) -> None:
+        with self._lock:
+            self._beating.pop(id(entry), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                entries = list(self._beating.values())
+            now = time.monotonic()
+            due = [entry for entry in entries if entry.due <= now]
+            if due:
+                self._extend(due)
+                continue
+            wait = min((entry.due for entry in entries), default=now + 60) - now
+            self._changed.wait(wait)
+            self._changed.clear()
+
+    def _extend(self, due: list[_Beating]) -> None:
+        groups: dict[tuple[str, timedelta, Callable[[], datetime]], list[_Beating]] = {}
+        for entry in due:
+            entry.due = time.monotonic() + entry.every
+            groups.setdefault(entry.group(), []).append(entry)
+        for (_url, lease, clock), entries in groups.items():
             try:
-                with self._uow as uow:
+                with entries[0].uow as uow:
                     uow.session.execute(
-                        update(Execution)
-                        .where(Execution.id == self._claim.execution_id, Execution.claimed_by == self._claim.token)
-                        .values(claimed_until=self._clock() + self._lease)
+                        _EXTEND_LEASES,
+                        {
+                            "until": clock() + lease,
+                            "ids": [str(entry.claim.execution_id) for entry in entries],
+                            "tokens": [entry.claim.token for entry in entries],
+                        },
                     )
                     uow.commit()
-            except Exception as exc:  # the database is away: the lease may lapse, and a takeover is safe
-                log.warning("claim of execution %s not extended: %s", self._claim.execution_id, exc)
+            except Exception as exc:  # the database is away: a lease may lapse, and a takeover is safe
+                log.warning("claims of %d executions not extended: %s", len(entries), exc)
+
+
+_HEARTBEATS = _Heartbeats()
 
 
 def _call_broker(
