@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
 
@@ -31,10 +31,11 @@ def rewake_once(deps: Dependencies) -> dict[str, int]:
     return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}
 
 
-def rescue_executions(deps: Dependencies, already: set[uuid.UUID]) -> int:
-    """Re-send the executions whose claims lapsed (``already``: the ids this rescue re-sent
-    before, never sent twice by it); how many were sent."""
-    found = find_orphaned_executions(deps.unit_of_work(), deps.now())
+def rescue_executions(deps: Dependencies, already: set[uuid.UUID], died_at: datetime | None = None) -> int:
+    """Re-send the executions whose claims lapsed, and with ``died_at`` those nobody claimed
+    since before then (``tasks.sweeps.find_orphaned_executions``; ``already``: the ids this
+    rescue re-sent before, never sent twice by it); how many were sent."""
+    found = find_orphaned_executions(deps.unit_of_work(), deps.now(), died_at)
     fresh = [execution_id for execution_id in found if execution_id not in already]
     already.update(fresh)
     deps.enqueue.submit(fresh)

@@ -67,21 +67,26 @@ def find_stranded_work(
     return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
 
 
-def find_orphaned_executions(uow: UnitOfWork, now: datetime) -> list[uuid.UUID]:
+def find_orphaned_executions(uow: UnitOfWork, now: datetime, died_at: datetime | None = None) -> list[uuid.UUID]:
     """In-flight executions whose claim has lapsed: the worker calling the broker for them
     stopped renewing its lease (a live one renews it every third of it), so it is dead.
 
-    Executions a dead node had taken off the queue but not claimed yet are left to the sweep
-    (``pending_stale_seconds``): re-sending every unclaimed execution on a death would, in a
-    backlog, queue a duplicate of each behind the backlog at every death."""
+    With ``died_at`` (when an execution node was seen dead), also every in-flight execution
+    claimed by nobody and last changed before then: the dead node may have taken its message
+    off the queue (prefetched, or waiting out a retry's countdown) without claiming it. Some of
+    them are still queued elsewhere, and get a duplicate message that finds the claim taken or
+    the order recorded; that is the price of not waiting ``pending_stale_seconds`` for the
+    sweep, paid once per death, at most ``RESEND_PER_SWEEP`` oldest first."""
+    lapsed = and_(Execution.claimed_by.is_not(None), Execution.claimed_until <= now)
+    if died_at is not None:
+        lapsed = or_(lapsed, and_(Execution.claimed_by.is_(None), Execution.updated_at <= died_at))
     with uow:
         return list(
             uow.session.scalars(
                 select(Execution.id)
                 .where(
                     Execution.status.in_(("pending", "submitted")),
-                    Execution.claimed_by.is_not(None),
-                    Execution.claimed_until <= now,
+                    lapsed,
                     ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
                 )
                 .order_by(Execution.updated_at)

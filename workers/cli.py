@@ -260,7 +260,7 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
         keeper = IoPoolKeeper(
             f"io-{node}",
             io_concurrency,
-            rescue=lambda already: rescue_executions(deps, already),  # type: ignore[arg-type]
+            rescue=lambda already, died_at: rescue_executions(deps, already, died_at),  # type: ignore[arg-type]
             rescue_seconds=deps.config().execution.claim_lease_seconds + 2,
         )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)

@@ -7,11 +7,13 @@ waits, and a symbol whose orders hang ties up threads of that pool only, never t
 that ingest and accumulate. The second node is this process's child: it dies with it (a parent
 death signal), and it is started again within a second if it dies alone.
 
-The calls a node that died was making are not left to the sweep's next tick: for a claim
-lease and a bit after the death the keeper re-sends, twice a second, every in-flight execution
-whose claim has lapsed (``rescue``), each at most once. So a kill in the middle of a hanging
-call costs about one claim lease. Messages the node had taken but not started are found by the
-sweep (``pending_stale_seconds``).
+The work a node that died held is not left to the sweep's next tick: for a claim lease and a
+bit after the death the keeper re-sends, twice a second, every in-flight execution whose claim
+has lapsed, and at once every one nobody has claimed since before the death (the messages the
+node had taken off the queue, prefetched or waiting out a retry's countdown, but not claimed):
+``rescue``, each at most once. So a kill in the middle of a hanging call costs about one claim
+lease, and a queued order a second. The first start of the node does the same: a whole worker
+killed and started again by its process manager leaves nothing to ``pending_stale_seconds``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 FAST_QUEUES = "ingestion,ops"
@@ -54,11 +57,12 @@ class IoPoolKeeper:
         self,
         node: str,
         concurrency: int,
-        rescue: Callable[[set[object]], int] | None = None,
+        rescue: Callable[[set[object], datetime], int] | None = None,
         rescue_seconds: float = 5,  # float-ok: a duration: a claim lease and a bit more
     ) -> None:
-        """``rescue(already)`` re-sends the executions whose claims lapsed (the ids in
-        ``already`` excepted, and added to it); it runs for ``rescue_seconds`` after a death."""
+        """``rescue(already, died_at)`` re-sends the executions whose claims lapsed and those
+        unclaimed since ``died_at`` (the ids in ``already`` excepted, and added to it); it runs
+        for ``rescue_seconds`` after a death and after the first start."""
         self.command = [
             sys.executable, "-m", "workers.cli", "worker",
             "--queues", IO_QUEUES, "--pool", "threads", "--concurrency", str(concurrency), "--name", node,
@@ -72,28 +76,35 @@ class IoPoolKeeper:
         self._thread.start()
 
     def _keep(self) -> None:
+        self._start_rescue()  # a worker started again after a kill: what its last node held
         while not self._stopping.is_set():
             self._process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             code = self._process.wait()
             if self._stopping.is_set():
                 return
             log.warning("execution pool exited (status %s); starting it again in %d s", code, RESTART_DELAY_SECONDS)
-            if self._rescue is not None:
-                threading.Thread(target=self._rescue_after, name="io-pool-rescue", daemon=True).start()
+            self._start_rescue()
             self._stopping.wait(RESTART_DELAY_SECONDS)
 
-    def _rescue_after(self) -> None:
+    def _start_rescue(self) -> None:
+        if self._rescue is not None:
+            died_at = datetime.now(UTC)
+            threading.Thread(target=self._rescue_after, args=(died_at,), name="io-pool-rescue", daemon=True).start()
+
+    def _rescue_after(self, died_at: datetime) -> None:
         assert self._rescue is not None
         already: set[object] = set()
         deadline = time.monotonic() + self._rescue_seconds
-        while not self._stopping.wait(RESCUE_EVERY_SECONDS) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             try:
-                sent = self._rescue(already)
+                sent = self._rescue(already, died_at)
             except Exception as exc:  # the database or Redis away: the sweep finds it later
                 log.warning("re-sending the dead execution pool's work failed: %s", exc)
                 return
             if sent:
                 log.info("re-sent %d execution(s) the dead execution pool may have held", sent)
+            if self._stopping.wait(RESCUE_EVERY_SECONDS):
+                return
 
     def stop(self) -> None:
         self._stopping.set()

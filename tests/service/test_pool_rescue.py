@@ -41,7 +41,10 @@ def test_executions_whose_claims_lapsed_are_the_orphans(uow: UnitOfWork) -> None
     lapsed = execution(uow, "LAPSED", DIED - timedelta(seconds=5), NOW - timedelta(seconds=1))
     execution(uow, "LIVE", DIED - timedelta(seconds=5), NOW + timedelta(seconds=1))  # still calling
     # Queued, claimed by nobody: maybe in the dead node's prefetch, maybe behind a backlog. The
-    # sweep re-sends it once it is pending_stale_seconds old; a rescue does not.
-    execution(uow, "QUEUED", DIED - timedelta(seconds=1), None)
+    # sweep re-sends it once it is pending_stale_seconds old; a lapsed claim alone does not say.
+    queued = execution(uow, "QUEUED", DIED - timedelta(seconds=1), None)
+    execution(uow, "LATER", DIED + timedelta(seconds=1), None)  # created after the death: not the dead node's
 
     assert find_orphaned_executions(uow, NOW) == [lapsed]
+    # Told when a node died: what nobody claimed since before then may have been in its hands.
+    assert find_orphaned_executions(uow, NOW, died_at=DIED) == [lapsed, queued]
