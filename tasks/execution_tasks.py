@@ -79,14 +79,15 @@ def _retry_delay(retries: int, exc: Exception, cap: int) -> int:
 
 
 BUSY_FIRST_WAIT_SECONDS = 0.1  # float-ok: a duration
-BUSY_MAX_WAIT_SECONDS = 8
+BUSY_MAX_WAIT_SECONDS = 30
 
 
 def _busy_delay(retries: int, cap: int) -> float:  # float-ok: a duration in seconds
     """A claim the symbol's call limit turned away: 0.1 to 0.2 s the first time, doubling to at
-    most 8 s (capped by ``cap``), half of it jittered.
+    most 30 s (capped by ``cap``), half of it jittered.
 
     A healthy symbol meets its limit in a burst, and its calls end in milliseconds: it is asked
-    again almost at once. A symbol whose calls hang is asked less and less often."""
+    again almost at once. A symbol whose calls hang is asked less and less often: its orders
+    pile up while it hangs, and each one asked again is a task and a claim of the fleet's CPU."""
     ceiling = min(cap, BUSY_MAX_WAIT_SECONDS, BUSY_FIRST_WAIT_SECONDS * 2 ** min(retries + 1, 10))
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # float-ok: a duration
