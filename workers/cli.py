@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from workers import cli_books, cli_cleanup, cli_dust, cli_errors, cli_ops
@@ -249,7 +250,7 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
     from celery.signals import worker_shutdown
 
     from workers.celery_app import app
-    from workers.worker_pools import FAST_QUEUES, IoPoolKeeper, pool_for
+    from workers.worker_pools import FAST_QUEUES, IO_QUEUES, IoPoolKeeper, pool_for
 
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
     if queues is None:  # the two pools: this node on ingestion,ops, a threads node on execution
@@ -265,6 +266,18 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
         )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()
+    if queues == IO_QUEUES:  # an execution node starting: what the one before it may have held
+        from tasks.sweep_tasks import rescue_executions
+        from workers.worker_pools import start_rescue
+
+        deps = app.dependencies
+        stopping = threading.Event()
+        worker_shutdown.connect(lambda **_: stopping.set(), weak=False)
+        start_rescue(
+            lambda already, died_at: rescue_executions(deps, already, died_at),  # type: ignore[arg-type]
+            deps.config().execution.claim_lease_seconds + 2,
+            stopping,
+        )
     if pool_for(queues, pool) == "prefork":  # the node that ingests sweeps too, with or without Beat
         from workers.worker_sweep import WorkerSweep
 

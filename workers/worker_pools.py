@@ -12,8 +12,9 @@ bit after the death the keeper re-sends, twice a second, every in-flight executi
 has lapsed, and at once every one nobody has claimed since before the death (the messages the
 node had taken off the queue, prefetched or waiting out a retry's countdown, but not claimed):
 ``rescue``, each at most once. So a kill in the middle of a hanging call costs about one claim
-lease, and a queued order a second. The first start of the node does the same: a whole worker
-killed and started again by its process manager leaves nothing to ``pending_stale_seconds``.
+lease, and a queued order a second. Every execution node does the same when it starts
+(``rescue_after``): a whole worker, or compose's ``worker-execution``, killed and started again
+by its process manager leaves nothing to ``pending_stale_seconds``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ class IoPoolKeeper:
         self._thread.start()
 
     def _keep(self) -> None:
-        self._start_rescue()  # a worker started again after a kill: what its last node held
         while not self._stopping.is_set():
             self._process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             code = self._process.wait()
@@ -88,23 +88,7 @@ class IoPoolKeeper:
 
     def _start_rescue(self) -> None:
         if self._rescue is not None:
-            died_at = datetime.now(UTC)
-            threading.Thread(target=self._rescue_after, args=(died_at,), name="io-pool-rescue", daemon=True).start()
-
-    def _rescue_after(self, died_at: datetime) -> None:
-        assert self._rescue is not None
-        already: set[object] = set()
-        deadline = time.monotonic() + self._rescue_seconds
-        while time.monotonic() < deadline:
-            try:
-                sent = self._rescue(already, died_at)
-            except Exception as exc:  # the database or Redis away: the sweep finds it later
-                log.warning("re-sending the dead execution pool's work failed: %s", exc)
-                return
-            if sent:
-                log.info("re-sent %d execution(s) the dead execution pool may have held", sent)
-            if self._stopping.wait(RESCUE_EVERY_SECONDS):
-                return
+            start_rescue(self._rescue, self._rescue_seconds, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -117,3 +101,36 @@ class IoPoolKeeper:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_rescue(
+    rescue: Callable[[set[object], datetime], int],
+    seconds: float,  # float-ok: a duration
+    stopping: threading.Event,
+) -> None:
+    """From now on, for ``seconds``, re-send twice a second what a dead execution node may have
+    held (``rescue(already, died_at)``, each execution at most once), in a thread of its own."""
+    died_at = datetime.now(UTC)
+    threading.Thread(
+        target=_rescue_after, args=(rescue, died_at, seconds, stopping), name="io-pool-rescue", daemon=True
+    ).start()
+
+
+def _rescue_after(
+    rescue: Callable[[set[object], datetime], int],
+    died_at: datetime,
+    seconds: float,  # float-ok: a duration
+    stopping: threading.Event,
+) -> None:
+    already: set[object] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent = rescue(already, died_at)
+        except Exception as exc:  # the database or Redis away: the sweep finds it later
+            log.warning("re-sending the dead execution pool's work failed: %s", exc)
+            return
+        if sent:
+            log.info("re-sent %d execution(s) a dead execution pool may have held", sent)
+        if stopping.wait(RESCUE_EVERY_SECONDS):
+            return
