@@ -13,6 +13,8 @@ from celery.signals import (
     task_retry,
     task_success,
     worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
 )
 
 import workers.celery_patches  # noqa: F401 - guards kombu's Redis channel before any connection (see there)
@@ -70,3 +72,10 @@ def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
 task_success.connect(metrics.count_task_success)
 task_failure.connect(metrics.count_task_failure)
 task_retry.connect(metrics.count_task_retry)
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _write_task_metrics(**_: Any) -> None:
+    # Counted in the process, written every half second: what is left goes out before it exits.
+    metrics.TASK_METRICS.flush()

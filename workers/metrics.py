@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -43,6 +43,7 @@ from models.tables import EXECUTION_SOURCES, EXECUTION_STATUSES, Accumulator, Ex
 from models.tables_ops import AccountPause, OrderCallHealth
 from tasks.ports import Latencies
 from workers import runtime
+from workers.metric_batch import IncrementBatch
 
 if TYPE_CHECKING:
     from tasks.ingestion import StoreResult
@@ -86,6 +87,9 @@ def _redis_for_process(_pid: int) -> redis.Redis:
 
 # --- recording -------------------------------------------------------------------------
 
+# What tasks count: written by one thread per process, not on the task's path.
+TASK_METRICS = IncrementBatch(redis_client)
+
 
 def _bounds_ns(bounds: Sequence[str]) -> tuple[tuple[str, int], ...]:
     return tuple((bound, int(Decimal(bound).scaleb(9))) for bound in bounds)
@@ -101,12 +105,12 @@ def latency_field(elapsed_ns: int, bounds_ns: Sequence[tuple[str, int]] = _BOUND
 
 
 class RedisLatencies(Latencies):
-    """The ``Latencies`` port: trade waits as histogram buckets in Redis hashes, one round trip
-    per call (an accumulate run's trades go in one pipeline). A wait below zero (the worker's
-    clock behind the database's, which stamped received_at) counts as zero."""
+    """The ``Latencies`` port: trade waits as histogram buckets in Redis hashes, added up in the
+    process and written every half second (``workers.metric_batch``). A wait below zero (the
+    worker's clock behind the database's, which stamped received_at) counts as zero."""
 
-    def __init__(self, client: Callable[[], redis.Redis] = redis_client) -> None:
-        self._client = client
+    def __init__(self, batch: IncrementBatch | None = None) -> None:
+        self._batch = batch or TASK_METRICS
 
     def accumulated(self, waits: Sequence[timedelta]) -> None:
         self._observe(ACCUMULATED_KEY, waits)
@@ -122,13 +126,7 @@ class RedisLatencies(Latencies):
             ns = max(0, wait // timedelta(microseconds=1)) * 1000
             fields[latency_field(ns, _TRADE_BOUNDS_NS)] += 1
             fields["sum_ns"] += ns
-        try:
-            pipe = self._client().pipeline(transaction=False)
-            for name, n in fields.items():
-                pipe.hincrby(key, name, n)
-            pipe.execute()
-        except Exception as exc:  # redis raises several families; none may fail the task that observed
-            log.warning("%d trade latencies not recorded in %s: %s", len(waits), key, exc)
+        self._batch.add(key, fields)
 
 
 def record_webhook(status: int, result: StoreResult | None, elapsed_ns: int, client: redis.Redis | None = None) -> None:
@@ -161,8 +159,11 @@ def record_webhooks(
 
 def _count_task_event(key: str, sender: Any, client: redis.Redis | None) -> None:
     name = getattr(sender, "name", None) or "unknown"
+    if client is None:  # a task's own process: added up there, written every half second
+        TASK_METRICS.add(key, {name: 1})
+        return
     try:
-        (client or redis_client()).hincrby(key, name, 1)
+        client.hincrby(key, name, 1)
     except Exception as exc:  # a signal handler must never raise into the task it reports on
         log.warning("task metric %s for %s not recorded: %s", key, name, exc)
 

@@ -21,6 +21,7 @@ from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, free_port, wait_for
 from workers import metrics
+from workers.metric_batch import IncrementBatch
 from workers.webhook import sign
 
 pytestmark = pytest.mark.integration
@@ -139,6 +140,33 @@ def test_metric_writes_to_an_unreachable_redis_log_and_do_not_raise() -> None:
     metrics.count_task_success(sender=None, client=nowhere)
     metrics.count_task_failure(sender=None, client=nowhere)
     metrics.count_task_retry(sender=None, client=nowhere)
+
+
+def test_task_metrics_are_added_up_in_the_process_and_written_together(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    batch = IncrementBatch(lambda: client, every_seconds=3600)  # no timed write: flush() decides
+    for _ in range(3):
+        batch.add("dustpan:test:counts", {"a": 1})
+    batch.add("dustpan:test:counts", {"b": 2})
+    batch.add("dustpan:test:other", {"a": 5})
+    assert client.hgetall("dustpan:test:counts") == {}  # nothing written on the task's path
+    batch.flush()
+    assert client.hgetall("dustpan:test:counts") == {b"a": b"3", b"b": b"2"}
+    assert client.hgetall("dustpan:test:other") == {b"a": b"5"}
+    batch.flush()  # written once
+    assert client.hgetall("dustpan:test:counts") == {b"a": b"3", b"b": b"2"}
+
+    timed = IncrementBatch(lambda: client, every_seconds=0.05)  # float-ok: seconds
+    timed.add("dustpan:test:timed", {"a": 1})
+    wait_for(lambda: client.hget("dustpan:test:timed", "a") == b"1", 10, "the batch's thread to write")
+
+
+def test_task_metrics_for_an_unreachable_redis_are_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)  # float-ok: seconds
+    batch = IncrementBatch(lambda: nowhere, every_seconds=3600)
+    batch.add("dustpan:test:counts", {"a": 1})
+    batch.flush()
+    assert "metrics not recorded (dustpan:test:counts)" in caplog.text
 
 
 def test_queue_depth_and_accumulator_lag_grow_without_workers_and_drain_to_zero(
