@@ -53,6 +53,7 @@ def test_a_pooled_connection_idle_past_the_limit_is_pinged_and_replaced_when_dea
 def test_a_transactional_unit_of_work_after_idle_is_pinged_without_opening_its_transaction(
     clean_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    db.dispose_engines()  # a pool of one connection: the next unit of work gets the same one back
     with UnitOfWork(clean_database) as uow:
         backend = uow.session.scalar(text("SELECT pg_backend_pid()"))
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0)
