@@ -5,10 +5,11 @@ text, the array INSERT ... ON CONFLICT DO NOTHING RETURNING id, rows in id order
 COMMIT, from as many connections as the bench has webhook clients. Meanwhile one connection
 does what ``accumulate_symbol`` does, batched the way the app batches (up to
 ``accumulation.batch_size`` trades a run, polling every ``IDLE_POLL_SECONDS`` when idle where
-the app is woken): claim the waiting trades (FOR UPDATE SKIP LOCKED), lock the accumulator row, mark the
-trades accumulated, and when the net reaches the threshold read the open portions, plan the
-execution (``models.domain.accumulation.plan_execution``), insert it, take from the trades and
-insert the contributions; then update the accumulator and COMMIT. No HTTP, no Celery, no ORM,
+the app is woken): claim and mark the waiting trades (FOR UPDATE SKIP LOCKED, one UPDATE), lock the
+accumulator row, and when the net reaches the threshold read the open portions (and a freeze),
+plan the execution (``models.domain.accumulation.plan_execution``) and write it, its takes and
+its contributions (one statement); then update the accumulator and COMMIT. The app's own
+statement texts wherever the app has one. No HTTP, no Celery, no ORM,
 no Redis; the orders are not submitted (the end-to-end run's ``execution.submit`` tasks are
 extra work this ceiling does not do).
 """
@@ -26,42 +27,36 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg2
-from psycopg2.extras import execute_values
 
 from bench._measure import BenchError
 from models.domain.accumulation import Portion, plan_execution
 from models.domain.quantities import ZERO
-from tasks.ingestion import _INSERT_TRADES, _TAKE_FROM_TRADES, _trade_columns, client_order_id_for
+from tasks.ingestion import (
+    _ACCUMULATE_WAITING,
+    _CREATE_EXECUTION,
+    _INSERT_TRADES,
+    _OPEN_PORTIONS,
+    _trade_columns,
+    client_order_id_for,
+)
 from workers.settings import AccumulationSettings
 from workers.webhook import read_trades
 
 
 def _psycopg2_text(statement: Any) -> str:
     """The SQLAlchemy ``text()`` the app runs, with its :name parameters in psycopg2's spelling."""
-    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", str(statement.text))
+    text = getattr(statement, "element", statement).text  # a text(), or its .columns() form
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", str(text))
 
 
 INSERT_TRADES = _psycopg2_text(_INSERT_TRADES)
-TAKE_FROM_TRADES = _psycopg2_text(_TAKE_FROM_TRADES)
-CLAIM = (
-    "SELECT id, side, quantity, price FROM trades WHERE symbol = %s AND status = 'received'"
-    " ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED"
-)
+CLAIM_AND_MARK = _psycopg2_text(_ACCUMULATE_WAITING)
+OPEN_PORTIONS = _psycopg2_text(_OPEN_PORTIONS)
+CREATE_EXECUTION = _psycopg2_text(_CREATE_EXECUTION)
 LOCK_ACCUMULATOR = (
     "INSERT INTO accumulators (symbol) VALUES (%s) ON CONFLICT (symbol) DO NOTHING;"
     " SELECT net_quantity, hold_until FROM accumulators WHERE symbol = %s FOR UPDATE"
 )
-MARK_ACCUMULATED = (
-    "UPDATE trades SET status = 'accumulated', accumulated_at = %s,"
-    " open_quantity = CASE WHEN side = 'buy' THEN quantity ELSE -quantity END WHERE id IN %s"
-)
-OPEN_RETURNS = "SELECT id, open_quantity FROM execution_returns WHERE symbol = %s AND open_quantity <> 0 ORDER BY id"
-OPEN_TRADES = "SELECT id, open_quantity FROM trades WHERE symbol = %s AND open_quantity <> 0 ORDER BY seq"
-INSERT_EXECUTION = (
-    "INSERT INTO executions (id, symbol, side, quantity, client_order_id, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-)
-INSERT_CONTRIBUTIONS = "INSERT INTO contributions (execution_id, trade_id, return_id, quantity) VALUES %s"
 UPDATE_ACCUMULATOR = "UPDATE accumulators SET net_quantity = %s, last_price = %s, updated_at = %s WHERE symbol = %s"
 
 
@@ -167,14 +162,13 @@ class _Accumulator:
     def _accumulate_once(self, connection: Any) -> int:
         now = datetime.now(UTC)
         with connection.cursor() as cursor:
-            cursor.execute(CLAIM, (self.symbol, self.batch_size))
-            claimed = cursor.fetchall()
+            cursor.execute(CLAIM_AND_MARK, {"symbol": self.symbol, "limit": self.batch_size, "now": now})
+            claimed = sorted(cursor.fetchall(), key=lambda row: row[5])  # id, side, quantity, price, received_at, seq
             cursor.execute(LOCK_ACCUMULATOR, (self.symbol, self.symbol))
             net, hold_until = cursor.fetchone()
             last_price = None
             if claimed:
-                cursor.execute(MARK_ACCUMULATED, (now, tuple(row[0] for row in claimed)))
-                net += sum((q if side == "buy" else -q for _, side, q, _ in claimed), ZERO)
+                net += sum((row[2] if row[1] == "buy" else -row[2] for row in claimed), ZERO)
                 last_price = claimed[-1][3]
             if abs(net) >= self.threshold and (hold_until is None or hold_until <= now):
                 net -= self._execute(cursor, now)
@@ -185,41 +179,35 @@ class _Accumulator:
 
     def _execute(self, cursor: Any, now: datetime) -> Decimal:
         """The execution the net calls for; its signed quantity (0 when frozen or nothing to take)."""
-        cursor.execute("SELECT symbol FROM symbol_freezes WHERE symbol = %s", (self.symbol,))
-        if cursor.fetchone() is not None:
+        cursor.execute(OPEN_PORTIONS, {"symbol": self.symbol})
+        rows = cursor.fetchall()
+        if rows and rows[0][0] == "freeze":
             return ZERO
-        cursor.execute(OPEN_RETURNS, (self.symbol,))
-        portions = [Portion("return", str(ref), quantity) for ref, quantity in cursor.fetchall()]
-        cursor.execute(OPEN_TRADES, (self.symbol,))
-        portions += [Portion("trade", ref, quantity) for ref, quantity in cursor.fetchall()]
+        portions = [Portion(source, ref, quantity) for source, ref, quantity, _part, _n in rows]
         plan = plan_execution(portions, self.threshold)
         if plan is None:
             return ZERO
         execution_id = uuid.uuid4()
+        allocations = plan.allocations
+        trades = [(a.portion.ref, a.taken) for a in allocations if a.portion.kind == "trade"]
+        returns = [(int(a.portion.ref), a.taken) for a in allocations if a.portion.kind == "return"]
         cursor.execute(
-            INSERT_EXECUTION,
-            (
-                str(execution_id),
-                self.symbol,
-                plan.side.value,
-                plan.quantity,
-                client_order_id_for(execution_id),
-                now,
-                now,
-            ),
+            CREATE_EXECUTION,
+            {
+                "id": str(execution_id),
+                "symbol": self.symbol,
+                "side": plan.side.value,
+                "quantity": plan.quantity,
+                "client_order_id": client_order_id_for(execution_id),
+                "now": now,
+                "trade_refs": [ref for ref, _ in trades],
+                "trade_taken": [taken for _, taken in trades],
+                "return_refs": [ref for ref, _ in returns],
+                "return_taken": [taken for _, taken in returns],
+                "part_trades": [a.portion.ref if a.portion.kind == "trade" else None for a in allocations],
+                "part_returns": [int(a.portion.ref) if a.portion.kind == "return" else None for a in allocations],
+                "part_taken": [a.taken for a in allocations],
+            },
         )
-        takes = [(a.portion.ref, a.taken) for a in plan.allocations if a.portion.kind == "trade"]
-        if takes:
-            cursor.execute(TAKE_FROM_TRADES, {"refs": [r for r, _ in takes], "taken": [t for _, t in takes]})
-        rows = [
-            (
-                str(execution_id),
-                a.portion.ref if a.portion.kind == "trade" else None,
-                int(a.portion.ref) if a.portion.kind == "return" else None,
-                a.taken,
-            )
-            for a in plan.allocations
-        ]
-        execute_values(cursor, INSERT_CONTRIBUTIONS, rows)
         self.executions += 1
         return plan.signed_quantity
