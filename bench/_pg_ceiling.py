@@ -37,7 +37,7 @@ from tasks.ingestion import (
     _INSERT_TRADES,
     _OPEN_PORTIONS,
     _trade_columns,
-    client_order_id_for,
+    create_execution_parameters,
 )
 from workers.settings import AccumulationSettings
 from workers.webhook import read_trades
@@ -187,27 +187,6 @@ class _Accumulator:
         plan = plan_execution(portions, self.threshold)
         if plan is None:
             return ZERO
-        execution_id = uuid.uuid4()
-        allocations = plan.allocations
-        trades = [(a.portion.ref, a.taken) for a in allocations if a.portion.kind == "trade"]
-        returns = [(int(a.portion.ref), a.taken) for a in allocations if a.portion.kind == "return"]
-        cursor.execute(
-            CREATE_EXECUTION,
-            {
-                "id": str(execution_id),
-                "symbol": self.symbol,
-                "side": plan.side.value,
-                "quantity": plan.quantity,
-                "client_order_id": client_order_id_for(execution_id),
-                "now": now,
-                "trade_refs": [ref for ref, _ in trades],
-                "trade_taken": [taken for _, taken in trades],
-                "return_refs": [ref for ref, _ in returns],
-                "return_taken": [taken for _, taken in returns],
-                "part_trades": [a.portion.ref if a.portion.kind == "trade" else None for a in allocations],
-                "part_returns": [int(a.portion.ref) if a.portion.kind == "return" else None for a in allocations],
-                "part_taken": [a.taken for a in allocations],
-            },
-        )
+        cursor.execute(CREATE_EXECUTION, create_execution_parameters(uuid.uuid4(), self.symbol, plan, now))
         self.executions += 1
         return plan.signed_quantity

@@ -359,31 +359,38 @@ _CREATE_EXECUTION = text(
 def _take_from_portions(
     session: Session, execution_id: uuid.UUID, symbol: str, plan: PlannedExecution, now: datetime
 ) -> None:
+    parameters = create_execution_parameters(execution_id, symbol, plan, now)
+    taken = session.execute(_CREATE_EXECUTION, parameters).one()
+    expected = (len(parameters["trade_refs"]), len(parameters["return_refs"]), len(plan.allocations))
+    if tuple(taken) != expected:
+        # Integrity before availability: a portion that vanished under us must not be half-taken.
+        raise RuntimeError(f"{symbol}: execution {execution_id} took {tuple(taken)} of its plan's portions")
+    takes = zip(parameters["return_refs"], parameters["return_taken"], strict=True)
+    _record_origins(session, execution_id, list(takes))
+
+
+def create_execution_parameters(
+    execution_id: uuid.UUID, symbol: str, plan: PlannedExecution, now: datetime
+) -> dict[str, Any]:
+    """The parameters of ``_CREATE_EXECUTION`` for ``plan`` (bench/_pg_ceiling.py runs it too)."""
     allocations = plan.allocations
     trade_takes = [(a.portion.ref, a.taken) for a in allocations if a.portion.kind == "trade"]
     return_takes = [(int(a.portion.ref), a.taken) for a in allocations if a.portion.kind == "return"]
-    taken = session.execute(
-        _CREATE_EXECUTION,
-        {
-            "id": str(execution_id),
-            "symbol": symbol,
-            "side": plan.side.value,
-            "quantity": plan.quantity,
-            "client_order_id": client_order_id_for(execution_id),
-            "now": now,
-            "trade_refs": [ref for ref, _ in trade_takes],
-            "trade_taken": [amount for _, amount in trade_takes],
-            "return_refs": [ref for ref, _ in return_takes],
-            "return_taken": [amount for _, amount in return_takes],
-            "part_trades": [a.portion.ref if a.portion.kind == "trade" else None for a in allocations],
-            "part_returns": [int(a.portion.ref) if a.portion.kind == "return" else None for a in allocations],
-            "part_taken": [a.taken for a in allocations],
-        },
-    ).one()
-    if tuple(taken) != (len(trade_takes), len(return_takes), len(allocations)):
-        # Integrity before availability: a portion that vanished under us must not be half-taken.
-        raise RuntimeError(f"{symbol}: execution {execution_id} took {tuple(taken)} of its plan's portions")
-    _record_origins(session, execution_id, return_takes)
+    return {
+        "id": str(execution_id),
+        "symbol": symbol,
+        "side": plan.side.value,
+        "quantity": plan.quantity,
+        "client_order_id": client_order_id_for(execution_id),
+        "now": now,
+        "trade_refs": [ref for ref, _ in trade_takes],
+        "trade_taken": [amount for _, amount in trade_takes],
+        "return_refs": [ref for ref, _ in return_takes],
+        "return_taken": [amount for _, amount in return_takes],
+        "part_trades": [a.portion.ref if a.portion.kind == "trade" else None for a in allocations],
+        "part_returns": [int(a.portion.ref) if a.portion.kind == "return" else None for a in allocations],
+        "part_taken": [a.taken for a in allocations],
+    }
 
 
 def _record_origins(session: Session, execution_id: uuid.UUID, return_takes: Sequence[tuple[int, Decimal]]) -> None:
