@@ -347,6 +347,7 @@ class _Heartbeats:
 
     def _run(self) -> None:
         while True:
+            self._changed.clear()  # before reading the entries: a claim added after this wakes the wait
             with self._lock:
                 entries = list(self._beating.values())
             now = time.monotonic()
@@ -356,7 +357,6 @@ class _Heartbeats:
                 continue
             wait = min((entry.due for entry in entries), default=now + 60) - now
             self._changed.wait(wait)
-            self._changed.clear()
 
     def _extend(self, due: list[_Beating]) -> None:
         groups: dict[tuple[str, timedelta, Callable[[], datetime]], list[_Beating]] = {}

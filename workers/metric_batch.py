@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -34,7 +35,6 @@ class IncrementBatch:
         self._lock = threading.Lock()
         self._added: dict[str, Counter[str]] = {}
         self._pid: int | None = None
-        self._wake = threading.Event()
         atexit.register(self.flush)
 
     def add(self, key: str, counts: Mapping[str, int]) -> None:
@@ -65,5 +65,5 @@ class IncrementBatch:
     def _loop(self) -> None:
         pid = os.getpid()
         while os.getpid() == pid:
-            self._wake.wait(self._every)
+            time.sleep(self._every)
             self.flush()
