@@ -102,6 +102,9 @@ class Claim:
     # The claim read a balance of the account younger than its max age: a buy's gate is passed
     # without another read (SPEC 1.5; the claim is microseconds before the call).
     balance_fresh: bool = False
+    # The claim took the symbol's last free call slot: executions of the symbol claimed meanwhile
+    # were turned away (SYMBOL_BUSY) and wait unqueued, so its release wakes them (``_waiting``).
+    last_slot: bool = False
 
 
 @dataclass
@@ -122,9 +125,12 @@ def submit_execution(
     sleep: Sleep = time.sleep,
     worker: str = "worker",
     clock: Callable[[], datetime] | None = None,
+    wake: Callable[[list[uuid.UUID]], None] | None = None,
 ) -> SubmitResult:
     """``brokerages`` gives the adapter of the execution's account; ``sleep`` waits between
-    balance fetches; ``worker`` names the claimant; ``clock`` stamps the record (``now`` if None).
+    balance fetches; ``worker`` names the claimant; ``clock`` stamps the record (``now`` if None);
+    ``wake`` sends a message for each execution a freed call slot of the symbol lets go
+    (``_waiting``), after the record's commit, whatever the broker said.
 
     Raises ``TemporaryError`` or ``BrokerageMisconfigured`` when the broker's answer said nothing
     about the order: the execution stays in flight (noted on the row) and the caller retries."""
@@ -134,6 +140,8 @@ def submit_execution(
     with _Heartbeat(uow.another(), claim, config, clock):
         call = _call_broker(uow, brokerages(claim.account), claim, config, now, sleep)
     result = _record(uow, claim, call, config, clock() if clock else now)
+    if wake is not None and claim.last_slot and result.outcome is not SubmitOutcome.LEASE_LOST:
+        wake(_waiting(uow, claim, config))
     if isinstance(call.error, UNKNOWN) and result.outcome is not SubmitOutcome.LEASE_LOST:
         raise call.error
     return result
@@ -203,7 +211,34 @@ def claim_execution(
         breaker.role,
         first=row.claims == 1,
         balance_fresh=seen.balance_fresh,
+        last_slot=seen.live + 1 >= config.calls_per_symbol,
     )
+
+
+def _waiting(uow: UnitOfWork, claim: Claim, config: ExecutionConfig) -> list[uuid.UUID]:
+    """After the release of a claim that took its symbol's last call slot: the oldest executions
+    of the symbol in flight and claimed by nobody, as many as the symbol has slots.
+
+    A claim turned away because the symbol had its limit of calls under way (``SYMBOL_BUSY``)
+    is not retried: its message is done, and the execution waits in its row until a slot frees.
+    It needs no message of its own, because whichever live claim of the symbol was taken last
+    saw every other one live, so it took the last slot and wakes the waiting on its release.
+    That release commits before this read, and the turned-away execution was committed before
+    it was turned away, so this read sees it. Some of those returned have a message of their
+    own already (queued, or a retry's countdown): they get a second one, which finds the claim
+    taken or the order recorded. A release the worker never reaches (killed) leaves them to the
+    sweep of stale pending executions and to the rescue of a dead pool."""
+    try:
+        with uow:
+            return list(
+                uow.session.scalars(
+                    _WAITING,
+                    {"symbol": claim.symbol, "execution_id": claim.execution_id, "limit": config.calls_per_symbol},
+                )
+            )
+    except Exception as exc:  # the order is recorded; the waiting ones are the sweep's
+        log.warning("executions of %s waiting for a call slot not woken (the sweep sends them): %s", claim.symbol, exc)
+        return []
 
 
 def _claim_context(
@@ -258,6 +293,19 @@ _LOCK_TO_RECORD = (
     select(Execution, first_received_of(Execution.id), backoff_of(Execution.symbol))
     .where(Execution.id == _EXECUTION_ID)
     .with_for_update(of=Execution)
+)
+_WAITING = (
+    select(Execution.id)
+    .where(
+        Execution.symbol == bindparam("symbol", type_=Execution.symbol.type),
+        Execution.status.in_(IN_FLIGHT),
+        Execution.claimed_by.is_(None),
+        Execution.id != _EXECUTION_ID,
+        # A paused account's orders wait for its probe time (the sweep sends them then).
+        ~exists().where(AccountPause.account == Execution.account),
+    )
+    .order_by(Execution.seq)
+    .limit(bindparam("limit"))
 )
 _TAKE_LEASE = (
     update(Execution)

@@ -35,6 +35,8 @@ def submit(self: DustpanTask, execution_id: str) -> str:
                 deps.now(),
                 worker=f"{self.request.hostname}:{os.getpid()}",  # who holds the claim while it calls
                 clock=deps.now,  # the outcome is stamped when the broker answered, not when the call began
+                # A call slot of the symbol freed: the executions turned away meanwhile go now.
+                wake=deps.enqueue.submit,
             )
         except RETRY_ON as exc:
             delay = _retry_delay(self.request.retries, exc, timing.max_countdown_seconds)
@@ -44,12 +46,9 @@ def submit(self: DustpanTask, execution_id: str) -> str:
         deps.enqueue.submit(result.follow_ups)
         if result.submitted_wait is not None:  # committed: the order is known at the broker
             deps.latencies.submitted(result.submitted_wait)
-        if result.outcome is SubmitOutcome.SYMBOL_BUSY:
-            # The symbol's calls under way end within a timeout; their row is free meanwhile.
-            # Backed off, so a symbol whose calls hang costs the pool few claims while it waits.
-            raise self.retry(
-                countdown=_busy_delay(self.request.retries, timing.max_countdown_seconds), max_retries=None
-            )
+        # SYMBOL_BUSY is not retried: the symbol's calls under way wake the execution when one
+        # of them ends (tasks.execution._waiting), so a symbol whose calls hang costs the pool
+        # one task per order instead of a retry every few hundred milliseconds.
         if result.outcome is SubmitOutcome.SYMBOL_COOLING:
             # The symbol's order breaker is open: come back when it lets a probe through (or
             # sooner, for the visibility timeout); the claim then tells who probes.
@@ -76,18 +75,3 @@ def _retry_delay(retries: int, exc: Exception, cap: int) -> int:
         return 0
     ceiling = min(cap, 2 ** min(retries, 6))
     return min(cap, max(retry_after or 0, random.randint(1, ceiling)))
-
-
-BUSY_FIRST_WAIT_SECONDS = 0.1  # float-ok: a duration
-BUSY_MAX_WAIT_SECONDS = 30
-
-
-def _busy_delay(retries: int, cap: int) -> float:  # float-ok: a duration in seconds
-    """A claim the symbol's call limit turned away: 0.1 to 0.2 s the first time, doubling to at
-    most 30 s (capped by ``cap``), half of it jittered.
-
-    A healthy symbol meets its limit in a burst, and its calls end in milliseconds: it is asked
-    again almost at once. A symbol whose calls hang is asked less and less often: its orders
-    pile up while it hangs, and each one asked again is a task and a claim of the fleet's CPU."""
-    ceiling = min(cap, BUSY_MAX_WAIT_SECONDS, BUSY_FIRST_WAIT_SECONDS * 2 ** min(retries + 1, 10))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # float-ok: a duration

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class SubmitOutcome(StrEnum):
     MISSING = "missing"
     BUSY = "busy"  # another worker holds the execution's claim right now
-    SYMBOL_BUSY = "symbol_busy"  # the symbol has its limit of calls under way: try again shortly
+    SYMBOL_BUSY = "symbol_busy"  # the symbol has its limit of calls under way: woken when one ends
     SYMBOL_COOLING = "symbol_cooling"  # the symbol's order breaker is open: try again after wait_seconds
     FROZEN = "frozen"  # left pending until the symbol is unfrozen
     WORKING = "working"  # the broker has it and it can still fill: poll again

@@ -67,7 +67,7 @@ class ExecutionSettings(_Section):
     )
     calls_per_symbol: int = Field(2, ge=1, le=64, description="broker calls of one symbol under way at once")
     failures_to_open: int = Field(
-        3,
+        5,
         ge=1,
         le=100,
         description="order calls of one symbol in a row whose answer said nothing before its breaker opens",

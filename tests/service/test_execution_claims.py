@@ -4,6 +4,7 @@ the claim's lease keeps two workers from calling for one execution at once."""
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -17,7 +18,7 @@ from models.tables import Execution
 from tasks.audit import audit_books
 from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
-from tasks.ports import BrokerOrder, OrderRequest
+from tasks.ports import BrokerOrder, OrderRequest, TemporaryError
 from tests.support.fakes import FakeBrokerage
 
 D = Decimal
@@ -148,22 +149,81 @@ def test_a_symbol_gets_its_limit_of_calls_and_its_other_executions_wait(uow: Uni
     second = accumulate_symbol(uow, "AAPL", config, NOW).executions
     one_call = ExecutionConfig(D(1), 30, 3, calls_per_symbol=1)
     broker = HangingBrokerage()
+    woken: list[list[uuid.UUID]] = []
     worker = threading.Thread(
         target=lambda: submit_execution(
-            uow_for(clean_database), lambda _a: broker, first[0], one_call, NOW, worker="w1"
+            uow_for(clean_database), lambda _a: broker, first[0], one_call, NOW, worker="w1", wake=woken.append
         )
     )
     worker.start()
     try:
         assert broker.in_call.wait(30)
-        waiting = submit_execution(uow_for(clean_database), lambda _a: broker, second[0], one_call, NOW, worker="w2")
+        waiting = submit_execution(
+            uow_for(clean_database), lambda _a: broker, second[0], one_call, NOW, worker="w2", wake=woken.append
+        )
         assert waiting.outcome is SubmitOutcome.SYMBOL_BUSY
         assert broker.entered == 1  # the second never reached the broker
+        assert woken == []  # turned away: nothing sent for it, nor retried; it waits in its row
     finally:
         broker.release.set()
         worker.join(30)
+    # The call that held the symbol's last slot ended: its release sends the one turned away.
+    assert woken == [second]
     after = submit_execution(uow_for(clean_database), lambda _a: broker, second[0], one_call, NOW, worker="w2")
     assert after.outcome is SubmitOutcome.SETTLED
+
+
+def test_only_the_claim_that_took_the_last_slot_wakes_and_it_wakes_up_to_the_limit(
+    uow: UnitOfWork, clean_database: str
+) -> None:
+    """Three executions of a symbol with two call slots: the first claim (a slot left over) wakes
+    nobody; the second, which took the last slot, wakes the oldest waiting after its release,
+    however the broker answered, and only executions claimed by nobody."""
+    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(4)])
+    config = AccumulationConfig(D(1), 1, frozenset())
+    ids = [accumulate_symbol(uow, "AAPL", config, NOW).executions[0] for _ in range(4)]
+    two_calls = ExecutionConfig(D(1), 30, 3, calls_per_symbol=2, claim_lease_seconds=60)
+    brokers = {"w1": HangingBrokerage(), "w2": HangingBrokerage()}
+    brokers["w2"].timeout_after_accept = 1  # w2's answer says nothing: a release all the same
+    woken: dict[str, list[list[uuid.UUID]]] = {"w1": [], "w2": []}
+    said_nothing: list[str] = []
+
+    def submit(worker: str, execution_id: object) -> None:
+        try:
+            submit_execution(
+                uow_for(clean_database), lambda _a: brokers[worker], execution_id, two_calls, NOW, worker=worker,  # type: ignore[arg-type]
+                wake=woken[worker].append,
+            )  # fmt: skip
+        except TemporaryError:
+            said_nothing.append(worker)
+
+    threads = [
+        threading.Thread(target=submit, args=(worker, execution_id)) for worker, execution_id in (("w1", ids[0]),)
+    ]
+    threads[0].start()
+    wait_for_entered(brokers["w1"], 1)  # w1 claimed with a slot left over
+    threads.append(threading.Thread(target=submit, args=("w2", ids[1])))
+    threads[1].start()
+    wait_for_entered(brokers["w2"], 1)  # w2 took the symbol's last slot
+    turned_away = submit_execution(
+        uow_for(clean_database), lambda _a: brokers["w1"], ids[2], two_calls, NOW, worker="w3"
+    )
+    assert turned_away.outcome is SubmitOutcome.SYMBOL_BUSY
+    for worker, thread in zip(brokers, threads, strict=True):
+        brokers[worker].release.set()
+        thread.join(30)
+    assert said_nothing == ["w2"]
+    assert woken["w1"] == [] and woken["w2"] == [[ids[2], ids[3]]]
+
+
+def wait_for_entered(broker: HangingBrokerage, calls: int) -> None:
+    import time
+
+    for _ in range(200):
+        if broker.entered >= calls:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{calls} calls never reached the broker")
 
 
 def test_the_heartbeat_keeps_a_long_call_claimed(uow: UnitOfWork, clean_database: str) -> None:

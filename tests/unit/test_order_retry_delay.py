@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.execution_tasks import _busy_delay, _retry_delay
+from tasks.execution_tasks import _retry_delay
 from tasks.ports import RateLimited, TemporaryError
 
 
@@ -22,11 +22,3 @@ def test_a_rate_limit_is_never_retried_at_once() -> None:
     assert _retry_delay(0, RateLimited("HTTP 429", retry_after=90), cap=60) == 60
     assert {_retry_delay(0, RateLimited("HTTP 429"), cap=60) for _ in range(100)} == {1}
 
-
-def test_a_busy_symbol_is_asked_again_soon_then_less_and_less_often() -> None:
-    delays = {retries: [_busy_delay(retries, cap=60) for _ in range(300)] for retries in range(12)}
-    assert all(0.1 <= d <= 0.2 for d in delays[0])  # a healthy symbol's burst: calls end in ms
-    assert all(0.2 <= d <= 0.4 for d in delays[1])
-    assert all(15 <= d <= 30 for d in delays[11])  # a symbol whose calls hang
-    assert len(set(delays[5])) > 100  # jittered
-    assert max(_busy_delay(11, cap=3) for _ in range(100)) <= 3
