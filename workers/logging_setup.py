@@ -93,8 +93,13 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
             "stderr": {"class": "logging.StreamHandler", "formatter": "dustpan", "stream": "ext://sys.stderr"}
         },
         "root": {"level": level, "handlers": ["stderr"]},
-        # uvicorn's loggers otherwise keep handlers of their own and print plain text.
-        "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
+        "loggers": {
+            # uvicorn's loggers otherwise keep handlers of their own and print plain text.
+            **{name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
+            # httpx logs every request at INFO: a line per broker call, said again by the outcome's
+            # own line (execution.submit's, settlement's). Its requests show at DEBUG.
+            "httpx": {"level": level if level.upper() == "DEBUG" else "WARNING"},
+        },
     }
 
 
