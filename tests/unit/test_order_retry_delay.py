@@ -21,4 +21,3 @@ def test_a_rate_limit_is_never_retried_at_once() -> None:
     assert _retry_delay(0, limited, cap=60) == 7
     assert _retry_delay(0, RateLimited("HTTP 429", retry_after=90), cap=60) == 60
     assert {_retry_delay(0, RateLimited("HTTP 429"), cap=60) for _ in range(100)} == {1}
-
