@@ -81,6 +81,9 @@ from tasks.settlement import (
 
 log = logging.getLogger(__name__)
 IN_FLIGHT = (ExecutionStatus.PENDING.value, ExecutionStatus.SUBMITTED.value)
+# An execution in flight that nobody claimed for this long is waiting for a wake, not for its
+# queued message (which a healthy fleet delivers within milliseconds).
+WAITING_AFTER_SECONDS = 1
 UNKNOWN = (TemporaryError, BrokerageMisconfigured)  # answers that say nothing about the order
 
 
@@ -102,8 +105,9 @@ class Claim:
     # The claim read a balance of the account younger than its max age: a buy's gate is passed
     # without another read (SPEC 1.5; the claim is microseconds before the call).
     balance_fresh: bool = False
-    # The claim took the symbol's last free call slot: executions of the symbol claimed meanwhile
-    # were turned away (SYMBOL_BUSY) and wait unqueued, so its release wakes them (``_waiting``).
+    # The claim took the symbol's last free call slot (executions of the symbol claimed meanwhile
+    # are turned away, SYMBOL_BUSY, and wait unqueued), or saw some of the symbol's executions
+    # waiting unclaimed for a while: its release wakes them (``_waiting``).
     last_slot: bool = False
 
 
@@ -211,7 +215,7 @@ def claim_execution(
         breaker.role,
         first=row.claims == 1,
         balance_fresh=seen.balance_fresh,
-        last_slot=seen.live + 1 >= config.calls_per_symbol,
+        last_slot=seen.live + 1 >= config.calls_per_symbol or seen.stale_waiting,
     )
 
 
@@ -251,9 +255,19 @@ def _claim_context(
     live = select(func.count()).where(
         Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
     )
+    # Executions of the symbol in flight, claimed by nobody, untouched for a while: turned away,
+    # or left by a dead execution node beyond what its rescue re-sent (tasks.sweeps).
+    stale_waiting = exists().where(
+        Execution.symbol == symbol,
+        Execution.status.in_(IN_FLIGHT),
+        Execution.claimed_by.is_(None),
+        Execution.id != execution_id,
+        Execution.updated_at < now - timedelta(seconds=WAITING_AFTER_SECONDS),
+    )
     return with_health(
         select(
             live.scalar_subquery().label("live"),
+            stale_waiting.label("stale_waiting"),
             exists().where(SymbolFreeze.symbol == symbol).label("frozen"),
             exists().where(AccountPause.account == account).label("paused"),
             exists()

@@ -35,7 +35,8 @@ def rescue_executions(deps: Dependencies, already: set[uuid.UUID], died_at: date
     """Re-send the executions whose claims lapsed, and with ``died_at`` those nobody claimed
     since before then (``tasks.sweeps.find_orphaned_executions``; ``already``: the ids this
     rescue re-sent before, never sent twice by it); how many were sent."""
-    found = find_orphaned_executions(deps.unit_of_work(), deps.now(), died_at)
+    per_symbol = deps.config().execution.calls_per_symbol
+    found = find_orphaned_executions(deps.unit_of_work(), deps.now(), died_at, per_symbol)
     fresh = [execution_id for execution_id in found if execution_id not in already]
     already.update(fresh)
     deps.enqueue.submit(fresh)

@@ -67,29 +67,44 @@ def find_stranded_work(
     return StrandedWork(sorted(set(waiting) | set(executable)), list(executions))
 
 
-def find_orphaned_executions(uow: UnitOfWork, now: datetime, died_at: datetime | None = None) -> list[uuid.UUID]:
+def find_orphaned_executions(
+    uow: UnitOfWork, now: datetime, died_at: datetime | None = None, per_symbol: int | None = None
+) -> list[uuid.UUID]:
     """In-flight executions whose claim has lapsed: the worker calling the broker for them
     stopped renewing its lease (a live one renews it every third of it), so it is dead.
 
-    With ``died_at`` (when an execution node was seen dead), also every in-flight execution
-    claimed by nobody and last changed before then: the dead node may have taken its message
-    off the queue (prefetched, or waiting out a retry's countdown) without claiming it. Some of
-    them are still queued elsewhere, and get a duplicate message that finds the claim taken or
-    the order recorded; that is the price of not waiting ``pending_stale_seconds`` for the
-    sweep, paid once per death, at most ``RESEND_PER_SWEEP`` oldest first."""
+    With ``died_at`` (when an execution node was seen dead), also in-flight executions claimed
+    by nobody and last changed before then: the dead node may have taken their message off the
+    queue (prefetched, or waiting out a retry's countdown) without claiming it. Of those, at most
+    ``per_symbol`` (the symbol's call slots) of each symbol, oldest first: a symbol whose calls
+    hang keeps dozens waiting in their rows, and a message for each would only be turned away
+    (SYMBOL_BUSY) while healthy symbols' orders queue behind them. The ones sent wake the rest
+    of their symbol when their calls end (``tasks.execution``: a claim that sees executions of
+    its symbol waiting a while wakes them on its release). Some of them are still queued
+    elsewhere, and get a duplicate message that finds the claim taken or the order recorded;
+    that is the price of not waiting ``pending_stale_seconds`` for the sweep, paid once per
+    death, at most ``RESEND_PER_SWEEP`` oldest first."""
     lapsed = and_(Execution.claimed_by.is_not(None), Execution.claimed_until <= now)
+    orphaned = lapsed
     if died_at is not None:
-        lapsed = or_(lapsed, and_(Execution.claimed_by.is_(None), Execution.updated_at <= died_at))
-    with uow:
-        return list(
-            uow.session.scalars(
-                select(Execution.id)
-                .where(
-                    Execution.status.in_(("pending", "submitted")),
-                    lapsed,
-                    ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
-                )
-                .order_by(Execution.updated_at)
-                .limit(RESEND_PER_SWEEP)
-            ).all()
+        orphaned = or_(lapsed, and_(Execution.claimed_by.is_(None), Execution.updated_at <= died_at))
+    candidates = (
+        select(
+            Execution.id,
+            Execution.updated_at,
+            lapsed.label("lapsed"),
+            # Each symbol's unclaimed ones numbered oldest first (lapsed claims are all sent).
+            func.row_number().over(partition_by=(Execution.symbol, lapsed), order_by=Execution.seq).label("nth"),
         )
+        .where(
+            Execution.status.in_(("pending", "submitted")),
+            orphaned,
+            ~exists().where(AccountPause.account == Execution.account, AccountPause.probe_after > now),
+        )
+        .subquery("candidates")
+    )
+    query = select(candidates.c.id).order_by(candidates.c.updated_at).limit(RESEND_PER_SWEEP)
+    if per_symbol is not None:
+        query = query.where(or_(candidates.c.lapsed, candidates.c.nth <= per_symbol))
+    with uow:
+        return list(uow.session.scalars(query).all())

@@ -257,3 +257,27 @@ def wait_until_claimed_past(url: str, moment: datetime) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the heartbeat never renewed the claim")
+
+
+def test_a_claim_that_sees_executions_of_its_symbol_waiting_a_while_wakes_them(
+    uow: UnitOfWork, clean_database: str
+) -> None:
+    """Executions left unclaimed with no message (beyond what a dead node's rescue re-sent) are
+    woken by the release of the next claim of their symbol, even with call slots to spare."""
+    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(3)])
+    config = AccumulationConfig(D(1), 1, frozenset())
+    left = [accumulate_symbol(uow, "AAPL", config, NOW).executions[0] for _ in range(2)]
+    fresh = accumulate_symbol(uow, "AAPL", config, NOW + timedelta(seconds=5)).executions[0]
+    woken: list[list[uuid.UUID]] = []
+    later = NOW + timedelta(seconds=5)
+    ten_slots = ExecutionConfig(D(1), 30, 3, calls_per_symbol=10)
+    result = submit_execution(uow, lambda _a: FakeBrokerage(), fresh, ten_slots, later, worker="w1", wake=woken.append)
+    assert result.outcome is SubmitOutcome.SETTLED
+    assert woken == [left[:10]]
+    # Young ones (their messages are on their way) wake nobody: no extra round trip, no extra message.
+    store_trades(uow, [IncomingTrade("t9", "MSFT", Side.BUY, D("1.5"), D("100"), later)])
+    queued = [accumulate_symbol(uow, "MSFT", config, later).executions[0]]
+    store_trades(uow, [IncomingTrade("t10", "MSFT", Side.BUY, D("1.5"), D("100"), later)])
+    young = accumulate_symbol(uow, "MSFT", config, later).executions[0]
+    submit_execution(uow, lambda _a: FakeBrokerage(), young, ten_slots, later, worker="w1", wake=woken.append)
+    assert woken == [left[:10]] and queued

@@ -48,3 +48,21 @@ def test_executions_whose_claims_lapsed_are_the_orphans(uow: UnitOfWork) -> None
     assert find_orphaned_executions(uow, NOW) == [lapsed]
     # Told when a node died: what nobody claimed since before then may have been in its hands.
     assert find_orphaned_executions(uow, NOW, died_at=DIED) == [lapsed, queued]
+
+
+def test_a_death_re_sends_at_most_the_symbols_call_slots_of_each_symbol(uow: UnitOfWork) -> None:
+    """A symbol whose calls hang keeps many executions waiting unclaimed: the rescue sends the
+    oldest of each symbol up to its call slots (their claims wake the rest), and every lapsed claim."""
+    config = AccumulationConfig(D(1), 1, frozenset())
+    store_trades(uow, [IncomingTrade(f"s{n}", "SICK", Side.BUY, D(1), D(100), DIED) for n in range(5)])
+    sick = [accumulate_symbol(uow, "SICK", config, DIED).executions[0] for _ in range(5)]
+    with uow:
+        uow.session.execute(update(Execution).values(updated_at=DIED - timedelta(seconds=5)))
+        uow.commit()
+    lapsed = execution(uow, "LAPSED", DIED - timedelta(seconds=9), NOW - timedelta(seconds=1))
+    other = execution(uow, "OTHER", DIED - timedelta(seconds=1), None)
+
+    found = find_orphaned_executions(uow, NOW, died_at=DIED, per_symbol=2)
+    assert sorted(map(str, found)) == sorted(map(str, [lapsed, sick[0], sick[1], other]))
+    assert found[0] == lapsed  # oldest first
+    assert len(find_orphaned_executions(uow, NOW, died_at=DIED)) == 7  # uncapped: every one
