@@ -288,7 +288,12 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
     # Task events stay on (celeryconfig): Flower needs them.
     quiet = ["--quiet"] if settings.log_format == "json" else []
     level = f"--loglevel={settings.log_level}"
-    options = ["-Q", queues, "-c", str(concurrency), "-P", pool_for(queues, pool), "-n", node, "--without-gossip"]
+    # No gossip, no mingle: dustpan revokes nothing, and mingle's neighbour sync costs every
+    # node a second at start, which a restarted worker's queued orders waited for.
+    options = [
+        "-Q", queues, "-c", str(concurrency), "-P", pool_for(queues, pool), "-n", node,
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
     app.worker_main([*quiet, "worker", level, *options])
 
 

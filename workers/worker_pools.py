@@ -14,7 +14,13 @@ node had taken off the queue, prefetched or waiting out a retry's countdown, but
 ``rescue``, each at most once. So a kill in the middle of a hanging call costs about one claim
 lease, and a queued order a second. Every execution node does the same when it starts
 (``rescue_after``): a whole worker, or compose's ``worker-execution``, killed and started again
-by its process manager leaves nothing to ``pending_stale_seconds``.
+by its process manager leaves nothing to ``pending_stale_seconds``; the keeper itself makes one
+pass when it starts, before its child boots (seconds on a busy machine), so the orders a whole
+worker held when it was killed go out as soon as its replacement reaches the database.
+
+A rescue thread lives in the process that forks the prefork pool's children (a child that dies
+or reaches its task limit is replaced by a fork): a fork waits until no pass is under way, so
+that no child inherits a lock a pass held (``os.register_at_fork``, as ``workers.worker_sweep``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +42,7 @@ FAST_QUEUES = "ingestion,ops"
 IO_QUEUES = "execution"
 RESTART_DELAY_SECONDS = 1
 RESCUE_EVERY_SECONDS = 0.5  # float-ok: a duration
+FORK_WAIT_SECONDS = 30.0  # float-ok: a fork waits at most this for a pass under way (its calls time out)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -74,6 +82,8 @@ class IoPoolKeeper:
         self._rescue, self._rescue_seconds = rescue, rescue_seconds
 
     def start(self) -> None:
+        if self._rescue is not None:  # on this thread, before Celery forks anything: no lock to inherit
+            _rescue_pass(self._rescue, set(), datetime.now(UTC))
         self._thread.start()
 
     def _keep(self) -> None:
@@ -125,12 +135,38 @@ def _rescue_after(
     already: set[object] = set()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            sent = rescue(already, died_at)
-        except Exception as exc:  # the database or Redis away: the sweep finds it later
-            log.warning("re-sending the dead execution pool's work failed: %s", exc)
-            return
-        if sent:
-            log.info("re-sent %d execution(s) a dead execution pool may have held", sent)
+        with _PASSING:
+            if not _rescue_pass(rescue, already, died_at):
+                return
         if stopping.wait(RESCUE_EVERY_SECONDS):
             return
+
+
+def _rescue_pass(rescue: Callable[[set[object], datetime], int], already: set[object], died_at: datetime) -> bool:
+    try:
+        sent = rescue(already, died_at)
+    except Exception as exc:  # the database or Redis away: the sweep finds it later
+        log.warning("re-sending the dead execution pool's work failed: %s", exc)
+        return False
+    if sent:
+        log.info("re-sent %d execution(s) a dead execution pool may have held", sent)
+    return True
+
+
+_PASSING = threading.Lock()  # held during a rescue pass; a fork waits for it
+_held_for_fork = False
+
+
+def _before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _PASSING.acquire(timeout=FORK_WAIT_SECONDS)
+
+
+def _after_fork() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _PASSING.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
