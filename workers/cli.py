@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="auto: threads for --queues execution, else prefork")  # fmt: skip
     worker.add_argument("--io-concurrency", type=int, default=16, help="threads of the execution pool")
     worker.add_argument("--name", default=None, help="node name (default worker-<pid>@<host>)")
+    # Given by a worker to the execution node it keeps: the keeper does that node's rescues.
+    worker.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)  # worker_pools.IO_POOL_KEPT
 
     beat = commands.add_parser("beat", help="the Celery Beat scheduler")
 
@@ -149,7 +151,7 @@ def _run(args: argparse.Namespace) -> None:
     elif command == "api":
         _serve_api(args.host, args.port, args.workers)
     elif command == "worker":
-        _run_worker(args.queues, args.concurrency, args.name, args.pool, args.io_concurrency)
+        _run_worker(args.queues, args.concurrency, args.name, args.pool, args.io_concurrency, args.kept)
     elif command == "beat":
         _run_beat(settings.data_dir)
     elif command == "flower":
@@ -244,7 +246,9 @@ def _start_logging() -> Settings:
     return settings
 
 
-def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: str, io_concurrency: int) -> None:
+def _run_worker(
+    queues: str | None, concurrency: int, name: str | None, pool: str, io_concurrency: int, kept: bool = False
+) -> None:
     _require_services()
     settings = _start_logging()
     from celery.signals import worker_shutdown
@@ -266,7 +270,7 @@ def _run_worker(queues: str | None, concurrency: int, name: str | None, pool: st
         )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()
-    if queues == IO_QUEUES:  # an execution node starting: what the one before it may have held
+    if queues == IO_QUEUES and not kept:  # an execution node starting: what the one before it may have held
         from tasks.sweep_tasks import rescue_executions
         from workers.worker_pools import start_rescue
 

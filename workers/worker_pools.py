@@ -14,9 +14,10 @@ node had taken off the queue, prefetched or waiting out a retry's countdown, but
 ``rescue``, each at most once. So a kill in the middle of a hanging call costs about one claim
 lease, and a queued order a second. Every execution node does the same when it starts
 (``rescue_after``): a whole worker, or compose's ``worker-execution``, killed and started again
-by its process manager leaves nothing to ``pending_stale_seconds``; the keeper itself makes one
-pass when it starts, before its child boots (seconds on a busy machine), so the orders a whole
-worker held when it was killed go out as soon as its replacement reaches the database.
+by its process manager leaves nothing to ``pending_stale_seconds``. A keeper starts that rescue
+itself when it starts, before its child boots (seconds on a busy machine), so the orders a whole
+worker held when it was killed go out as soon as its replacement reaches the database; its
+child, told so (``--kept``), does not repeat it, nor after a death the keeper rescued.
 
 A rescue thread lives in the process that forks the prefork pool's children (a child that dies
 or reaches its task limit is replaced by a fork): a fork waits until no pass is under way, so
@@ -40,6 +41,7 @@ from datetime import UTC, datetime
 log = logging.getLogger(__name__)
 FAST_QUEUES = "ingestion,ops"
 IO_QUEUES = "execution"
+IO_POOL_KEPT = "--kept"  # the worker option a keeper gives its child: the keeper does the rescues
 RESTART_DELAY_SECONDS = 1
 RESCUE_EVERY_SECONDS = 0.5  # float-ok: a duration
 FORK_WAIT_SECONDS = 30.0  # float-ok: a fork waits at most this for a pass under way (its calls time out)
@@ -75,6 +77,7 @@ class IoPoolKeeper:
         self.command = [
             sys.executable, "-m", "workers.cli", "worker",
             "--queues", IO_QUEUES, "--pool", "threads", "--concurrency", str(concurrency), "--name", node,
+            IO_POOL_KEPT,
         ]  # fmt: skip
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
@@ -82,8 +85,7 @@ class IoPoolKeeper:
         self._rescue, self._rescue_seconds = rescue, rescue_seconds
 
     def start(self) -> None:
-        if self._rescue is not None:  # on this thread, before Celery forks anything: no lock to inherit
-            _rescue_pass(self._rescue, set(), datetime.now(UTC))
+        self._start_rescue()  # what the node before this worker's may have held
         self._thread.start()
 
     def _keep(self) -> None:
