@@ -21,7 +21,7 @@ child, told so (``--kept``), does not repeat it, nor after a death the keeper re
 
 A rescue thread lives in the process that forks the prefork pool's children (a child that dies
 or reaches its task limit is replaced by a fork): a fork waits until no pass is under way, so
-that no child inherits a lock a pass held (``os.register_at_fork``, as ``workers.worker_sweep``).
+that no child inherits a lock a pass held (``workers.fork_guard``, as ``workers.worker_sweep``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -38,13 +37,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from workers.fork_guard import ForkGuard
+
 log = logging.getLogger(__name__)
 FAST_QUEUES = "ingestion,ops"
 IO_QUEUES = "execution"
 IO_POOL_KEPT = "--kept"  # the worker option a keeper gives its child: the keeper does the rescues
 RESTART_DELAY_SECONDS = 1
 RESCUE_EVERY_SECONDS = 0.5  # float-ok: a duration
-FORK_WAIT_SECONDS = 30.0  # float-ok: a fork waits at most this for a pass under way (its calls time out)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -155,20 +155,5 @@ def _rescue_pass(rescue: Callable[[set[object], datetime], int], already: set[ob
     return True
 
 
-_PASSING = threading.Lock()  # held during a rescue pass; a fork waits for it
-_held_for_fork = False
-
-
-def _before_fork() -> None:
-    global _held_for_fork
-    _held_for_fork = _PASSING.acquire(timeout=FORK_WAIT_SECONDS)
-
-
-def _after_fork() -> None:
-    global _held_for_fork
-    if _held_for_fork:
-        _held_for_fork = False
-        _PASSING.release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+_PASSING = ForkGuard()  # held during a rescue pass; a fork waits for it
+_PASSING.register()

@@ -12,14 +12,13 @@ The thread lives in the process that forks the pool's children, and a fork copie
 as it is at that instant: a child forked while the sweep held SQLAlchemy's mapper-configuration
 mutex (or any lock of its clients) waited on it forever, and every task it took hit its time
 limit. So the mappers are configured before the thread starts, and a fork waits until the
-thread is between sweeps (``os.register_at_fork``).
+thread is between sweeps (``workers.fork_guard``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -30,10 +29,10 @@ from sqlalchemy.orm import configure_mappers
 from models.tables_ops import JobRun
 from tasks.deps import Dependencies
 from tasks.sweep_tasks import rewake_once
+from workers.fork_guard import ForkGuard
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
-FORK_WAIT_SECONDS = 30.0  # a fork waits at most this for a sweep under way (each call has a timeout)
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"dustpan:worker-sweep").digest()[:8], "big", signed=True)
 
 
@@ -44,21 +43,12 @@ class WorkerSweep:
         self._stop = threading.Event()
         self._failing = False
         self._thread = threading.Thread(target=self._loop, name="worker-sweep", daemon=True)
-        self._sweeping = threading.Lock()  # held during a sweep; a fork takes it first
-        self._held_for_fork = False
+        self._sweeping = ForkGuard()  # held during a sweep; a fork takes it first
 
     def start(self) -> None:
         configure_mappers()  # once, here: a child must never inherit the configuration mutex held
-        os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork, after_in_child=self._after_fork)
+        self._sweeping.register()
         self._thread.start()
-
-    def _before_fork(self) -> None:
-        self._held_for_fork = self._sweeping.acquire(timeout=FORK_WAIT_SECONDS)
-
-    def _after_fork(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._sweeping.release()
 
     def stop(self) -> None:
         self._stop.set()
