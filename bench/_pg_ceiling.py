@@ -5,10 +5,11 @@ text, the array INSERT ... ON CONFLICT DO NOTHING RETURNING id, rows in id order
 COMMIT, from as many connections as the bench has webhook clients. Meanwhile one connection
 does what ``accumulate_symbol`` does, batched the way the app batches (up to
 ``accumulation.batch_size`` trades a run, polling every ``IDLE_POLL_SECONDS`` when idle where
-the app is woken): claim and mark the waiting trades (FOR UPDATE SKIP LOCKED, one UPDATE), lock the
-accumulator row, and when the net reaches the threshold read the open portions (and a freeze),
-plan the execution (``models.domain.accumulation.plan_execution``) and write it, its takes and
-its contributions (one statement); then update the accumulator and COMMIT. The app's own
+the app is woken): take the symbol's run lock, claim and mark the waiting trades and add them to the accumulator
+row (one statement, ``_CLAIM_AND_NET``), and when the net reaches the threshold read the open
+portions (and a freeze), plan the execution (``models.domain.accumulation.plan_execution``) and
+write it, its takes and its contributions (one statement), then take its shares from the net;
+then COMMIT. The app's own
 statement texts wherever the app has one. No HTTP, no Celery, no ORM,
 no Redis; the orders are not submitted (the end-to-end run's ``execution.submit`` tasks are
 extra work this ceiling does not do).
@@ -27,16 +28,19 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg2
+from sqlalchemy.dialects import postgresql
 
 from bench._measure import BenchError
 from models.domain.accumulation import Portion, plan_execution
 from models.domain.quantities import ZERO
 from tasks.ingestion import (
-    _ACCUMULATE_WAITING,
+    _CLAIM_AND_NET,
     _CREATE_EXECUTION,
     _INSERT_TRADES,
     _OPEN_PORTIONS,
+    _WRITE_NET_ONLY,
     _trade_columns,
+    accumulate_lock_key,
     create_execution_parameters,
 )
 from workers.settings import AccumulationSettings
@@ -50,14 +54,11 @@ def _psycopg2_text(statement: Any) -> str:
 
 
 INSERT_TRADES = _psycopg2_text(_INSERT_TRADES)
-CLAIM_AND_MARK = _psycopg2_text(_ACCUMULATE_WAITING)
+CLAIM_AND_NET = _psycopg2_text(_CLAIM_AND_NET)
 OPEN_PORTIONS = _psycopg2_text(_OPEN_PORTIONS)
 CREATE_EXECUTION = _psycopg2_text(_CREATE_EXECUTION)
-LOCK_ACCUMULATOR = (
-    "INSERT INTO accumulators (symbol) VALUES (%s) ON CONFLICT (symbol) DO NOTHING;"
-    " SELECT net_quantity, hold_until FROM accumulators WHERE symbol = %s FOR UPDATE"
-)
-UPDATE_ACCUMULATOR = "UPDATE accumulators SET net_quantity = %s, last_price = %s, updated_at = %s WHERE symbol = %s"
+WRITE_NET_ONLY = str(_WRITE_NET_ONLY.compile(dialect=postgresql.psycopg2.dialect()))
+CREATE_ACCUMULATOR = "INSERT INTO accumulators (symbol) VALUES (%s) ON CONFLICT (symbol) DO NOTHING"
 
 
 IDLE_POLL_SECONDS = 0.005  # float-ok: seconds
@@ -161,18 +162,23 @@ class _Accumulator:
 
     def _accumulate_once(self, connection: Any) -> int:
         now = datetime.now(UTC)
+        claim = {"key": accumulate_lock_key(self.symbol), "symbol": self.symbol, "limit": self.batch_size, "now": now}
         with connection.cursor() as cursor:
-            cursor.execute(CLAIM_AND_MARK, {"symbol": self.symbol, "limit": self.batch_size, "now": now})
-            claimed = sorted(cursor.fetchall(), key=lambda row: row[5])  # id, side, quantity, price, received_at, seq
-            cursor.execute(LOCK_ACCUMULATOR, (self.symbol, self.symbol))
-            net, hold_until = cursor.fetchone()
-            last_price = None
-            if claimed:
-                net += sum((row[2] if row[1] == "buy" else -row[2] for row in claimed), ZERO)
-                last_price = claimed[-1][3]
+            cursor.execute(CLAIM_AND_NET, claim)
+            # locked, id, side, quantity, price, received_at, seq, net_quantity, last_price, hold_until
+            rows = cursor.fetchall()
+            if rows[0][7] is None:  # the symbol's first run creates its accumulator: claim again
+                connection.rollback()
+                cursor.execute(CREATE_ACCUMULATOR, (self.symbol,))
+                connection.commit()
+                cursor.execute(CLAIM_AND_NET, claim)
+                rows = cursor.fetchall()
+            claimed = [row for row in rows if row[1] is not None]
+            net, hold_until = rows[0][7], rows[0][9]
             if abs(net) >= self.threshold and (hold_until is None or hold_until <= now):
-                net -= self._execute(cursor, now)
-            cursor.execute(UPDATE_ACCUMULATOR, (net, last_price, now, self.symbol))
+                taken = self._execute(cursor, now)
+                if taken:
+                    cursor.execute(WRITE_NET_ONLY, {"of_symbol": self.symbol, "net": net - taken})
         connection.commit()
         self.runs += 1
         return len(claimed)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, Numeric, String, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from models.db import UnitOfWork
 from models.domain.accumulation import PlannedExecution, Portion, crosses_threshold, plan_execution
@@ -184,58 +185,49 @@ def accumulate_symbol(
     contributions written. Redelivery is harmless: claimed trades are no longer waiting.
     One run per symbol at a time: a second run returns ``busy`` at once instead of holding a
     pool process while it queues on the accumulator row; the caller makes sure the running
-    one (or a next one) sees what the second was woken for. ``before_claim`` runs once this
-    run is the symbol's only one, just before it claims. ``on_busy`` runs when another run
-    holds the lock, before one more try: if that try fails too, the run under way has not
-    committed yet, so it sees whatever ``on_busy`` noted once it has.
+    one (or a next one) sees what the second was woken for. ``before_claim`` runs once, just
+    before the first try (the run's lock, claim and net are one statement, ``_CLAIM_AND_NET``).
+    ``on_busy`` runs when another run holds the lock, before one more try: if that try fails
+    too, the run under way has not committed yet, so it sees whatever ``on_busy`` noted once it has.
     """
     result = AccumulateResult()
+    restricted = is_restricted(symbol, config.restricted_symbols)
+    claim = _REJECT_AND_LOCK if restricted else _CLAIM_AND_NET
+    parameters = {
+        "key": accumulate_lock_key(symbol),
+        "symbol": symbol,
+        "limit": config.batch_size,
+        "now": now,
+        "reason": "restricted symbol: never traded",
+    }
+    before_claim()
     with uow:
         session = uow.session
-        key = {"key": accumulate_lock_key(symbol)}
-        if not session.scalar(_TRY_LOCK, key):
+        connection = session.connection()
+        rows = connection.execute(claim, parameters).all()
+        if not rows[0].locked:
             on_busy()
-            if not session.scalar(_TRY_LOCK, key):
+            rows = connection.execute(claim, parameters).all()
+            if not rows[0].locked:
                 result.busy = True
                 return result
-        before_claim()
-        restricted = is_restricted(symbol, config.restricted_symbols)
-        # Claimed and marked (accumulated, or rejected) by one statement, oldest first.
-        claimed = sorted(
-            session.execute(
-                _REJECT_WAITING if restricted else _ACCUMULATE_WAITING,
-                {
-                    "symbol": symbol,
-                    "limit": config.batch_size,
-                    "now": now,
-                    "reason": "restricted symbol: never traded",
-                },
-            ).all(),
-            key=lambda row: row.seq,
-        )
+        claimed = sorted((row for row in rows if row.id is not None), key=lambda row: row.seq)
         result.more_waiting = len(claimed) == config.batch_size
-        # The net as a plain row, written back by one UPDATE: the ORM's unit of work cost more
-        # CPU than the rest of the run's bookkeeping (statements built once, below).
-        connection = session.connection()
-        accumulator = _locked_net(connection, symbol)
         ids = result.trade_ids = [row.id for row in claimed]
         if restricted:
             result.rejected = len(ids)
             uow.commit()
             return result
-        before = accumulator.net_quantity
         if claimed:
-            accumulator.net_quantity += sum(
-                (row.quantity if row.side == "buy" else -row.quantity for row in claimed), ZERO
-            )
-            accumulator.last_price = claimed[-1].price
             result.applied = len(claimed)
             result.waits = [now - row.received_at for row in claimed]
+        if rows[0].net_quantity is None:  # the symbol's first trades: its accumulator row is new
+            accumulator = _add_to_new_net(connection, symbol, claimed, now)
+        else:  # the statement added the claimed trades to the net and locked the row
+            accumulator = Net(symbol, rows[0].net_quantity, rows[0].last_price, rows[0].hold_until)
+        before = accumulator.net_quantity
         result.executions += execute_if_due(session, accumulator, config.threshold, now)
-        if claimed:
-            net = {"of_symbol": symbol, "net": accumulator.net_quantity, "price": accumulator.last_price, "now": now}
-            connection.execute(_WRITE_NET, net)
-        elif accumulator.net_quantity != before:  # an execution took the net alone
+        if accumulator.net_quantity != before:  # an execution took its shares from the net
             connection.execute(_WRITE_NET_ONLY, {"of_symbol": symbol, "net": accumulator.net_quantity})
         uow.commit()
     return result
@@ -251,12 +243,18 @@ class Net:
     hold_until: datetime | None
 
 
-def _locked_net(connection: Connection, symbol: str) -> Net:
-    row = connection.execute(_LOCK_NET, {"of_symbol": symbol}).one_or_none()
-    if row is None:  # the symbol's first trades: one round trip more, once
-        connection.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
-        row = connection.execute(_LOCK_NET, {"of_symbol": symbol}).one()
-    return Net(symbol, row.net_quantity, row.last_price, row.hold_until)
+def _add_to_new_net(connection: Connection, symbol: str, claimed: Sequence[Any], now: datetime) -> Net:
+    """Create the symbol's accumulator row, lock it, and add the claimed trades (once a symbol)."""
+    connection.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
+    row = connection.execute(_LOCK_NET, {"of_symbol": symbol}).one()
+    net = Net(symbol, row.net_quantity, row.last_price, row.hold_until)
+    if claimed:
+        net.net_quantity += sum((row.quantity if row.side == "buy" else -row.quantity for row in claimed), ZERO)
+        net.last_price = claimed[-1].price
+        connection.execute(
+            _WRITE_NET, {"of_symbol": symbol, "net": net.net_quantity, "price": net.last_price, "now": now}
+        )
+    return net
 
 
 _SYMBOL = bindparam("of_symbol", type_=Accumulator.symbol.type)
@@ -276,9 +274,6 @@ _WRITE_NET = (
     )
 )
 _WRITE_NET_ONLY = update(Accumulator).where(Accumulator.symbol == _SYMBOL).values(net_quantity=_NET)
-
-
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 
 def accumulate_lock_key(symbol: str) -> int:
@@ -305,22 +300,61 @@ _LOCK_ACCUMULATOR = (
 )
 
 
-# The symbol's oldest waiting trades, claimed and marked in one statement. SKIP LOCKED: a trade
-# another transaction holds is left for the next run, never waited on. ARRAY(...) runs the
-# claim once, whatever plan the UPDATE gets.
-_WAITING = (
-    "WHERE id = ANY(ARRAY(SELECT id FROM trades WHERE symbol = :symbol AND status = 'received'"
-    " ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED))"
-    " RETURNING id, side, quantity, price, received_at, seq"
+# An accumulate run's first statement, and its only one until the net reaches the threshold:
+# take the symbol's run lock (an advisory lock, tried, never waited on), claim and mark the
+# symbol's oldest waiting trades, and add them to the net (the UPDATE locks the accumulator
+# row; with nothing claimed the row is locked as it is). When the lock is taken by another run
+# nothing else happens: every other part is gated on it (a one-time filter, evaluated first).
+# SKIP LOCKED: a trade another transaction holds is left for the next run, never waited on.
+# ARRAY(...) runs the claim once, whatever plan the UPDATE gets. One row per claimed trade
+# (one with no trade when none was), each with the lock's answer and the net after the claim;
+# no net (NULL) is the symbol's first run: its accumulator row does not exist yet.
+_LOCKED = "(SELECT locked FROM run_lock)"
+_CLAIM_WAITING = (
+    "WITH run_lock AS (SELECT pg_try_advisory_xact_lock(:key) AS locked),"
+    " claimed AS (UPDATE trades SET {mark}"
+    " WHERE id = ANY(ARRAY(SELECT id FROM trades WHERE symbol = :symbol AND status = 'received'"
+    " AND " + _LOCKED + " ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED))"
+    " RETURNING id, side, quantity, price, received_at, seq){net}"
+    " SELECT run_lock.locked, claimed.id, claimed.side, claimed.quantity, claimed.price, claimed.received_at,"
+    " claimed.seq{net_columns}"
+    " FROM run_lock LEFT JOIN claimed ON true{net_join}"
 )
-_TRADE_ROWS = {"quantity": Numeric(38, 18, asdecimal=True), "price": Numeric(38, 18, asdecimal=True)}
-_ACCUMULATE_WAITING = text(
-    "UPDATE trades SET status = 'accumulated', accumulated_at = :now,"
-    " open_quantity = CASE WHEN side = 'buy' THEN quantity ELSE -quantity END " + _WAITING
-).columns(received_at=DateTime(timezone=True), **_TRADE_ROWS)
-_REJECT_WAITING = text("UPDATE trades SET status = 'rejected', status_reason = :reason " + _WAITING).columns(
-    received_at=DateTime(timezone=True), **_TRADE_ROWS
+_ADD_CLAIMED_TO_NET = (
+    ", moved AS (UPDATE accumulators SET"
+    " net_quantity = net_quantity"
+    " + (SELECT sum(CASE WHEN side = 'buy' THEN quantity ELSE -quantity END) FROM claimed),"
+    " last_price = (SELECT price FROM claimed ORDER BY seq DESC LIMIT 1), updated_at = :now"
+    " WHERE symbol = :symbol AND EXISTS (SELECT FROM claimed)"
+    " RETURNING net_quantity, last_price, hold_until),"
+    " kept AS (SELECT net_quantity, last_price, hold_until FROM accumulators"
+    " WHERE symbol = :symbol AND " + _LOCKED + " AND NOT EXISTS (SELECT FROM claimed) FOR UPDATE),"
+    " net AS (SELECT * FROM moved UNION ALL SELECT * FROM kept)"
 )
+_DECIMAL: TypeEngine[Any] = Numeric(38, 18, asdecimal=True)
+_CLAIM_ROWS: dict[str, TypeEngine[Any]] = {
+    "received_at": DateTime(timezone=True),
+    "quantity": _DECIMAL,
+    "price": _DECIMAL,
+}
+_CLAIM_AND_NET = text(
+    _CLAIM_WAITING.format(
+        mark="status = 'accumulated', accumulated_at = :now,"
+        " open_quantity = CASE WHEN side = 'buy' THEN quantity ELSE -quantity END",
+        net=_ADD_CLAIMED_TO_NET,
+        net_columns=", net.net_quantity, net.last_price, net.hold_until",
+        net_join=" LEFT JOIN net ON true",
+    )
+).columns(
+    **_CLAIM_ROWS,
+    net_quantity=_DECIMAL,
+    last_price=_DECIMAL,
+    hold_until=DateTime(timezone=True),
+)
+# A restricted symbol's run: its trades are rejected, never added to a net.
+_REJECT_AND_LOCK = text(
+    _CLAIM_WAITING.format(mark="status = 'rejected', status_reason = :reason", net="", net_columns="", net_join="")
+).columns(**_CLAIM_ROWS)
 
 
 def execute_if_due(
@@ -358,7 +392,7 @@ _OPEN_PORTIONS = text(
     " UNION ALL"
     " (SELECT 'trade', id, open_quantity, 1, seq FROM trades WHERE symbol = :symbol AND open_quantity <> 0)"
     " ORDER BY part, n"
-).columns(source=String, ref=String, open_quantity=Numeric(38, 18, asdecimal=True))
+).columns(source=String, ref=String, open_quantity=_DECIMAL)
 
 
 def _create_execution(

@@ -225,12 +225,13 @@ class Enqueue(abc.ABC):
 
     The wake protocol keeps one ``ingestion.accumulate`` run queued per symbol however many
     webhooks arrive: ``wake`` raises a per-symbol flag and enqueues a run only when it raised
-    it; the run clears the flag just before it claims trades (``clear_wake``), so a trade
-    committed after the claim raises it again and enqueues the next run. A run that finds the
-    symbol's run under way leaves the flag raised and notes that it bounced (``note_bounced``);
-    the run under way, once committed, takes that note (``take_bounced``) and asks for one
-    more run. Without a bounce nothing is asked for: the run the webhook enqueued is still to
-    come.
+    it; the run clears the flag just before it tries to claim trades (``clear_wake``), so a
+    trade committed after the claim raises it again and enqueues the next run. A run that finds
+    the symbol's run under way notes that it bounced (``note_bounced``); the run under way, once
+    committed, takes that note (``take_bounced``) and asks for one more run. Without a bounce
+    nothing is asked for: the run the webhook enqueued is still to come. (The bounced run has
+    lowered the flag too, so a trade arriving meanwhile may enqueue a run of its own: one
+    message more, never one less.)
     """
 
     @abc.abstractmethod
