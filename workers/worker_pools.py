@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 FAST_QUEUES = "ingestion,ops"
 IO_QUEUES = "execution"
 IO_POOL_KEPT = "--kept"  # the worker option a keeper gives its child: the keeper does the rescues
+# A node that dies within this long of its start waits RESTART_DELAY_SECONDS before the next
+# (a crash loop must not spin); one that ran longer is started again at once: its orders wait
+# for the surviving nodes meanwhile, and a start costs seconds on a loaded machine.
+STEADY_AFTER_SECONDS = 10
 RESTART_DELAY_SECONDS = 1
 RESCUE_EVERY_SECONDS = 0.5  # float-ok: a duration
 _PR_SET_PDEATHSIG = 1
@@ -59,6 +63,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     # Not Linux: no parent death signal, but the keeper still stops it on a clean shutdown.
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def restart_delay(ran_seconds: float) -> int:  # float-ok: a duration
+    """Seconds before a dead execution node is started again, given how long it ran."""
+    return 0 if ran_seconds >= STEADY_AFTER_SECONDS else RESTART_DELAY_SECONDS
 
 
 class IoPoolKeeper:
@@ -90,13 +99,15 @@ class IoPoolKeeper:
 
     def _keep(self) -> None:
         while not self._stopping.is_set():
+            started = time.monotonic()
             self._process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             code = self._process.wait()
             if self._stopping.is_set():
                 return
-            log.warning("execution pool exited (status %s); starting it again in %d s", code, RESTART_DELAY_SECONDS)
+            delay = restart_delay(time.monotonic() - started)
+            log.warning("execution pool exited (status %s); starting it again in %d s", code, delay)
             self._start_rescue()
-            self._stopping.wait(RESTART_DELAY_SECONDS)
+            self._stopping.wait(delay)
 
     def _start_rescue(self) -> None:
         if self._rescue is not None:

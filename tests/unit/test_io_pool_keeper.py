@@ -1,0 +1,42 @@
+"""The keeper of a worker's execution node starts it again when it dies (workers/worker_pools.py):
+at once after a node that had been running, after a pause when it dies right after its start."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workers import worker_pools
+from workers.worker_pools import IoPoolKeeper, restart_delay
+
+
+def test_a_node_that_ran_is_started_again_at_once_and_a_crash_loop_pauses() -> None:
+    assert restart_delay(worker_pools.STEADY_AFTER_SECONDS) == 0
+    assert restart_delay(3600) == 0
+    assert restart_delay(0) == worker_pools.RESTART_DELAY_SECONDS
+    assert restart_delay(worker_pools.STEADY_AFTER_SECONDS - 0.5) == worker_pools.RESTART_DELAY_SECONDS
+
+
+@pytest.mark.parametrize(("steady_after", "said"), [(0, "again in 0 s"), (3600, "again in 1 s")])
+def test_the_keeper_starts_a_dead_node_again_and_says_when(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, steady_after: int, said: str
+) -> None:
+    starts = tmp_path / "starts"
+    monkeypatch.setattr(worker_pools, "STEADY_AFTER_SECONDS", steady_after)
+    keeper = IoPoolKeeper("io-test", 2)  # no rescue: only the restarts are under test
+    # Each start leaves a line and dies at once, as a node killed right after its start would.
+    keeper.command = [sys.executable, "-c", f"open({str(starts)!r}, 'a').write('x\\n'); raise SystemExit(3)"]
+    caplog.set_level(logging.WARNING, logger="workers.worker_pools")
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (len(starts.read_text().splitlines()) if starts.exists() else 0) < 2:
+            assert time.monotonic() < deadline, "the dead node was not started again"
+            time.sleep(0.05)
+    finally:
+        keeper.stop()
+    assert any(said in record.getMessage() and "status 3" in record.getMessage() for record in caplog.records)
