@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Numeric, String, bindparam, select, text, update
+from sqlalchemy import DateTime, Numeric, String, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert, psycopg2
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
@@ -203,14 +203,21 @@ def accumulate_symbol(
     before_claim()
     with uow:
         session = uow.session
-        connection = session.connection()
-        rows = connection.execute(claim, parameters).all()
+        rows = session.connection().execute(claim, parameters).all()
         if not rows[0].locked:
             on_busy()
-            rows = connection.execute(claim, parameters).all()
-            if not rows[0].locked:
-                result.busy = True
-                return result
+            rows = session.connection().execute(claim, parameters).all()
+        if rows[0].locked and not restricted and rows[0].net_quantity is None:
+            # The symbol's first run: no accumulator row to add to yet. Undo the claim, create
+            # the row, claim again (once a symbol; the statement stays the one place that nets).
+            session.rollback()
+            create = insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"])
+            session.connection().execute(create)
+            rows = session.connection().execute(claim, parameters).all()
+        if not rows[0].locked:
+            result.busy = True
+            return result
+        connection = session.connection()
         claimed = sorted((row for row in rows if row.id is not None), key=lambda row: row.seq)
         result.more_waiting = len(claimed) == config.batch_size
         ids = result.trade_ids = [row.id for row in claimed]
@@ -221,10 +228,8 @@ def accumulate_symbol(
         if claimed:
             result.applied = len(claimed)
             result.waits = [now - row.received_at for row in claimed]
-        if rows[0].net_quantity is None:  # the symbol's first trades: its accumulator row is new
-            accumulator = _add_to_new_net(connection, symbol, claimed, now)
-        else:  # the statement added the claimed trades to the net and locked the row
-            accumulator = Net(symbol, rows[0].net_quantity, rows[0].last_price, rows[0].hold_until)
+        # The statement added the claimed trades to the net and locked the row.
+        accumulator = Net(symbol, rows[0].net_quantity, rows[0].last_price, rows[0].hold_until)
         before = accumulator.net_quantity
         result.executions += execute_if_due(session, accumulator, config.threshold, now)
         if accumulator.net_quantity != before:  # an execution took its shares from the net
@@ -243,36 +248,8 @@ class Net:
     hold_until: datetime | None
 
 
-def _add_to_new_net(connection: Connection, symbol: str, claimed: Sequence[Any], now: datetime) -> Net:
-    """Create the symbol's accumulator row, lock it, and add the claimed trades (once a symbol)."""
-    connection.execute(insert(Accumulator).values(symbol=symbol).on_conflict_do_nothing(index_elements=["symbol"]))
-    row = connection.execute(_LOCK_NET, {"of_symbol": symbol}).one()
-    net = Net(symbol, row.net_quantity, row.last_price, row.hold_until)
-    if claimed:
-        net.net_quantity += sum((row.quantity if row.side == "buy" else -row.quantity for row in claimed), ZERO)
-        net.last_price = claimed[-1].price
-        connection.execute(
-            _WRITE_NET, {"of_symbol": symbol, "net": net.net_quantity, "price": net.last_price, "now": now}
-        )
-    return net
-
-
 _SYMBOL = bindparam("of_symbol", type_=Accumulator.symbol.type)
-_LOCK_NET = (
-    select(Accumulator.net_quantity, Accumulator.last_price, Accumulator.hold_until)
-    .where(Accumulator.symbol == _SYMBOL)
-    .with_for_update()
-)
 _NET = bindparam("net", type_=Accumulator.net_quantity.type)
-_WRITE_NET = (
-    update(Accumulator)
-    .where(Accumulator.symbol == _SYMBOL)
-    .values(
-        net_quantity=_NET,
-        last_price=bindparam("price", type_=Accumulator.last_price.type),
-        updated_at=bindparam("now", type_=Accumulator.updated_at.type),
-    )
-)
 _WRITE_NET_ONLY = update(Accumulator).where(Accumulator.symbol == _SYMBOL).values(net_quantity=_NET)
 
 
@@ -308,7 +285,7 @@ _LOCK_ACCUMULATOR = (
 # SKIP LOCKED: a trade another transaction holds is left for the next run, never waited on.
 # ARRAY(...) runs the claim once, whatever plan the UPDATE gets. One row per claimed trade
 # (one with no trade when none was), each with the lock's answer and the net after the claim;
-# no net (NULL) is the symbol's first run: its accumulator row does not exist yet.
+# no net (NULL) while the symbol has no accumulator row yet (its first run creates it).
 _LOCKED = "(SELECT locked FROM run_lock)"
 _CLAIM_WAITING = (
     "WITH run_lock AS (SELECT pg_try_advisory_xact_lock(:key) AS locked),"
