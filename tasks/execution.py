@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     SQLColumnExpression,
     bindparam,
@@ -41,6 +42,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.orm import Session
@@ -49,7 +51,7 @@ from models.db import UnitOfWork
 from models.domain.execution_state import ExecutionStatus
 from models.domain.quantities import Side
 from models.tables import Execution, SymbolFreeze
-from models.tables_ops import AccountPause, Balance
+from models.tables_ops import AccountPause, Balance, OrderCallHealth
 from tasks.balances import BalanceUnknown, Sleep, ensure_known_balance
 from tasks.lineage import first_received_of
 from tasks.order_breaker import BreakerRole, gate, health_columns, note_call, take_probe, with_health
@@ -156,9 +158,10 @@ def claim_execution(
 ) -> Claim | SubmitResult:
     """The short transaction before any broker call: take the lease, or say why not.
 
-    Three statements on the usual path: find the execution and take its symbol's claim lock;
-    read, under that lock, the symbol's live claims, freeze, account pause and order breaker
-    (``tasks.order_breaker``) in one go; take the lease. At most ``config.calls_per_symbol``
+    Two statements on the usual path: find the execution and take its symbol's claim lock; then,
+    under that lock, read the symbol's live claims, freeze, account pause and order breaker
+    (``tasks.order_breaker``), and take the lease when none of them stands in the way, in one go
+    (the lease is a statement of its own otherwise). At most ``config.calls_per_symbol``
     claims of one symbol are live at once, so a symbol whose calls hang holds that many threads
     of the execution pool and no more (``SYMBOL_BUSY``); a symbol whose calls keep saying
     nothing is not claimed at all while its breaker cools down (``SYMBOL_COOLING``)."""
@@ -172,14 +175,19 @@ def claim_execution(
         if found is None:
             return SubmitResult(SubmitOutcome.MISSING)
         # A statement of its own, after the lock: its snapshot sees every claim committed before.
+        # On the usual path (breaker closed, a call slot free, not frozen, not paused) it takes
+        # the lease too; otherwise it only reads, and the checks below decide.
         seen = connection.execute(
-            _CLAIM_CONTEXT,
+            _CONTEXT_AND_LEASE,
             {
-                "symbol": found.symbol,
-                "account": found.account,
+                "of_symbol": found.symbol,
+                "of_account": found.account,
                 "execution_id": execution_id,
                 "now": now,
                 "fresh_after": now - config.balances.max_age,
+                "limit": config.calls_per_symbol,
+                "token": token,
+                "until": until,
             },
         ).one()
         breaker = gate(seen, config.breaker, config.claim_lease_seconds, now)
@@ -187,9 +195,9 @@ def claim_execution(
             return SubmitResult(SubmitOutcome.SYMBOL_COOLING, wait_seconds=breaker.wait_seconds)
         if seen.live >= config.calls_per_symbol:
             return SubmitResult(SubmitOutcome.SYMBOL_BUSY)
-        row = connection.execute(
-            _TAKE_LEASE, {"execution_id": execution_id, "now": now, "token": token, "until": until}
-        ).one_or_none()
+        # Not taken on the usual path: something stood in the way (then the checks below say
+        # what), or the execution is claimed or settled (then this finds so again).
+        row = seen if seen.claims is not None else _take_lease(connection, execution_id, now, token, until)
         if row is None:
             status = session.scalar(select(Execution.status).where(Execution.id == execution_id))
             return SubmitResult(SubmitOutcome.BUSY if status in IN_FLIGHT else SubmitOutcome.SETTLED)
@@ -217,6 +225,12 @@ def claim_execution(
         balance_fresh=seen.balance_fresh,
         last_slot=seen.live + 1 >= config.calls_per_symbol or seen.stale_waiting,
     )
+
+
+def _take_lease(connection: Any, execution_id: uuid.UUID, now: datetime, token: str, until: datetime) -> Any:
+    return connection.execute(
+        _TAKE_LEASE, {"execution_id": execution_id, "now": now, "token": token, "until": until}
+    ).one_or_none()
 
 
 def _waiting(uow: UnitOfWork, claim: Claim, config: ExecutionConfig) -> list[uuid.UUID]:
@@ -296,13 +310,16 @@ _NOW = bindparam("now", type_=Execution.claimed_until.type)
 _FIND_AND_LOCK = select(
     Execution.symbol, Execution.account, func.pg_advisory_xact_lock(_symbol_lock_key(Execution.symbol))
 ).where(Execution.id == _EXECUTION_ID)
+# Parameters named after no column of executions: an UPDATE's parameters that match a column
+# name would be set on it.
+_SYMBOL = bindparam("of_symbol", type_=Execution.symbol.type)
 _CLAIM_CONTEXT = _claim_context(
-    bindparam("symbol", type_=Execution.symbol.type),
-    bindparam("account", type_=Execution.account.type),
+    _SYMBOL,
+    bindparam("of_account", type_=Execution.account.type),
     _EXECUTION_ID,
     _NOW,
     bindparam("fresh_after", type_=Balance.fetched_at.type),
-)
+).cte("context")
 _LOCK_TO_RECORD = (
     select(Execution, first_received_of(Execution.id), backoff_of(Execution.symbol))
     .where(Execution.id == _EXECUTION_ID)
@@ -342,6 +359,29 @@ _TAKE_LEASE = (
         Execution.claims,
     )
 )
+
+
+# The lease on the usual path: taken when nothing stands in the way of the claim (a call slot
+# is free, the breaker is closed, the symbol is not frozen, the account not paused). Index
+# probes of its own, read in the same snapshot as the context's, so both see the same rows.
+_USUAL_LEASE = _TAKE_LEASE.where(
+    select(func.count())
+    .where(
+        Execution.symbol == _SYMBOL,
+        Execution.claimed_until > _NOW,
+        Execution.id != _EXECUTION_ID,
+    )
+    .scalar_subquery()
+    < bindparam("limit", type_=Integer),
+    ~exists().where(SymbolFreeze.symbol == Execution.symbol),
+    ~exists().where(AccountPause.account == Execution.account),
+    ~exists().where(OrderCallHealth.symbol == Execution.symbol, OrderCallHealth.state != "closed"),
+).cte("leased")
+# The context, and the lease taken on the usual path (NULLs when it was not).
+_CONTEXT_AND_LEASE = select(
+    _CLAIM_CONTEXT,
+    *(_USUAL_LEASE.c[name] for name in ("symbol", "side", "quantity", "account", "client_order_id", "claims")),
+).select_from(_CLAIM_CONTEXT.outerjoin(_USUAL_LEASE, true()))
 
 
 class _Heartbeat:

@@ -9,16 +9,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg2
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from models.db import UnitOfWork
 from models.domain.quantities import Side
 from models.domain.trades import IncomingTrade
 from models.tables import Execution
+from models.tables_ops import AccountPause
 from tasks.audit import audit_books
-from tasks.execution import ExecutionConfig, SubmitOutcome, submit_execution
+from tasks.execution import Claim, ExecutionConfig, SubmitOutcome, SubmitResult, claim_execution, submit_execution
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
 from tasks.ports import BrokerOrder, OrderRequest, TemporaryError
+from tasks.settlement import Access
 from tests.support.fakes import FakeBrokerage
 
 D = Decimal
@@ -281,3 +283,26 @@ def test_a_claim_that_sees_executions_of_its_symbol_waiting_a_while_wakes_them(
     young = accumulate_symbol(uow, "MSFT", config, later).executions[0]
     submit_execution(uow, lambda _a: FakeBrokerage(), young, ten_slots, later, worker="w1", wake=woken.append)
     assert woken == [left[:10]] and queued
+
+
+def test_a_claim_off_the_usual_path_takes_the_lease_once(uow: UnitOfWork) -> None:
+    """The usual claim takes its lease in the statement that reads the context; a paused account
+    (its probe due) takes it in a statement of its own after the checks: once either way."""
+    execution = pending_execution(uow)
+    with uow:
+        uow.session.add(AccountPause(account=execution.account, reason="refused", paused_at=NOW, probe_after=NOW))
+        uow.commit()
+    claim = claim_execution(uow, execution.id, EXECUTION, NOW, "w1")
+    assert isinstance(claim, Claim) and claim.access is Access.PROBE and claim.first
+    # Claimed already: neither path takes it again, on the usual path or off it.
+    assert claim_execution(uow, execution.id, EXECUTION, NOW, "w2") == SubmitResult(SubmitOutcome.BUSY)
+    with uow:
+        uow.session.execute(delete(AccountPause))
+        uow.commit()
+    assert claim_execution(uow, execution.id, EXECUTION, NOW, "w2") == SubmitResult(SubmitOutcome.BUSY)
+    with uow:
+        row = uow.session.scalars(select(Execution).where(Execution.id == execution.id)).one()
+        assert (row.claims, row.claimed_by) == (1, claim.token)
+    # The lease lapsed: the usual path takes it, and counts the second claim.
+    later = claim_execution(uow, execution.id, EXECUTION, NOW + timedelta(seconds=61), "w2")
+    assert isinstance(later, Claim) and later.access is Access.OPEN and not later.first

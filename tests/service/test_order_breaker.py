@@ -232,7 +232,7 @@ def test_orders_accepted_behind_timeouts_are_looked_up_by_the_probe_never_resent
     assert audit_books(uow, D(1), AFTER_COOLDOWN).ok
 
 
-def test_the_claim_of_a_healthy_symbol_takes_three_statements(uow: UnitOfWork, clean_database: str) -> None:
+def test_the_claim_of_a_healthy_symbol_takes_two_statements(uow: UnitOfWork, clean_database: str) -> None:
     [execution] = executions(uow, "WELL", 1)
     statements: list[str] = []
 
@@ -246,5 +246,5 @@ def test_the_claim_of_a_healthy_symbol_takes_three_statements(uow: UnitOfWork, c
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert isinstance(claim, Claim) and claim.breaker is BreakerRole.QUIET
-    # Find and lock; live claims + freeze + pause + breaker; take the lease (then the commit).
-    assert len(statements) == 3, statements
+    # Find and lock; live claims + freeze + pause + breaker and the lease (then the commit).
+    assert len(statements) == 2, statements
