@@ -227,6 +227,31 @@ def claim_execution(
     )
 
 
+def claimant(node: str, pid: int) -> str:
+    """Who claims: a worker process, by its Celery node name and pid (``Claim.token`` adds a nonce)."""
+    return f"{node}:{pid}"
+
+
+def release_claims_of(uow: UnitOfWork, worker: str, now: datetime) -> int:
+    """Let go at once of the live claims of ``worker`` (``claimant``), a process known dead: its
+    process keeper saw it exit. Nothing it started can record any more (its lease ends with it,
+    and its heartbeat died with it), so the claims need not run out their lease: whoever claims
+    next looks the order up by its ``client_order_id`` first, as after a lapsed lease. How many."""
+    with uow:
+        released = uow.session.execute(
+            update(Execution)
+            .where(
+                Execution.status.in_(IN_FLIGHT),
+                Execution.claimed_until > now,
+                func.left(Execution.claimed_by, len(worker) + 1) == f"{worker} ",
+            )
+            .values(claimed_until=now)
+            .returning(Execution.id)
+        ).all()
+        uow.commit()
+    return len(released)
+
+
 def _take_lease(connection: Any, execution_id: uuid.UUID, now: datetime, token: str, until: datetime) -> Any:
     return connection.execute(
         _TAKE_LEASE, {"execution_id": execution_id, "now": now, "token": token, "until": until}
@@ -635,6 +660,8 @@ __all__ = [
     "SubmitOutcome",
     "SubmitResult",
     "claim_execution",
+    "claimant",
     "follow_replacements",
+    "release_claims_of",
     "submit_execution",
 ]

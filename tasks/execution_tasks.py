@@ -10,7 +10,7 @@ import uuid
 from celery import shared_task
 
 from tasks.deps import DustpanTask
-from tasks.execution import SubmitOutcome, submit_execution
+from tasks.execution import SubmitOutcome, claimant, submit_execution
 from tasks.log_context import log_context
 from tasks.ports import BrokerageMisconfigured, RateLimited, TemporaryError
 
@@ -33,7 +33,7 @@ def submit(self: DustpanTask, execution_id: str) -> str:
                 uuid.UUID(execution_id),
                 config.execution,
                 deps.now(),
-                worker=f"{self.request.hostname}:{os.getpid()}",  # who holds the claim while it calls
+                worker=claimant(self.request.hostname, os.getpid()),  # who holds the claim while it calls
                 clock=deps.now,  # the outcome is stamped when the broker answered, not when the call began
                 # A call slot of the symbol freed: the executions turned away meanwhile go now.
                 wake=deps.enqueue.submit,

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from celery import shared_task
 
 from tasks.deps import Dependencies, DustpanTask, recorded
+from tasks.execution import release_claims_of
 from tasks.sweeps import find_orphaned_executions, find_stranded_work
 
 
@@ -29,6 +30,11 @@ def rewake_once(deps: Dependencies) -> dict[str, int]:
     )
     resent = deps.enqueue.resend_stale(work.symbols, work.executions, timing.pending_stale_seconds)
     return {"symbols": len(work.symbols), "executions": len(work.executions), "resent": resent}
+
+
+def release_dead_claims(deps: Dependencies, worker: str) -> int:
+    """The claims of ``worker``, an execution node its keeper saw exit, let go at once."""
+    return release_claims_of(deps.unit_of_work(), worker, deps.now())
 
 
 def rescue_executions(deps: Dependencies, already: set[uuid.UUID], died_at: datetime | None = None) -> int:

@@ -259,7 +259,7 @@ def _run_worker(
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
     if queues is None:  # the two pools: this node on ingestion,ops, a threads node on execution
         queues = FAST_QUEUES
-        from tasks.sweep_tasks import rescue_executions
+        from tasks.sweep_tasks import release_dead_claims, rescue_executions
 
         deps = app.dependencies
         keeper = IoPoolKeeper(
@@ -267,6 +267,7 @@ def _run_worker(
             io_concurrency,
             rescue=lambda already, died_at: rescue_executions(deps, already, died_at),  # type: ignore[arg-type]
             rescue_seconds=deps.config().execution.claim_lease_seconds + 2,
+            release=lambda claimant: release_dead_claims(deps, claimant),
         )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()

@@ -11,10 +11,13 @@ The work a node that died held is not left to the sweep's next tick: for a claim
 bit after the death the keeper re-sends, twice a second, every in-flight execution whose claim
 has lapsed, and at once every one nobody has claimed since before the death (the messages the
 node had taken off the queue, prefetched or waiting out a retry's countdown, but not claimed):
-``rescue``, each at most once. So a kill in the middle of a hanging call costs about one claim
-lease, and a queued order a second. Every execution node does the same when it starts
-(``rescue_after``): a whole worker, or compose's ``worker-execution``, killed and started again
-by its process manager leaves nothing to ``pending_stale_seconds``. A keeper starts that rescue
+``rescue``, each at most once. Before that, the keeper lets go of the dead node's claims
+(``release``: the node is known dead, so its leases need not run out), so a kill in the middle
+of a hanging call costs a rescue pass and a lookup, and a queued order a second. Every
+execution node does the same when it starts (``rescue_after``): a whole worker, or compose's
+``worker-execution``, killed and started again by its process manager leaves nothing to
+``pending_stale_seconds`` (its claims, with no keeper left to release them, lapse with their
+lease). A keeper starts that rescue
 itself when it starts, before its child boots (seconds on a busy machine), so the orders a whole
 worker held when it was killed go out as soon as its replacement reaches the database; its
 child, told so (``--kept``), does not repeat it, nor after a death the keeper rescued.
@@ -70,6 +73,16 @@ def restart_delay(ran_seconds: float) -> int:  # float-ok: a duration
     return 0 if ran_seconds >= STEADY_AFTER_SECONDS else RESTART_DELAY_SECONDS
 
 
+def node_claimant(node: str, pid: int) -> str:
+    """Who the claims of the node started with ``--name node`` as process ``pid`` are by: its
+    name as its tasks see it (``-n`` read as Celery's worker command reads it), and the pid."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from tasks.execution import claimant
+
+    return claimant(host_format(default_nodename(node)), pid)
+
+
 class IoPoolKeeper:
     """Runs the execution pool's node as a child and starts it again when it dies."""
 
@@ -79,10 +92,13 @@ class IoPoolKeeper:
         concurrency: int,
         rescue: Callable[[set[object], datetime], int] | None = None,
         rescue_seconds: float = 5,  # float-ok: a duration: a claim lease and a bit more
+        release: Callable[[str], int] | None = None,
     ) -> None:
         """``rescue(already, died_at)`` re-sends the executions whose claims lapsed and those
         unclaimed since ``died_at`` (the ids in ``already`` excepted, and added to it); it runs
-        for ``rescue_seconds`` after a death and after the first start."""
+        for ``rescue_seconds`` after a death and after the first start. ``release(claimant)``
+        lets go of the claims of a node that died (``tasks.execution.claimant``: its node name
+        and pid), before that rescue, so its first pass re-sends them instead of waiting a lease."""
         self.command = [
             sys.executable, "-m", "workers.cli", "worker",
             "--queues", IO_QUEUES, "--pool", "threads", "--concurrency", str(concurrency), "--name", node,
@@ -92,6 +108,7 @@ class IoPoolKeeper:
         self._process: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._keep, name="io-pool-keeper", daemon=True)
         self._rescue, self._rescue_seconds = rescue, rescue_seconds
+        self._node, self._release = node, release
 
     def start(self) -> None:
         self._start_rescue()  # what the node before this worker's may have held
@@ -106,8 +123,20 @@ class IoPoolKeeper:
                 return
             delay = restart_delay(time.monotonic() - started)
             log.warning("execution pool exited (status %s); starting it again in %d s", code, delay)
+            self._release_claims(self._process.pid)
             self._start_rescue()
             self._stopping.wait(delay)
+
+    def _release_claims(self, pid: int) -> None:
+        if self._release is None:
+            return
+        try:
+            released = self._release(node_claimant(self._node, pid))
+        except Exception as exc:  # the database away: the claims lapse with their lease instead
+            log.warning("claims of the dead execution pool not released (they lapse with their lease): %s", exc)
+            return
+        if released:
+            log.info("released %d claim(s) of the dead execution pool; their orders are looked up again", released)
 
     def _start_rescue(self) -> None:
         if self._rescue is not None:

@@ -17,7 +17,16 @@ from models.domain.trades import IncomingTrade
 from models.tables import Execution
 from models.tables_ops import AccountPause
 from tasks.audit import audit_books
-from tasks.execution import Claim, ExecutionConfig, SubmitOutcome, SubmitResult, claim_execution, submit_execution
+from tasks.execution import (
+    Claim,
+    ExecutionConfig,
+    SubmitOutcome,
+    SubmitResult,
+    claim_execution,
+    claimant,
+    release_claims_of,
+    submit_execution,
+)
 from tasks.ingestion import AccumulationConfig, accumulate_symbol, store_trades
 from tasks.ports import BrokerOrder, OrderRequest, TemporaryError
 from tasks.settlement import Access
@@ -306,3 +315,20 @@ def test_a_claim_off_the_usual_path_takes_the_lease_once(uow: UnitOfWork) -> Non
     # The lease lapsed: the usual path takes it, and counts the second claim.
     later = claim_execution(uow, execution.id, EXECUTION, NOW + timedelta(seconds=61), "w2")
     assert isinstance(later, Claim) and later.access is Access.OPEN and not later.first
+
+
+def test_the_claims_of_a_dead_node_are_released_and_only_its_own(uow: UnitOfWork) -> None:
+    store_trades(uow, [IncomingTrade(f"t{s}", s, Side.BUY, D("1"), D("100"), NOW) for s in ("AAPL", "MSFT")])
+    config = AccumulationConfig(D(1), 100, frozenset())
+    [dead] = accumulate_symbol(uow, "AAPL", config, NOW).executions
+    [alive] = accumulate_symbol(uow, "MSFT", config, NOW).executions
+    # Two nodes whose names share a prefix: only the dead one's claims go.
+    assert isinstance(claim_execution(uow, dead, EXECUTION, NOW, claimant("io-w", 12)), Claim)
+    assert isinstance(claim_execution(uow, alive, EXECUTION, NOW, claimant("io-w", 123)), Claim)
+    assert release_claims_of(uow, claimant("io-w", 12), NOW) == 1
+    assert release_claims_of(uow, claimant("io-w", 12), NOW) == 0  # once
+    # Long before the lease would lapse, another worker claims the dead node's execution (and,
+    # not its first claim, looks the order up before anything is sent); the live one stays held.
+    taken = claim_execution(uow, dead, EXECUTION, NOW, "w2")
+    assert isinstance(taken, Claim) and not taken.first
+    assert claim_execution(uow, alive, EXECUTION, NOW, "w2") == SubmitResult(SubmitOutcome.BUSY)

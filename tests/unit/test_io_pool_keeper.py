@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from workers import worker_pools
-from workers.worker_pools import IoPoolKeeper, restart_delay
+from workers.worker_pools import IoPoolKeeper, node_claimant, restart_delay
 
 
 def test_a_node_that_ran_is_started_again_at_once_and_a_crash_loop_pauses() -> None:
@@ -40,3 +40,28 @@ def test_the_keeper_starts_a_dead_node_again_and_says_when(
     finally:
         keeper.stop()
     assert any(said in record.getMessage() and "status 3" in record.getMessage() for record in caplog.records)
+
+
+def test_the_keeper_releases_the_claims_of_the_node_that_died_before_it_starts_another(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    released: list[str] = []
+    keeper = IoPoolKeeper("io-test@host", 2, release=lambda claimant: released.append(claimant) or 1)
+    # Each start writes its pid and dies at once.
+    keeper.command = [sys.executable, "-c", f"import os; open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')"]
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids.read_text().splitlines() if pids.exists() else []) < 2:
+            assert time.monotonic() < deadline, "the dead node was not started again"
+            time.sleep(0.05)
+    finally:
+        keeper.stop()
+    first, second = pids.read_text().splitlines()[:2]
+    # The first node's claims were released before the second started, by the name its tasks
+    # claim under (Celery's node name and the pid: tasks.execution.claimant).
+    assert released[0] == f"io-test@host:{first}" and f"io-test@host:{second}" not in released[:1]
+
+
+def test_a_node_claims_under_its_celery_node_name_and_pid() -> None:
+    assert node_claimant("io-worker-7@box", 42) == "io-worker-7@box:42"
+    assert node_claimant("io-worker1", 42) == "celery@io-worker1:42"  # Celery reads a bare name as the host
