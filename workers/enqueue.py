@@ -18,7 +18,13 @@ from tasks.ports import Enqueue
 
 log = logging.getLogger(__name__)
 WAKE_KEY = "dustpan:wake:{symbol}"
-WAKE_TTL_SECONDS = 30
+# How long a raised wake flag stands for the run it queued. A healthy fleet starts that run
+# within milliseconds (and lowers the flag); a message a dead worker took off the queue and never
+# ran would hold its symbol's trades back until the flag lapsed, so it lapses soon: the next
+# trade after it sends another run. A queue backed up for longer gets at most one run more per
+# symbol per this many seconds, which finds the trades claimed or takes the ones still waiting.
+WAKE_TTL_SECONDS = 1
+BOUNCE_TTL_SECONDS = 30
 BOUNCED_KEY = "dustpan:bounced:{symbol}"
 RESEND_KEY = "dustpan:resend:{kind}:{name}"
 
@@ -61,7 +67,7 @@ class RedisEnqueue(Enqueue):
 
     def note_bounced(self, symbol: str) -> None:
         try:
-            self._client().set(BOUNCED_KEY.format(symbol=symbol), 1, ex=WAKE_TTL_SECONDS)
+            self._client().set(BOUNCED_KEY.format(symbol=symbol), 1, ex=BOUNCE_TTL_SECONDS)
         except (redis.RedisError, OSError) as exc:
             log.warning("bounce for %s not noted (the sweep will pick it up): %s", symbol, exc)
 
