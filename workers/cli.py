@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import socket
@@ -251,6 +252,10 @@ def _run_worker(
 ) -> None:
     _require_services()
     settings = _start_logging()
+    # A crash in native code (a SIGSEGV in an extension, or in the interpreter) prints every
+    # thread's Python stack to stderr, the worker's log, before the process dies: its keeper or
+    # process manager starts it again, and the log says where it was.
+    faulthandler.enable()
     from celery.signals import worker_shutdown
 
     from workers.celery_app import app
