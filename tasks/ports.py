@@ -231,8 +231,9 @@ class Enqueue(abc.ABC):
     committed, takes that note (``take_bounced``) and asks for one more run. Without a bounce
     nothing is asked for: the run the webhook enqueued is still to come. (The bounced run has
     lowered the flag too, so a trade arriving meanwhile may enqueue a run of its own: one
-    message more, never one less.) The flag lapses by itself within about a second, so a run
-    whose message a dead worker took holds its symbol's trades back no longer than that.
+    message more, never one less.) A flag that stood over a second may stand for a message a
+    killed worker took and never ran: the next trade sends another run then, at most once per
+    hold per symbol, so a backed-up queue is never flooded.
     """
 
     @abc.abstractmethod

@@ -7,7 +7,9 @@ process that only enqueues (the API) never imports the task modules.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,35 +20,64 @@ from tasks.ports import Enqueue
 
 log = logging.getLogger(__name__)
 WAKE_KEY = "dustpan:wake:{symbol}"
-# How long a raised wake flag stands for the run it queued. A healthy fleet starts that run
-# within milliseconds (and lowers the flag); a message a dead worker took off the queue and never
-# ran would hold its symbol's trades back until the flag lapsed, so it lapses soon: the next
-# trade after it sends another run. A queue backed up for longer gets at most one run more per
-# symbol per this many seconds, which finds the trades claimed or takes the ones still waiting.
-WAKE_TTL_SECONDS = 1
+WAKE_TTL_SECONDS = 30
 BOUNCE_TTL_SECONDS = 30
+# A healthy fleet starts a queued run within milliseconds, and the run lowers its flag. A flag
+# raised longer ago than this may stand for a message a killed worker took off the queue and
+# never ran: the next trade of the symbol sends another run then, so the symbol's trades wait
+# about a second, not for the sweep. At most once per WAKE_RESEND_HOLD_SECONDS per symbol, so a
+# queue backed up for longer than this gets one message more per symbol now and then, never one
+# per trade or per second.
+WAKE_LOST_AFTER_MS = 1000
+WAKE_RESEND_HOLD_SECONDS = 10
+WAKE_RESEND_KEY = "dustpan:wake-resent:{symbol}"
+# KEYS: the wake flag, the resend hold. ARGV: now (ms), lost after (ms), flag TTL, hold (s).
+# 1: send a run (the flag was down, or it stood too long and no resend is on hold); 0: don't.
+_WAKE_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then return 1 end
+local raised = tonumber(redis.call('GET', KEYS[1]))
+if raised and tonumber(ARGV[1]) - raised >= tonumber(ARGV[2])
+    and redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[4]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+_WAKE_SHA = hashlib.sha1(_WAKE_SCRIPT.encode()).hexdigest()  # Redis names scripts by their SHA-1
 BOUNCED_KEY = "dustpan:bounced:{symbol}"
 RESEND_KEY = "dustpan:resend:{kind}:{name}"
 
 
 class RedisEnqueue(Enqueue):
     def __init__(
-        self, client: Callable[[], redis.Redis], send_task: Callable[..., Any], queues: dict[str, str]
+        self,
+        client: Callable[[], redis.Redis],
+        send_task: Callable[..., Any],
+        queues: dict[str, str],
+        now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         """``queues`` maps a hot symbol to its own ingestion queue (accumulation.queues)."""
-        self._client, self._send_task, self._queues = client, send_task, queues
+        self._client, self._send_task, self._queues, self._now_ms = client, send_task, queues, now_ms
 
     def wake(self, symbols: Iterable[str]) -> None:
         client = self._client()
         for symbol in symbols:
             try:
-                if client.set(WAKE_KEY.format(symbol=symbol), 1, nx=True, ex=WAKE_TTL_SECONDS):
+                if self._raise_flag(client, symbol):
                     # No delay: trades arriving while a run is under way raise the flag again,
                     # and that run asks for the next one, which takes them all in one claim.
                     self.accumulate(symbol)
             except Exception as exc:  # redis and kombu raise several families; none may fail the webhook
                 log.warning("wake for %s not sent (the sweep will pick it up): %s", symbol, exc)
                 return
+
+    def _raise_flag(self, client: redis.Redis, symbol: str) -> bool:
+        keys = (WAKE_KEY.format(symbol=symbol), WAKE_RESEND_KEY.format(symbol=symbol))
+        args = (self._now_ms(), WAKE_LOST_AFTER_MS, WAKE_TTL_SECONDS, WAKE_RESEND_HOLD_SECONDS)
+        try:
+            return bool(client.evalsha(_WAKE_SHA, 2, *keys, *args))
+        except redis.exceptions.NoScriptError:  # a Redis that restarted or never saw it: one EVAL loads it
+            return bool(client.eval(_WAKE_SCRIPT, 2, *keys, *args))
 
     def accumulate(self, symbol: str) -> None:
         # A hot symbol may have its own queue, so a burst never delays the others.

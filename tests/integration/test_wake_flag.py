@@ -1,33 +1,44 @@
 """The wake flag over real Redis (workers/enqueue.py, the protocol in tasks.ports.Enqueue): one
-accumulate run queued per symbol however many trades arrive, and a run whose message was lost
-(a worker killed with it prefetched) holds its symbol back only until the flag lapses."""
+accumulate run queued per symbol however many trades arrive; a run whose message was lost (a
+worker killed with it prefetched) holds its symbol back about a second, not until the sweep;
+and a queue backed up for longer is not flooded with runs."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis
 
-from workers.enqueue import WAKE_KEY, WAKE_TTL_SECONDS, RedisEnqueue
+from workers.enqueue import WAKE_KEY, WAKE_LOST_AFTER_MS, WAKE_RESEND_HOLD_SECONDS, RedisEnqueue
 
 
-def test_a_lost_run_holds_its_symbol_only_until_the_flag_lapses(broker_url: str) -> None:
+def test_a_lost_run_holds_its_symbol_about_a_second_and_a_backlog_gets_no_flood(broker_url: str) -> None:
     client = redis.Redis.from_url(broker_url)
     sent: list[tuple[Any, ...]] = []
-    enqueue = RedisEnqueue(lambda: client, lambda name, args, **_: sent.append((name, *args)), {})
+    clock = [1_000_000]
+    enqueue = RedisEnqueue(lambda: client, lambda name, args, **_: sent.append(args[0]), {}, now_ms=lambda: clock[0])
     enqueue.wake(["AAPL", "MSFT"])
-    enqueue.wake(["AAPL"])  # its run is queued: nothing more
-    assert sent == [("ingestion.accumulate", "AAPL"), ("ingestion.accumulate", "MSFT")]
-    # AAPL's run never starts (its message died with a worker): its flag lapses by itself, soon
-    # enough that the symbol's trades wait about a second, not a sweep or a restart...
-    assert WAKE_TTL_SECONDS <= 1
-    assert 0 < client.pttl(WAKE_KEY.format(symbol="AAPL")) <= WAKE_TTL_SECONDS * 1000
-    deadline = time.monotonic() + WAKE_TTL_SECONDS + 10
-    while client.exists(WAKE_KEY.format(symbol="AAPL")):
-        assert time.monotonic() < deadline, "the wake flag never lapsed"
-        time.sleep(0.05)
-    # ...and the next trade of the symbol queues another run.
+    clock[0] += WAKE_LOST_AFTER_MS - 1
+    enqueue.wake(["AAPL", "MSFT"])  # their runs are queued: nothing more
+    assert sent == ["AAPL", "MSFT"]
+    enqueue.clear_wake("MSFT")  # MSFT's run started; AAPL's never does (its worker was killed)
+    clock[0] += 1
+    enqueue.wake(["AAPL", "MSFT"])  # AAPL's flag stood too long: another run; MSFT's was down
+    assert sent[2:] == ["AAPL", "MSFT"]
+    # AAPL's queue is backed up (its runs wait longer than a second): no run per trade or per
+    # second, one more per hold at most.
+    for _ in range(5):
+        clock[0] += WAKE_LOST_AFTER_MS
+        enqueue.wake(["AAPL"])
+    assert sent[4:] == []
+    assert 0 < client.ttl("dustpan:wake-resent:AAPL") <= WAKE_RESEND_HOLD_SECONDS
+    client.delete("dustpan:wake-resent:AAPL")  # the hold lapsed
+    clock[0] += WAKE_LOST_AFTER_MS
     enqueue.wake(["AAPL"])
-    assert sent[2:] == [("ingestion.accumulate", "AAPL")]
+    assert sent[4:] == ["AAPL"]
+    # A Redis that lost its scripts (restarted) still raises flags.
+    client.script_flush()
+    enqueue.clear_wake("AAPL")
+    enqueue.wake(["AAPL"])
+    assert sent[5:] == ["AAPL"] and client.exists(WAKE_KEY.format(symbol="AAPL"))
     client.close()
