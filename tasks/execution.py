@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Integer,
     Select,
@@ -48,9 +49,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from models.db import UnitOfWork
-from models.domain.execution_state import ExecutionStatus
-from models.domain.quantities import Side
-from models.tables import Execution, SymbolFreeze
+from models.domain.execution_state import ExecutionStatus, settle
+from models.domain.positions import apply_fill
+from models.domain.quantities import Side, signed
+from models.tables import Execution, Position, SymbolFreeze
 from models.tables_ops import AccountPause, Balance, OrderCallHealth
 from tasks.balances import BalanceUnknown, Sleep, ensure_known_balance
 from tasks.lineage import first_received_of
@@ -66,6 +68,7 @@ from tasks.ports import (
     TemporaryError,
     UnresolvedOrder,
 )
+from tasks.positions import lock_holding, unbooked_fill
 from tasks.settlement import (
     Access,
     ExecutionConfig,
@@ -75,6 +78,7 @@ from tasks.settlement import (
     account_access,
     backoff_of,
     lift_pause,
+    log_broker_order,
     note_unknown_outcome,
     pause_account,
     record_broker_order,
@@ -350,6 +354,60 @@ _LOCK_TO_RECORD = (
     .where(Execution.id == _EXECUTION_ID)
     .with_for_update(of=Execution)
 )
+_LOCK_TO_RECORD_ORDER = (
+    select(
+        Execution.claimed_by,
+        Execution.status,
+        Execution.source,
+        Execution.account,
+        Execution.symbol,
+        Execution.side,
+        Execution.quantity,
+        Execution.filled_quantity,
+        Execution.average_price,
+        Execution.submitted_at,
+        first_received_of(Execution.id).label("first_received"),
+        backoff_of(Execution.symbol).label("in_backoff"),
+    )
+    .where(Execution.id == _EXECUTION_ID)
+    .with_for_update(of=Execution)
+)
+# The position's new holding (when a fill was booked) and the execution's order, in one write.
+# Parameters are named after no column of either table (an UPDATE's parameter that matches a
+# column name would be set on it).
+_MOVE_POSITION = (
+    update(Position)
+    .where(
+        Position.account == bindparam("of_account", type_=Position.account.type),
+        Position.symbol == bindparam("of_symbol", type_=Position.symbol.type),
+        bindparam("book", type_=Boolean),
+    )
+    .values(
+        quantity=bindparam("position_quantity", type_=Position.quantity.type),
+        average_price=bindparam("position_average", type_=Position.average_price.type),
+        updated_at=_NOW,
+    )
+    .returning(Position.account)
+    .cte("moved")
+)
+_WRITE_ORDER = (
+    update(Execution)
+    .where(Execution.id == _EXECUTION_ID)
+    .values(
+        broker_order_id=bindparam("order_id", type_=Execution.broker_order_id.type),
+        filled_quantity=bindparam("filled", type_=Execution.filled_quantity.type),
+        average_price=bindparam("average", type_=Execution.average_price.type),
+        status=bindparam("new_status", type_=Execution.status.type),
+        submitted_at=func.coalesce(Execution.submitted_at, _NOW),
+        updated_at=_NOW,
+        last_error=None,
+        unknown_outcomes=0,
+        claimed_by=None,
+        claimed_until=None,
+        submit_attempts=Execution.submit_attempts + bindparam("posted", type_=Integer),
+    )
+    .add_cte(_MOVE_POSITION)
+)
 _WAITING = (
     select(Execution.id)
     .where(
@@ -522,6 +580,10 @@ def _call_broker(
 
 def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig, now: datetime) -> SubmitResult:
     """The transaction after the call: write the broker's answer if the claim is still ours."""
+    if call.order is not None and call.error is None and claim.access is Access.OPEN:
+        quick = _record_order(uow, claim, call.order, call.posted, config, now)
+        if quick is not None:
+            return quick
     with uow:
         session = uow.session
         # One statement locks the row and reads what recording it may need besides.
@@ -543,6 +605,58 @@ def _record(uow: UnitOfWork, claim: Claim, call: _Call, config: ExecutionConfig,
         result = _apply(session, execution, claim, call, config, now, ReadAlong(first_received, in_backoff))
         uow.commit()
     return result
+
+
+def _record_order(
+    uow: UnitOfWork, claim: Claim, order: BrokerOrder, posted: bool, config: ExecutionConfig, now: datetime
+) -> SubmitResult | None:
+    """The usual record, in Core statements (the ORM's bookkeeping cost more than the SQL): the
+    broker holds an order of a hedge execution that is filled or still working, the symbol is
+    in no rejection backoff, and the claim is still ours. Then ``record_broker_order`` would
+    book the fill on the position, write the order onto the execution and put nothing back:
+    this does the same in one lock and one write. None, having written nothing, when anything
+    else holds (the claim lost, settled already, a sale or an exit, shares to put back): the
+    ORM path decides those."""
+    with uow:
+        connection = uow.session.connection()
+        row = connection.execute(_LOCK_TO_RECORD_ORDER, {"execution_id": claim.execution_id}).one()
+        if row.claimed_by != claim.token or row.status not in IN_FLIGHT or row.source != "hedge" or row.in_backoff:
+            return None
+        settlement = settle(order.status, row.quantity, order.filled_quantity)
+        if settlement.unfilled:  # shares go back to the net
+            return None
+        note_call(uow.session, claim.symbol, claim.token, claim.breaker, None, config.breaker, now)
+        filled, average = order.filled_quantity, order.filled_average_price
+        unbooked = unbooked_fill(filled, average, row.filled_quantity, row.average_price)
+        holding = None
+        if unbooked is not None:
+            delta, price = unbooked
+            held = lock_holding(connection, row.account, row.symbol)
+            holding = apply_fill(held, signed(Side(row.side), delta), price).holding
+        connection.execute(
+            _WRITE_ORDER,
+            {
+                "execution_id": claim.execution_id,
+                "order_id": order.id,
+                "filled": filled,
+                "average": average,
+                "new_status": settlement.status.value,
+                "now": now,
+                "posted": int(posted),
+                "book": holding is not None,
+                "of_account": row.account,
+                "of_symbol": row.symbol,
+                "position_quantity": None if holding is None else holding.quantity,
+                "position_average": None if holding is None else holding.average_price,
+            },
+        )
+        log_broker_order(row.side, row.quantity, row.symbol, claim.execution_id, order)
+        uow.commit()
+    received = row.first_received if row.submitted_at is None else None
+    return SubmitResult(
+        SubmitOutcome.WORKING if settlement.status is ExecutionStatus.SUBMITTED else SubmitOutcome.SETTLED,
+        submitted_wait=None if received is None else now - received,
+    )
 
 
 def _apply(

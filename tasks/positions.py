@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,28 @@ def lock_position(session: Session, account: str, symbol: str) -> Position:
     return position
 
 
+def lock_holding(connection: Connection, account: str, symbol: str) -> Holding:
+    """``lock_position`` for a Core caller: the position's quantity and average, row locked."""
+    key = {"of_account": account, "of_symbol": symbol}
+    row = connection.execute(_LOCK_HOLDING, key).one_or_none()
+    if row is None:  # the symbol's first fill in this account: one round trip more, once
+        connection.execute(
+            insert(Position)
+            .values(account=account, symbol=symbol)
+            .on_conflict_do_nothing(index_elements=["account", "symbol"])
+        )
+        row = connection.execute(_LOCK_HOLDING, key).one()
+    return Holding(row.quantity, row.average_price)
+
+
+_LOCK_HOLDING = (
+    select(Position.quantity, Position.average_price)
+    .where(
+        Position.account == bindparam("of_account", type_=Position.account.type),
+        Position.symbol == bindparam("of_symbol", type_=Position.symbol.type),
+    )
+    .with_for_update()
+)
 _LOCK_POSITION = (
     select(Position)
     .where(
@@ -75,13 +97,24 @@ def pnl_reason(execution: Execution) -> str:
     return "sale" if execution.source == "sell" else execution.source
 
 
+def unbooked_fill(
+    filled: Decimal, average: Decimal | None, booked: Decimal, booked_average: Decimal | None
+) -> tuple[Decimal, Decimal] | None:
+    """The part of a cumulative fill (``filled`` at ``average``) not booked yet (``booked`` at
+    ``booked_average``): its shares and their price; None when there is none."""
+    delta = filled - booked
+    if delta <= 0 or average is None:
+        return None
+    booked_value = (booked_average or ZERO) * booked
+    return delta, ((average * filled - booked_value) / delta).quantize(PRICE_SCALE, rounding=ROUND_HALF_EVEN)
+
+
 def book_fill(session: Session, execution: Execution, filled: Decimal, average: Decimal | None, now: datetime) -> None:
     """Apply the part of ``filled`` not booked yet (the broker reports cumulative fills)."""
-    delta = filled - execution.filled_quantity
-    if delta <= 0 or average is None:
+    unbooked = unbooked_fill(filled, average, execution.filled_quantity, execution.average_price)
+    if unbooked is None:
         return
-    booked_value = (execution.average_price or ZERO) * execution.filled_quantity
-    price = ((average * filled - booked_value) / delta).quantize(PRICE_SCALE, rounding=ROUND_HALF_EVEN)
+    delta, price = unbooked
     position = lock_position(session, execution.account, execution.symbol)
     entry_price = position.average_price
     effect = apply_fill(Holding(position.quantity, entry_price), signed(Side(execution.side), delta), price)

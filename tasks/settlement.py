@@ -190,16 +190,7 @@ def record_broker_order(
     execution.updated_at = now
     execution.last_error = None
     execution.unknown_outcomes = 0
-    log.info(
-        "%s %s %s: broker order %s is %s, filled %s",
-        execution.side,
-        execution.quantity,
-        execution.symbol,
-        order.id,
-        order.status,
-        order.filled_quantity,
-        extra={"symbol": execution.symbol, "execution_id": str(execution.id)},
-    )
+    log_broker_order(execution.side, execution.quantity, execution.symbol, execution.id, order)
     if settlement.status is ExecutionStatus.SUBMITTED:
         return SubmitResult(SubmitOutcome.WORKING, submitted_wait=wait)
     reason = f"{settlement.status.value} by broker (order {order.id}, status {order.status})"
@@ -207,6 +198,19 @@ def record_broker_order(
         SubmitOutcome.SETTLED,
         _after_settlement(session, execution, settlement.unfilled, reason, config, now, read_along),
         submitted_wait=wait,
+    )
+
+
+def log_broker_order(side: str, quantity: Decimal, symbol: str, execution_id: uuid.UUID, order: BrokerOrder) -> None:
+    log.info(
+        "%s %s %s: broker order %s is %s, filled %s",
+        side,
+        quantity,
+        symbol,
+        order.id,
+        order.status,
+        order.filled_quantity,
+        extra={"symbol": symbol, "execution_id": str(execution_id)},
     )
 
 
