@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TypeVar
 
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -21,48 +23,48 @@ def lock_position(session: Session, account: str, symbol: str) -> Position:
     Row lock: fills, sales and exits of one account's symbol change the book one at a time.
     Pending changes of the caller's other rows are not flushed for it: a position's lock does
     not depend on them, and they go out with the commit, one statement a row."""
-    key = {"account": account, "symbol": symbol}
+    key = {"of_account": account, "of_symbol": symbol}
     with session.no_autoflush:
-        position = session.scalars(_LOCK_POSITION, key).one_or_none()
-        if position is None:  # the symbol's first fill in this account: one round trip more, once
-            session.execute(
-                insert(Position)
-                .values(account=account, symbol=symbol)
-                .on_conflict_do_nothing(index_elements=["account", "symbol"])
-            )
-            position = session.scalars(_LOCK_POSITION, key).one()
-    return position
+        return _lock_or_create(
+            lambda: session.scalars(_LOCK_POSITION, key).one_or_none(),
+            lambda: session.execute(_CREATE_POSITION, key),
+        )
 
 
 def lock_holding(connection: Connection, account: str, symbol: str) -> Holding:
     """``lock_position`` for a Core caller: the position's quantity and average, row locked."""
     key = {"of_account": account, "of_symbol": symbol}
-    row = connection.execute(_LOCK_HOLDING, key).one_or_none()
-    if row is None:  # the symbol's first fill in this account: one round trip more, once
-        connection.execute(
-            insert(Position)
-            .values(account=account, symbol=symbol)
-            .on_conflict_do_nothing(index_elements=["account", "symbol"])
-        )
-        row = connection.execute(_LOCK_HOLDING, key).one()
+    row = _lock_or_create(
+        lambda: connection.execute(_LOCK_HOLDING, key).one_or_none(),
+        lambda: connection.execute(_CREATE_POSITION, key),
+    )
     return Holding(row.quantity, row.average_price)
 
 
-_LOCK_HOLDING = (
-    select(Position.quantity, Position.average_price)
-    .where(
-        Position.account == bindparam("of_account", type_=Position.account.type),
-        Position.symbol == bindparam("of_symbol", type_=Position.symbol.type),
-    )
-    .with_for_update()
+def _lock_or_create(lock: Callable[[], _Locked | None], create: Callable[[], object]) -> _Locked:
+    found = lock()
+    if found is None:  # the symbol's first fill in this account: one round trip more, once
+        create()
+        found = lock()
+        if found is None:
+            raise LookupError("a position created under its own lock could not be read back")
+    return found
+
+
+_Locked = TypeVar("_Locked")
+_THE_POSITION = (
+    Position.account == bindparam("of_account", type_=Position.account.type),
+    Position.symbol == bindparam("of_symbol", type_=Position.symbol.type),
 )
-_LOCK_POSITION = (
-    select(Position)
-    .where(
-        Position.account == bindparam("account", type_=Position.account.type),
-        Position.symbol == bindparam("symbol", type_=Position.symbol.type),
+_LOCK_POSITION = select(Position).where(*_THE_POSITION).with_for_update()
+_LOCK_HOLDING = select(Position.quantity, Position.average_price).where(*_THE_POSITION).with_for_update()
+_CREATE_POSITION = (
+    insert(Position)
+    .values(
+        account=bindparam("of_account", type_=Position.account.type),
+        symbol=bindparam("of_symbol", type_=Position.symbol.type),
     )
-    .with_for_update()
+    .on_conflict_do_nothing(index_elements=["account", "symbol"])
 )
 
 
