@@ -115,6 +115,9 @@ class Claim:
     # are turned away, SYMBOL_BUSY, and wait unqueued), or saw some of the symbol's executions
     # waiting unclaimed for a while: its release wakes them (``_waiting``).
     last_slot: bool = False
+    # When the execution was made: a message for it was sent then, so one sent for any execution
+    # of the symbol before that has been taken off the queue (``_waiting``).
+    made_at: datetime | None = None
 
 
 @dataclass
@@ -149,9 +152,10 @@ def submit_execution(
         return claim
     with _Heartbeat(uow.another(), claim, config, clock):
         call = _call_broker(uow, brokerages(claim.account), claim, config, now, sleep)
-    result = _record(uow, claim, call, config, clock() if clock else now)
+    recorded_at = clock() if clock else now
+    result = _record(uow, claim, call, config, recorded_at)
     if wake is not None and claim.last_slot and result.outcome is not SubmitOutcome.LEASE_LOST:
-        wake(_waiting(uow, claim, config))
+        wake(_waiting(uow, claim, config, recorded_at))
     if isinstance(call.error, UNKNOWN) and result.outcome is not SubmitOutcome.LEASE_LOST:
         raise call.error
     return result
@@ -186,6 +190,7 @@ def claim_execution(
             {
                 "of_symbol": found.symbol,
                 "of_account": found.account,
+                "made_at": found.created_at,
                 "execution_id": execution_id,
                 "now": now,
                 "fresh_after": now - config.balances.max_age,
@@ -198,6 +203,9 @@ def claim_execution(
         if breaker.role is None:
             return SubmitResult(SubmitOutcome.SYMBOL_COOLING, wait_seconds=breaker.wait_seconds)
         if seen.live >= config.calls_per_symbol:
+            # Marked as turned away: the release of the symbol's last slot wakes it (``_waiting``).
+            connection.execute(_TURN_AWAY, {"execution_id": execution_id, "now": now})
+            uow.commit()
             return SubmitResult(SubmitOutcome.SYMBOL_BUSY)
         # Not taken on the usual path: something stood in the way (then the checks below say
         # what), or the execution is claimed or settled (then this finds so again).
@@ -228,6 +236,7 @@ def claim_execution(
         first=row.claims == 1,
         balance_fresh=seen.balance_fresh,
         last_slot=seen.live + 1 >= config.calls_per_symbol or seen.stale_waiting,
+        made_at=found.created_at,
     )
 
 
@@ -262,27 +271,43 @@ def _take_lease(connection: Any, execution_id: uuid.UUID, now: datetime, token: 
     ).one_or_none()
 
 
-def _waiting(uow: UnitOfWork, claim: Claim, config: ExecutionConfig) -> list[uuid.UUID]:
-    """After the release of a claim that took its symbol's last call slot: the oldest executions
-    of the symbol in flight and claimed by nobody, as many as the symbol has slots.
+def _waiting(uow: UnitOfWork, claim: Claim, config: ExecutionConfig, now: datetime) -> list[uuid.UUID]:
+    """After the release of a claim that took its symbol's last call slot, or saw executions of
+    its symbol left waiting: the oldest of those that have no message on its way, as many as the
+    symbol has slots, marked as woken (their wait starts again) in the statement that picks them.
 
-    A claim turned away because the symbol had its limit of calls under way (``SYMBOL_BUSY``)
-    is not retried: its message is done, and the execution waits in its row until a slot frees.
-    It needs no message of its own, because whichever live claim of the symbol was taken last
-    saw every other one live, so it took the last slot and wakes the waiting on its release.
-    That release commits before this read, and the turned-away execution was committed before
-    it was turned away, so this read sees it. Some of those returned have a message of their
-    own already (queued, or a retry's countdown): they get a second one, which finds the claim
-    taken or the order recorded. A release the worker never reaches (killed) leaves them to the
-    sweep of stale pending executions and to the rescue of a dead pool."""
+    Two kinds wait with no message:
+    - Turned away (``SYMBOL_BUSY``, marked ``waiting_since``): the symbol had its limit of calls
+      under way. Its message is done, and it is not retried: whichever live claim of the symbol
+      was taken last saw every other one live, so it took the last slot and wakes the waiting on
+      its release. The turn-away commits under the symbol's claim lock, and this read comes after
+      taking that lock, so it sees every execution turned away by the claims it saw.
+    - Left (its message lost with a dead node, beyond what the node's rescue re-sent): unclaimed
+      for over ``WAITING_AFTER_SECONDS`` since its last message, which was sent before the
+      claimed execution was made. The queue hands messages out in order, so that message has been
+      taken off it, and yet nothing claimed the execution.
+    An execution whose message is still queued behind a backlog is neither, so a backlog is not
+    sent twice (each claim waking the same oldest executions again fed the backlog it came from).
+    A release the worker never reaches (killed) leaves them to the sweep of stale pending
+    executions and to the rescue of a dead pool."""
     try:
         with uow:
-            return list(
-                uow.session.scalars(
-                    _WAITING,
-                    {"symbol": claim.symbol, "execution_id": claim.execution_id, "limit": config.calls_per_symbol},
+            connection = uow.session.connection()
+            connection.execute(_LOCK_SYMBOL, {"of_symbol": claim.symbol})
+            woken = list(
+                connection.scalars(
+                    _WAKE_WAITING,
+                    {
+                        "of_symbol": claim.symbol,
+                        "execution_id": claim.execution_id,
+                        "limit": config.calls_per_symbol,
+                        "now": now,
+                        "left_before": min(now - timedelta(seconds=WAITING_AFTER_SECONDS), claim.made_at or now),
+                    },
                 )
             )
+            uow.commit()
+            return woken
     except Exception as exc:  # the order is recorded; the waiting ones are the sweep's
         log.warning("executions of %s waiting for a call slot not woken (the sweep sends them): %s", claim.symbol, exc)
         return []
@@ -294,18 +319,21 @@ def _claim_context(
     execution_id: ColumnElement[uuid.UUID],
     now: ColumnElement[datetime],
     fresh_after: ColumnElement[datetime],
+    made_at: ColumnElement[datetime],
 ) -> Select[Any]:
     live = select(func.count()).where(
         Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
     )
-    # Executions of the symbol in flight, claimed by nobody, untouched for a while: turned away,
-    # or left by a dead execution node beyond what its rescue re-sent (tasks.sweeps).
+    # Executions of the symbol in flight, claimed by nobody, untouched for a while, whose last
+    # message went out before this execution was made (so it has left the queue): left by a dead
+    # execution node beyond what its rescue re-sent (tasks.sweeps), or turned away long ago.
     stale_waiting = exists().where(
         Execution.symbol == symbol,
         Execution.status.in_(IN_FLIGHT),
         Execution.claimed_by.is_(None),
         Execution.id != execution_id,
         Execution.updated_at < now - timedelta(seconds=WAITING_AFTER_SECONDS),
+        Execution.updated_at < made_at,
     )
     return with_health(
         select(
@@ -337,7 +365,10 @@ def _symbol_lock_key(symbol: SQLColumnExpression[str]) -> ColumnElement[int]:
 _EXECUTION_ID = bindparam("execution_id", type_=Execution.id.type)
 _NOW = bindparam("now", type_=Execution.claimed_until.type)
 _FIND_AND_LOCK = select(
-    Execution.symbol, Execution.account, func.pg_advisory_xact_lock(_symbol_lock_key(Execution.symbol))
+    Execution.symbol,
+    Execution.account,
+    Execution.created_at,
+    func.pg_advisory_xact_lock(_symbol_lock_key(Execution.symbol)),
 ).where(Execution.id == _EXECUTION_ID)
 # Parameters named after no column of executions: an UPDATE's parameters that match a column
 # name would be set on it.
@@ -348,6 +379,7 @@ _CLAIM_CONTEXT = _claim_context(
     _EXECUTION_ID,
     _NOW,
     bindparam("fresh_after", type_=Balance.fetched_at.type),
+    bindparam("made_at", type_=Execution.created_at.type),
 ).cte("context")
 _LOCK_TO_RECORD = (
     select(Execution, first_received_of(Execution.id), backoff_of(Execution.symbol))
@@ -408,19 +440,44 @@ _WRITE_ORDER = (
     )
     .add_cte(_MOVE_POSITION)
 )
+_LOCK_SYMBOL = select(func.pg_advisory_xact_lock(_symbol_lock_key(_SYMBOL)))
+_TURN_AWAY = (
+    update(Execution)
+    .where(
+        Execution.id == _EXECUTION_ID,
+        Execution.status.in_(IN_FLIGHT),
+        or_(Execution.claimed_until.is_(None), Execution.claimed_until <= _NOW),
+    )
+    .values(waiting_since=func.coalesce(Execution.waiting_since, _NOW))
+)
 _WAITING = (
     select(Execution.id)
     .where(
-        Execution.symbol == bindparam("symbol", type_=Execution.symbol.type),
+        Execution.symbol == _SYMBOL,
         Execution.status.in_(IN_FLIGHT),
         Execution.claimed_by.is_(None),
         Execution.id != _EXECUTION_ID,
+        or_(
+            Execution.waiting_since.is_not(None),
+            Execution.updated_at < bindparam("left_before", type_=Execution.updated_at.type),
+        ),
         # A paused account's orders wait for its probe time (the sweep sends them then).
         ~exists().where(AccountPause.account == Execution.account),
     )
     .order_by(Execution.seq)
     .limit(bindparam("limit"))
+    # One being changed right now (claimed, settled) is not waiting.
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
 )
+_WOKEN = (
+    update(Execution)
+    .where(Execution.id.in_(_WAITING))
+    .values(waiting_since=None, updated_at=_NOW)
+    .returning(Execution.id, Execution.seq)
+    .cte("woken")
+)
+_WAKE_WAITING = select(_WOKEN.c.id).order_by(_WOKEN.c.seq)
 _TAKE_LEASE = (
     update(Execution)
     .where(
@@ -432,6 +489,7 @@ _TAKE_LEASE = (
         claimed_by=bindparam("token", type_=Execution.claimed_by.type),
         claimed_until=bindparam("until", type_=Execution.claimed_until.type),
         claims=Execution.claims + 1,
+        waiting_since=None,
     )
     .returning(
         Execution.symbol,

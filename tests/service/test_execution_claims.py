@@ -187,12 +187,13 @@ def test_a_symbol_gets_its_limit_of_calls_and_its_other_executions_wait(uow: Uni
 def test_only_the_claim_that_took_the_last_slot_wakes_and_it_wakes_up_to_the_limit(
     uow: UnitOfWork, clean_database: str
 ) -> None:
-    """Three executions of a symbol with two call slots: the first claim (a slot left over) wakes
-    nobody; the second, which took the last slot, wakes the oldest waiting after its release,
-    however the broker answered, and only executions claimed by nobody."""
-    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(4)])
+    """A symbol with two call slots: the first claim (a slot left over) wakes nobody; the second,
+    which took the last slot, wakes the oldest of those turned away meanwhile after its release,
+    however the broker answered, and no more than the symbol has slots. An execution whose
+    message is still on its way (never turned away) gets no second one."""
+    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(6)])
     config = AccumulationConfig(D(1), 1, frozenset())
-    ids = [accumulate_symbol(uow, "AAPL", config, NOW).executions[0] for _ in range(4)]
+    ids = [accumulate_symbol(uow, "AAPL", config, NOW).executions[0] for _ in range(6)]
     two_calls = ExecutionConfig(D(1), 30, 3, calls_per_symbol=2, claim_lease_seconds=60)
     brokers = {"w1": HangingBrokerage(), "w2": HangingBrokerage()}
     brokers["w2"].timeout_after_accept = 1  # w2's answer says nothing: a release all the same
@@ -216,15 +217,20 @@ def test_only_the_claim_that_took_the_last_slot_wakes_and_it_wakes_up_to_the_lim
     threads.append(threading.Thread(target=submit, args=("w2", ids[1])))
     threads[1].start()
     wait_for_entered(brokers["w2"], 1)  # w2 took the symbol's last slot
-    turned_away = submit_execution(
-        uow_for(clean_database), lambda _a: brokers["w1"], ids[2], two_calls, NOW, worker="w3"
-    )
-    assert turned_away.outcome is SubmitOutcome.SYMBOL_BUSY
+    for execution_id in ids[2:5]:
+        turned_away = submit_execution(
+            uow_for(clean_database), lambda _a: brokers["w1"], execution_id, two_calls, NOW, worker="w3"
+        )
+        assert turned_away.outcome is SubmitOutcome.SYMBOL_BUSY
     for worker, thread in zip(brokers, threads, strict=True):
         brokers[worker].release.set()
         thread.join(30)
     assert said_nothing == ["w2"]
-    assert woken["w1"] == [] and woken["w2"] == [[ids[2], ids[3]]]
+    assert woken["w1"] == [] and woken["w2"] == [[ids[2], ids[3]]]  # ids[5]'s message is on its way
+    # Woken, no longer marked; the one past the limit still is, for the next release to wake.
+    with uow:
+        marked = uow.session.scalars(select(Execution.id).where(Execution.waiting_since.is_not(None))).all()
+    assert marked == [ids[4]]
 
 
 def wait_for_entered(broker: HangingBrokerage, calls: int) -> None:
@@ -285,6 +291,14 @@ def test_a_claim_that_sees_executions_of_its_symbol_waiting_a_while_wakes_them(
     result = submit_execution(uow, lambda _a: FakeBrokerage(), fresh, ten_slots, later, worker="w1", wake=woken.append)
     assert result.outcome is SubmitOutcome.SETTLED
     assert woken == [left[:10]]
+    # Woken: their wait starts again, so the next claim of the symbol does not send them twice.
+    store_trades(uow, [IncomingTrade("t3", "AAPL", Side.BUY, D("1.5"), D("100"), later)])
+    next_one = accumulate_symbol(uow, "AAPL", config, later + timedelta(seconds=0.5)).executions[0]
+    submit_execution(
+        uow, lambda _a: FakeBrokerage(), next_one, ten_slots, later + timedelta(seconds=0.5), worker="w1",
+        wake=woken.append,
+    )  # fmt: skip
+    assert woken == [left[:10]]
     # Young ones (their messages are on their way) wake nobody: no extra round trip, no extra message.
     store_trades(uow, [IncomingTrade("t9", "MSFT", Side.BUY, D("1.5"), D("100"), later)])
     queued = [accumulate_symbol(uow, "MSFT", config, later).executions[0]]
@@ -292,6 +306,26 @@ def test_a_claim_that_sees_executions_of_its_symbol_waiting_a_while_wakes_them(
     young = accumulate_symbol(uow, "MSFT", config, later).executions[0]
     submit_execution(uow, lambda _a: FakeBrokerage(), young, ten_slots, later, worker="w1", wake=woken.append)
     assert woken == [left[:10]] and queued
+
+
+def test_a_backlog_is_not_woken_twice(uow: UnitOfWork) -> None:
+    """Executions queued behind a backlog for seconds wait unclaimed, but their messages are on
+    their way: the claim of an older one (its message came first) wakes none of them, even with
+    the symbol's last slot taken. An older one left unclaimed behind a younger one's claim has
+    lost its message: that one is woken."""
+    config = AccumulationConfig(D(1), 1, frozenset())
+    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(4)])
+    backlog = [
+        accumulate_symbol(uow, "AAPL", config, NOW + timedelta(milliseconds=100 * n)).executions[0] for n in range(4)
+    ]
+    one_slot = ExecutionConfig(D(1), 30, 3, calls_per_symbol=1)  # every claim takes the last slot
+    later = NOW + timedelta(seconds=5)
+    woken: list[list[uuid.UUID]] = []
+    submit_execution(uow, lambda _a: FakeBrokerage(), backlog[1], one_slot, later, worker="w1", wake=woken.append)
+    assert woken == [[backlog[0]]]  # made before backlog[1], its message was taken first
+    woken.clear()
+    submit_execution(uow, lambda _a: FakeBrokerage(), backlog[0], one_slot, later, worker="w1", wake=woken.append)
+    assert woken == [[]]  # backlog[2] and [3] were made after it: their messages are queued
 
 
 def test_a_claim_off_the_usual_path_takes_the_lease_once(uow: UnitOfWork) -> None:
