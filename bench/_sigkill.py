@@ -22,6 +22,7 @@ from tests.support.alpaca_stub import AlpacaStub
 from tests.support.chaos import restart
 from tests.support.feed import post_trades, trade_json
 from tests.support.fleet import DustpanProcess, Fleet, wait_for
+from workers import worker_pools
 
 KILL_CYCLE = ("whole worker", "execution node", "prefork pool child", "execution node")
 IN_FLIGHT_OR_WAITING = (
@@ -31,8 +32,7 @@ IN_FLIGHT_OR_WAITING = (
 
 
 def execution_node(worker: DustpanProcess) -> psutil.Process | None:
-    found = [p for p in worker.children() if "execution" in " ".join(p.cmdline())]
-    return found[0] if found else None
+    return worker_pools.execution_node(worker.children())
 
 
 def pool_children(worker: DustpanProcess) -> list[psutil.Process]:
@@ -41,7 +41,7 @@ def pool_children(worker: DustpanProcess) -> list[psutil.Process]:
         children = psutil.Process(worker.pid).children()
     except psutil.NoSuchProcess:
         return []
-    return [p for p in children if "execution" not in " ".join(p.cmdline())]
+    return [p for p in children if worker_pools.IO_QUEUES not in p.cmdline()]
 
 
 def sigkill(processes: list[psutil.Process]) -> None:

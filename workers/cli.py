@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import logging
 import os
 import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from workers import cli_books, cli_cleanup, cli_dust, cli_errors, cli_ops
 from workers.settings import Settings, get_settings, read_settings
@@ -248,7 +250,12 @@ def _start_logging() -> Settings:
 
 
 def _run_worker(
-    queues: str | None, concurrency: int, name: str | None, pool: str, io_concurrency: int, kept: bool = False
+    queues: str | None,
+    concurrency: int,
+    name: str | None,
+    pool: str,
+    io_concurrency: int,
+    kept: bool = False,
 ) -> None:
     _require_services()
     settings = _start_logging()
@@ -259,7 +266,10 @@ def _run_worker(
     from celery.signals import worker_shutdown
 
     from workers.celery_app import app
-    from workers.worker_pools import FAST_QUEUES, IO_QUEUES, IoPoolKeeper, pool_for
+    from workers.worker_pools import FAST_QUEUES, IO_QUEUES, STANDBY_ENV, IoPoolKeeper, pool_for
+
+    if os.environ.pop(STANDBY_ENV, None) and not _stand_by(app):
+        return
 
     node = name or f"worker-{os.getpid()}@{socket.gethostname()}"
     if queues is None:  # the two pools: this node on ingestion,ops, a threads node on execution
@@ -294,17 +304,51 @@ def _run_worker(
         sweep = WorkerSweep(app.dependencies, settings.schedule.sweep_seconds)
         worker_shutdown.connect(lambda **_: sweep.stop(), weak=False)
         sweep.start()
-    # JSON logs: --quiet drops the start-up banner Celery prints to stdout, so every line is JSON.
-    # Task events stay on (celeryconfig): Flower needs them.
-    quiet = ["--quiet"] if settings.log_format == "json" else []
-    level = f"--loglevel={settings.log_level}"
-    # No gossip, no mingle: dustpan revokes nothing, and mingle's neighbour sync costs every
-    # node a second at start, which a restarted worker's queued orders waited for.
-    options = [
-        "-Q", queues, "-c", str(concurrency), "-P", pool_for(queues, pool), "-n", node,
-        "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
-    app.worker_main([*quiet, "worker", level, *options])
+    from celery import concurrency as pools
+    from celery.utils.log import mlevel
+    from celery.utils.nodenames import default_nodename, host_format
+
+    # What `celery worker` does with its options, without its command line: that imports every
+    # Celery command and their plugins (click-repl, prompt_toolkit, Flower's), over a second of
+    # CPU at each start, which a restarted node's orders waited for.
+    worker = app.Worker(
+        hostname=host_format(default_nodename(node)),  # as `-n` is read
+        pool_cls=pools.get_implementation(pool_for(queues, pool)),
+        concurrency=concurrency,
+        queues=queues.split(","),
+        loglevel=mlevel(settings.log_level.upper()),
+        # JSON logs: no start-up banner on stdout, so every line is JSON. Task events stay on
+        # (celeryconfig): Flower needs them.
+        quiet=settings.log_format == "json",
+        # No gossip, no mingle: dustpan revokes nothing, and mingle's neighbour sync costs every
+        # node a second at start, which a restarted worker's queued orders waited for.
+        without_gossip=True,
+        without_mingle=True,
+    )
+    worker.start()
+    raise SystemExit(worker.exitcode)
+
+
+# The modules an execution node's start imports besides the app's own.
+NODE_MODULES = ("celery.apps.worker", "celery.worker", "celery.concurrency.thread", "kombu.transport.redis")
+
+
+def _stand_by(app: Any) -> bool:
+    """A keeper's standby execution node: everything a node imports, imported now; then wait for
+    the keeper's word on stdin (``workers.worker_pools.GO``). False: the keeper is gone."""
+    import importlib
+
+    from workers.worker_pools import GO
+
+    for module in NODE_MODULES:
+        importlib.import_module(module)
+    app.loader.import_default_modules()
+    log = logging.getLogger("workers.worker_pools")
+    log.info("execution pool standby ready (pid %d): it takes over when the execution pool dies", os.getpid())
+    if sys.stdin.buffer.readline() != GO:
+        return False
+    log.info("execution pool standby (pid %d) taking over", os.getpid())
+    return True
 
 
 def _run_beat(data_dir: Path) -> None:

@@ -22,6 +22,15 @@ itself when it starts, before its child boots (seconds on a busy machine), so th
 worker held when it was killed go out as soon as its replacement reaches the database; its
 child, told so (``--kept``), does not repeat it, nor after a death the keeper rescued.
 
+A node started cold spends over a second of CPU importing Celery, SQLAlchemy and dustpan before
+it takes a message (8 s measured on a saturated 2-core machine, while the surviving node carried
+every order). So the keeper keeps a standby beside it (``STANDBY_ENV``): started a few seconds
+after the node, it imports everything a node needs and waits on a pipe. When the node dies, the
+standby is told to go on: it only has to connect and start its threads, and the keeper starts
+the next standby. The standby takes nothing off a queue until then; it costs the memory of one
+idle process. A standby that died is not used (a cold start instead). ``ps`` shows the two with
+the same command line; the standby is the younger (``execution_node``).
+
 A rescue thread lives in the process that forks the prefork pool's children (a child that dies
 or reaches its task limit is replaced by a fork): a fork waits until no pass is under way, so
 that no child inherits a lock a pass held (``workers.fork_guard``, as ``workers.worker_sweep``).
@@ -32,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -40,12 +50,20 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import psutil
+
 from workers.fork_guard import ForkGuard
 
 log = logging.getLogger(__name__)
 FAST_QUEUES = "ingestion,ops"
 IO_QUEUES = "execution"
 IO_POOL_KEPT = "--kept"  # the worker option a keeper gives its child: the keeper does the rescues
+# ...and in the environment of its standby: import, then wait for GO on stdin. Not an option:
+# the command line of a standby that took over would still say so. Outside DUSTPAN_ (settings).
+STANDBY_ENV = "_DUSTPAN_IO_STANDBY"
+GO = b"go\n"
+# The standby starts this long after its node (their imports would compete for the CPU).
+STANDBY_AFTER_SECONDS = 3
 # A node that dies within this long of its start waits RESTART_DELAY_SECONDS before the next
 # (a crash loop must not spin); one that ran longer is started again at once: its orders wait
 # for the surviving nodes meanwhile, and a start costs seconds on a loaded machine.
@@ -71,6 +89,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def restart_delay(ran_seconds: float) -> int:  # float-ok: a duration
     """Seconds before a dead execution node is started again, given how long it ran."""
     return 0 if ran_seconds >= STEADY_AFTER_SECONDS else RESTART_DELAY_SECONDS
+
+
+def execution_node(children: list[psutil.Process]) -> psutil.Process | None:
+    """Of a worker's child processes, its execution node at work: the standby, when there is
+    one, has the same command line, and is younger (started after the node it stands by for)."""
+    nodes = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            if IO_QUEUES in child.cmdline():
+                nodes.append((child.create_time(), child))
+    return min(nodes, key=lambda node: node[0])[1] if nodes else None
 
 
 def node_claimant(node: str, pid: int) -> str:
@@ -106,6 +135,8 @@ class IoPoolKeeper:
         ]  # fmt: skip
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
+        self._standby: subprocess.Popen[bytes] | None = None
+        self._spawning = threading.Lock()  # a child is not started once stop() has begun
         self._thread = threading.Thread(target=self._keep, name="io-pool-keeper", daemon=True)
         self._rescue, self._rescue_seconds = rescue, rescue_seconds
         self._node, self._release = node, release
@@ -117,8 +148,16 @@ class IoPoolKeeper:
     def _keep(self) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
-            self._process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
-            code = self._process.wait()
+            with self._spawning:  # stop() sees every child started
+                if self._stopping.is_set():
+                    return
+                process = self._process = self._promote() or self._spawn(self.command)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STANDBY_AFTER_SECONDS)  # the node's start first, then the standby's
+            with self._spawning:
+                if process.poll() is None and not self._stopping.is_set():
+                    self._standby = self._spawn(self.command, standby=True)
+            code = process.wait()
             if self._stopping.is_set():
                 return
             delay = restart_delay(time.monotonic() - started)
@@ -126,6 +165,30 @@ class IoPoolKeeper:
             self._release_claims(self._process.pid)
             self._start_rescue()
             self._stopping.wait(delay)
+
+    @staticmethod
+    def _spawn(command: list[str], standby: bool = False) -> subprocess.Popen[bytes]:
+        if not standby:
+            return subprocess.Popen(command, preexec_fn=_die_with_parent)
+        environment = {**os.environ, STANDBY_ENV: "1"}
+        return subprocess.Popen(command, stdin=subprocess.PIPE, env=environment, preexec_fn=_die_with_parent)
+
+    def _promote(self) -> subprocess.Popen[bytes] | None:
+        """The standby, told to go on; None if there is none alive (then a cold start)."""
+        standby, self._standby = self._standby, None
+        if standby is None or standby.stdin is None:
+            return None
+        try:
+            if standby.poll() is not None:
+                raise OSError(f"it exited (status {standby.returncode})")
+            standby.stdin.write(GO)
+            standby.stdin.close()
+        except OSError as exc:
+            log.warning("the execution pool's standby cannot take over (%s); starting a new node", exc)
+            _end(standby)
+            return None
+        log.info("the execution pool's standby (pid %d) takes over", standby.pid)
+        return standby
 
     def _release_claims(self, pid: int) -> None:
         if self._release is None:
@@ -143,16 +206,26 @@ class IoPoolKeeper:
             start_rescue(self._rescue, self._rescue_seconds, self._stopping)
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._spawning:
+            self._stopping.set()
+        standby = self._standby
+        if standby is not None:
+            _end(standby, 5)  # it holds no task
         process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()  # Celery's warm shutdown: tasks under way finish, the rest go back
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            _end(process, 20)  # Celery's warm shutdown: tasks under way finish, the rest go back
+
+
+def _end(process: subprocess.Popen[bytes], grace: float = 0) -> None:  # float-ok: a duration
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaped either way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def start_rescue(

@@ -15,6 +15,7 @@ from tests.integration.conftest import WEBHOOK_SECRET, Books, alpaca_fleet_env
 from tests.support.alpaca_stub import AlpacaStub
 from tests.support.feed import post_trades
 from tests.support.fleet import Fleet, wait_for
+from workers.worker_pools import execution_node
 
 SICK = ["SICK1", "SICK2", "SICK3"]  # more hanging symbols than the prefork pool has processes
 
@@ -99,7 +100,10 @@ def test_execution_pool_killed_mid_call_is_replaced_and_its_work_finished(
         send(fleet, symbol, 1)
     wait_for(lambda: sum(stub.held_posts.values()) == len(SICK), 30, "every sick symbol's order POST to hang")
     [worker] = fleet.workers
-    [io_pool] = [p for p in worker.children() if "execution" in " ".join(p.cmdline())]
+    # Its keeper has a standby ready (imported, waiting): the standby takes over.
+    wait_for(lambda: "execution pool standby ready" in worker.log_path.read_text(errors="replace"), 60, "a standby")
+    io_pool = execution_node(worker.children())
+    assert io_pool is not None
     # The pool dies with three calls under way: killed, or crashed in native code.
     io_pool.send_signal(getattr(signal, signal_name))
     killed = time.monotonic()
@@ -108,12 +112,14 @@ def test_execution_pool_killed_mid_call_is_replaced_and_its_work_finished(
     wait_for(books.drained, 60, "the replacement pool to find the orders and record them")
     recovered = time.monotonic() - killed
     print(f"\nexecution pool {signal_name}ed mid-call: its 3 executions recorded {recovered:.1f} s later")
-    assert [p for p in worker.children() if "execution" in " ".join(p.cmdline()) and p.is_running()]
+    replacement = execution_node(worker.children())
+    assert replacement is not None and replacement.is_running() and replacement.pid != io_pool.pid
     assert books.rows("SELECT DISTINCT status FROM executions") == [("filled",)]
     assert max(stub.posts_per_client_order_id.values()) == 1  # looked up, never re-sent
     log = worker.log_path.read_text(errors="replace")
     # Its keeper let go of its three claims at once (no wait for their leases to lapse).
     assert f"execution pool exited (status -{getattr(signal, signal_name).value})" in log
     assert "released 3 claim(s) of the dead execution pool" in log
+    assert "the execution pool's standby (pid" in log and "takes over" in log
     if signal_name == "SIGSEGV":  # a crash leaves every thread's Python stack in the log
         assert "Fatal Python error: Segmentation fault" in log and "Thread 0x" in log

@@ -23,6 +23,7 @@ import psutil
 from tests.support.feed import make_trades, post_trades
 from tests.support.fleet import DustpanProcess, Fleet, wait_for
 from workers.embedded import EmbeddedPostgres, EmbeddedRedis
+from workers.worker_pools import execution_node
 
 FAULT_KINDS = (
     "worker child SIGKILL",
@@ -195,10 +196,10 @@ class FaultInjector:
                 self.counts[kind] += 1
         elif kind == "execution pool SIGKILL":  # its worker's keeper starts it again
             worker = self.rng.choice(self.fleet.workers)
-            nodes = [child for child in worker.children() if "execution" in _cmdline(child)]
-            if nodes:
+            node = execution_node(worker.children())
+            if node is not None:
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    nodes[0].kill()
+                    node.kill()
                     self.counts[kind] += 1
         elif kind == "worker SIGKILL":
             worker = self.rng.choice(self.fleet.workers)
@@ -230,13 +231,6 @@ class FaultInjector:
                 continue
             self.counts[f"{process.name} exited by itself, restarted"] += 1
             restart(process)
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:  # gone meanwhile
-        return []
 
 
 def restart(process: DustpanProcess) -> None:

@@ -65,3 +65,72 @@ def test_the_keeper_releases_the_claims_of_the_node_that_died_before_it_starts_a
 def test_a_node_claims_under_its_celery_node_name_and_pid() -> None:
     assert node_claimant("io-worker-7@box", 42) == "io-worker-7@box:42"
     assert node_claimant("io-worker1", 42) == "celery@io-worker1:42"  # Celery reads a bare name as the host
+
+
+NODE = """
+import os, sys, time
+log = open({log!r}, "a", buffering=1)
+if os.environ.get({env!r}):
+    log.write(f"standby {{os.getpid()}}\\n")
+    if sys.stdin.buffer.readline() != {go!r}:
+        raise SystemExit(0)
+log.write(f"node {{os.getpid()}}\\n")
+time.sleep(120)
+"""
+
+
+def _lines(log: Path, kind: str, at_least: int) -> list[int]:
+    deadline = time.monotonic() + 60
+    while True:
+        pids = [
+            int(line.split()[1])
+            for line in (log.read_text() if log.exists() else "").splitlines()
+            if line.startswith(kind)
+        ]
+        if len(pids) >= at_least:
+            return pids
+        assert time.monotonic() < deadline, (
+            f"never {at_least} {kind} line(s): {log.read_text() if log.exists() else ''}"
+        )
+        time.sleep(0.02)
+
+
+def _dead(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("standby_dies_first", [False, True], ids=["standby-takes-over", "standby-dead-cold-start"])
+def test_a_standby_takes_over_when_the_node_dies_and_another_stands_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standby_dies_first: bool
+) -> None:
+    import os
+    import signal
+
+    log = tmp_path / "log"
+    monkeypatch.setattr(worker_pools, "STANDBY_AFTER_SECONDS", 0.1)
+    keeper = IoPoolKeeper("io-test", 2)
+    keeper.command = [sys.executable, "-c", NODE.format(log=str(log), env=worker_pools.STANDBY_ENV, go=worker_pools.GO)]
+    keeper.start()
+    try:
+        [node] = _lines(log, "node", 1)
+        [standby] = _lines(log, "standby", 1)  # started after the node, waiting
+        assert not _dead(standby) and _lines(log, "node", 1) == [node]  # it takes no work meanwhile
+        if standby_dies_first:
+            os.kill(standby, signal.SIGKILL)
+            time.sleep(0.2)
+        os.kill(node, signal.SIGKILL)
+        nodes = _lines(log, "node", 2)
+        if standby_dies_first:
+            assert nodes[1] != standby  # a cold start: the dead standby is not used
+        else:
+            assert nodes[1] == standby  # the standby went on, with no new start
+        assert len(_lines(log, "standby", 2)) >= 2  # and the keeper started the next standby
+        children = [*nodes, *_lines(log, "standby", 2)]
+    finally:
+        keeper.stop()
+    assert all(_dead(pid) for pid in children), "stop() left a node or a standby running"
