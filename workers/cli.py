@@ -345,7 +345,10 @@ def _stand_by(app: Any) -> bool:
     app.loader.import_default_modules()
     log = logging.getLogger("workers.worker_pools")
     log.info("execution pool standby ready (pid %d): it takes over when the execution pool dies", os.getpid())
-    if sys.stdin.buffer.readline() != GO:
+    try:
+        if sys.stdin.buffer.readline() != GO:  # end of file: the keeper is gone
+            return False
+    except KeyboardInterrupt:  # Ctrl-C on the worker's terminal reaches its whole process group
         return False
     log.info("execution pool standby (pid %d) taking over", os.getpid())
     return True
