@@ -283,6 +283,7 @@ def _run_worker(
             rescue=lambda already, died_at: rescue_executions(deps, already, died_at),  # type: ignore[arg-type]
             rescue_seconds=deps.config().execution.claim_lease_seconds + 2,
             release=lambda claimant: release_dead_claims(deps, claimant),
+            standby_below_load_percent=settings.execution.standby_below_load_percent,
         )
         worker_shutdown.connect(lambda **_: keeper.stop(), weak=False)
         keeper.start()

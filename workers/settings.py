@@ -79,6 +79,13 @@ class ExecutionSettings(_Section):
     account_pause_seconds: int = Field(
         300, ge=1, le=86400, description="an account the broker refused waits this long before one probe order"
     )
+    standby_below_load_percent: int = Field(
+        100,
+        ge=0,
+        le=100_000,
+        description="a worker starts its execution node's standby only while the 1-minute load average is below"
+        " this percent of the CPU count (its imports would compete with the work); 0: no standby",
+    )
 
 
 class PaperSettings(_Section):

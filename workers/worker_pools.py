@@ -25,8 +25,9 @@ child, told so (``--kept``), does not repeat it, nor after a death the keeper re
 A node started cold spends over a second of CPU importing Celery, SQLAlchemy and dustpan before
 it takes a message (8 s measured on a saturated 2-core machine, while the surviving node carried
 every order). So the keeper keeps a standby beside it (``STANDBY_ENV``): started a few seconds
-after the node, it imports everything a node needs and waits on a pipe. When the node dies, the
-standby is told to go on: it only has to connect and start its threads, and the keeper starts
+after the node, once the machine is calm (``calm``: its imports would compete with the work),
+it imports everything a node needs and waits on a pipe. When the node dies, the standby is
+told to go on: it only has to connect and start its threads, and the keeper starts
 the next standby. The standby takes nothing off a queue until then; it costs the memory of one
 idle process. A standby that died is not used (a cold start instead). ``ps`` shows the two with
 the same command line; the standby is the younger (``execution_node``).
@@ -91,6 +92,11 @@ def restart_delay(ran_seconds: float) -> int:  # float-ok: a duration
     return 0 if ran_seconds >= STEADY_AFTER_SECONDS else RESTART_DELAY_SECONDS
 
 
+def calm(below_load_percent: int) -> bool:
+    """The 1-minute load average is below ``below_load_percent`` of the CPU count."""
+    return os.getloadavg()[0] * 100 < below_load_percent * (os.cpu_count() or 1)
+
+
 def execution_node(children: list[psutil.Process]) -> psutil.Process | None:
     """Of a worker's child processes, its execution node at work: the standby, when there is
     one, has the same command line, and is younger (started after the node it stands by for)."""
@@ -122,12 +128,15 @@ class IoPoolKeeper:
         rescue: Callable[[set[object], datetime], int] | None = None,
         rescue_seconds: float = 5,  # float-ok: a duration: a claim lease and a bit more
         release: Callable[[str], int] | None = None,
+        standby_below_load_percent: int = 100,
     ) -> None:
         """``rescue(already, died_at)`` re-sends the executions whose claims lapsed and those
         unclaimed since ``died_at`` (the ids in ``already`` excepted, and added to it); it runs
         for ``rescue_seconds`` after a death and after the first start. ``release(claimant)``
         lets go of the claims of a node that died (``tasks.execution.claimant``: its node name
-        and pid), before that rescue, so its first pass re-sends them instead of waiting a lease."""
+        and pid), before that rescue, so its first pass re-sends them instead of waiting a lease.
+        The standby is started once the 1-minute load average is below
+        ``standby_below_load_percent`` of the CPU count (0: never)."""
         self.command = [
             sys.executable, "-m", "workers.cli", "worker",
             "--queues", IO_QUEUES, "--pool", "threads", "--concurrency", str(concurrency), "--name", node,
@@ -140,6 +149,7 @@ class IoPoolKeeper:
         self._thread = threading.Thread(target=self._keep, name="io-pool-keeper", daemon=True)
         self._rescue, self._rescue_seconds = rescue, rescue_seconds
         self._node, self._release = node, release
+        self.calm = lambda: calm(standby_below_load_percent)
 
     def start(self) -> None:
         self._start_rescue()  # what the node before this worker's may have held
@@ -152,11 +162,7 @@ class IoPoolKeeper:
                 if self._stopping.is_set():
                     return
                 process = self._process = self._promote() or self._spawn(self.command)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(STANDBY_AFTER_SECONDS)  # the node's start first, then the standby's
-            with self._spawning:
-                if process.poll() is None and not self._stopping.is_set():
-                    self._standby = self._spawn(self.command, standby=True)
+            self._stand_by(process)
             code = process.wait()
             if self._stopping.is_set():
                 return
@@ -165,6 +171,19 @@ class IoPoolKeeper:
             self._release_claims(self._process.pid)
             self._start_rescue()
             self._stopping.wait(delay)
+
+    def _stand_by(self, process: subprocess.Popen[bytes]) -> None:
+        """Start the standby of ``process`` once its start is over and the machine is calm."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STANDBY_AFTER_SECONDS)  # the node's start first, then the standby's
+            if process.poll() is not None:
+                return
+            if self.calm():
+                with self._spawning:
+                    if not self._stopping.is_set():
+                        self._standby = self._spawn(self.command, standby=True)
+                return
 
     @staticmethod
     def _spawn(command: list[str], standby: bool = False) -> subprocess.Popen[bytes]:

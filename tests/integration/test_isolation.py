@@ -35,6 +35,8 @@ def fleet(clean_database: str, broker_url: str, tmp_path: Path, log_dir: Path, s
         tmp_path / "data",
         stub,
         DUSTPAN_ALPACA_TIMEOUT_SECONDS="120",  # the held calls hang longer than the test waits
+        # A standby whatever the load the rest of the suite leaves on this machine.
+        DUSTPAN_EXECUTION__STANDBY_BELOW_LOAD_PERCENT="100000",
     )
     running = Fleet(env, log_dir)
     running.start_api()

@@ -115,6 +115,7 @@ def test_a_standby_takes_over_when_the_node_dies_and_another_stands_by(
     monkeypatch.setattr(worker_pools, "STANDBY_AFTER_SECONDS", 0.1)
     keeper = IoPoolKeeper("io-test", 2)
     keeper.command = [sys.executable, "-c", NODE.format(log=str(log), env=worker_pools.STANDBY_ENV, go=worker_pools.GO)]
+    keeper.calm = lambda: True  # whatever this machine's load
     keeper.start()
     try:
         [node] = _lines(log, "node", 1)
@@ -134,3 +135,27 @@ def test_a_standby_takes_over_when_the_node_dies_and_another_stands_by(
     finally:
         keeper.stop()
     assert all(_dead(pid) for pid in children), "stop() left a node or a standby running"
+
+
+def test_no_standby_is_started_while_the_machine_is_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "log"
+    monkeypatch.setattr(worker_pools, "STANDBY_AFTER_SECONDS", 0.05)
+    keeper = IoPoolKeeper("io-test", 2)
+    keeper.command = [sys.executable, "-c", NODE.format(log=str(log), env=worker_pools.STANDBY_ENV, go=worker_pools.GO)]
+    asked: list[bool] = []
+    keeper.calm = lambda: asked.append(False) or False
+    keeper.start()
+    try:
+        _lines(log, "node", 1)
+        deadline = time.monotonic() + 30
+        while len(asked) < 5:  # asked again and again while the node runs
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert "standby" not in log.read_text()
+    finally:
+        keeper.stop()
+
+
+def test_the_machine_is_calm_below_the_load_given() -> None:
+    assert not worker_pools.calm(0)  # 0: never a standby
+    assert worker_pools.calm(100_000)  # a load average of 1000 per CPU is not this machine's
