@@ -36,6 +36,7 @@ from sqlalchemy import (
     Integer,
     Select,
     SQLColumnExpression,
+    and_,
     bindparam,
     exists,
     func,
@@ -324,16 +325,22 @@ def _claim_context(
     live = select(func.count()).where(
         Execution.symbol == symbol, Execution.claimed_until > now, Execution.id != execution_id
     )
-    # Executions of the symbol in flight, claimed by nobody, untouched for a while, whose last
-    # message went out before this execution was made (so it has left the queue): left by a dead
-    # execution node beyond what its rescue re-sent (tasks.sweeps), or turned away long ago.
+    # Executions of the symbol in flight, claimed by nobody, with no message on its way: marked
+    # waiting (turned away, or beyond what a dead node's rescue re-sent: tasks.sweeps), or
+    # untouched for a while though their last message went out before this execution was made
+    # (so it has left the queue, and nobody claimed them).
     stale_waiting = exists().where(
         Execution.symbol == symbol,
         Execution.status.in_(IN_FLIGHT),
         Execution.claimed_by.is_(None),
         Execution.id != execution_id,
-        Execution.updated_at < now - timedelta(seconds=WAITING_AFTER_SECONDS),
-        Execution.updated_at < made_at,
+        or_(
+            Execution.waiting_since.is_not(None),
+            and_(
+                Execution.updated_at < now - timedelta(seconds=WAITING_AFTER_SECONDS),
+                Execution.updated_at < made_at,
+            ),
+        ),
     )
     return with_health(
         select(

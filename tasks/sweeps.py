@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select, update
 
 from models.db import UnitOfWork
 from models.tables import Accumulator, Execution, SymbolFreeze, Trade
@@ -78,9 +78,9 @@ def find_orphaned_executions(
     queue (prefetched, or waiting out a retry's countdown) without claiming it. Of those, at most
     ``per_symbol`` (the symbol's call slots) of each symbol, oldest first: a symbol whose calls
     hang keeps dozens waiting in their rows, and a message for each would only be turned away
-    (SYMBOL_BUSY) while healthy symbols' orders queue behind them. The ones sent wake the rest
-    of their symbol when their calls end (``tasks.execution``: a claim that sees executions of
-    its symbol waiting a while wakes them on its release). Some of them are still queued
+    (SYMBOL_BUSY) while healthy symbols' orders queue behind them. The rest are marked
+    waiting (``waiting_since``, as if turned away): the claims of the ones sent see them and
+    wake them when their calls end (``tasks.execution._waiting``). Some of them are still queued
     elsewhere, and get a duplicate message that finds the claim taken or the order recorded;
     that is the price of not waiting ``pending_stale_seconds`` for the sweep, paid once per
     death, at most ``RESEND_PER_SWEEP`` oldest first."""
@@ -104,7 +104,20 @@ def find_orphaned_executions(
         .subquery("candidates")
     )
     query = select(candidates.c.id).order_by(candidates.c.updated_at).limit(RESEND_PER_SWEEP)
-    if per_symbol is not None:
-        query = query.where(or_(candidates.c.lapsed, candidates.c.nth <= per_symbol))
+    if per_symbol is None:
+        with uow:
+            return list(uow.session.scalars(query).all())
+    query = query.where(or_(candidates.c.lapsed, candidates.c.nth <= per_symbol))
+    # The rest wait with no message, as if turned away: marked, so that the next claim of their
+    # symbol wakes them (tasks.execution ``_waiting``).
+    rest = select(candidates.c.id).where(~candidates.c.lapsed, candidates.c.nth > per_symbol)
     with uow:
-        return list(uow.session.scalars(query).all())
+        found = list(uow.session.scalars(query).all())
+        uow.session.execute(
+            update(Execution)
+            .where(Execution.id.in_(rest))
+            .values(waiting_since=func.coalesce(Execution.waiting_since, now))
+            .execution_options(synchronize_session=False)
+        )
+        uow.commit()
+        return found

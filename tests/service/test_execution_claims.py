@@ -328,6 +328,25 @@ def test_a_backlog_is_not_woken_twice(uow: UnitOfWork) -> None:
     assert woken == [[]]  # backlog[2] and [3] were made after it: their messages are queued
 
 
+def test_executions_a_rescue_left_waiting_are_woken_by_the_next_claim_of_their_symbol(uow: UnitOfWork) -> None:
+    """A dead node's rescue sends the oldest of a symbol and marks the rest (tasks.sweeps): the
+    claim of one sent wakes them on its release, with call slots to spare and however young."""
+    from tasks.sweeps import find_orphaned_executions
+
+    config = AccumulationConfig(D(1), 1, frozenset())
+    store_trades(uow, [IncomingTrade(f"t{n}", "AAPL", Side.BUY, D("1.5"), D("100"), NOW) for n in range(4)])
+    left = [accumulate_symbol(uow, "AAPL", config, NOW).executions[0] for _ in range(4)]
+    later = NOW + timedelta(seconds=1)
+    sent = find_orphaned_executions(uow, later, died_at=later, per_symbol=1)
+    assert sent == [left[0]]
+    woken: list[list[uuid.UUID]] = []
+    ten_slots = ExecutionConfig(D(1), 30, 3, calls_per_symbol=10)
+    submit_execution(uow, lambda _a: FakeBrokerage(), left[0], ten_slots, later, worker="w1", wake=woken.append)
+    assert woken == [left[1:]]
+    with uow:
+        assert uow.session.scalar(select(Execution.id).where(Execution.waiting_since.is_not(None))) is None
+
+
 def test_a_claim_off_the_usual_path_takes_the_lease_once(uow: UnitOfWork) -> None:
     """The usual claim takes its lease in the statement that reads the context; a paused account
     (its probe due) takes it in a statement of its own after the checks: once either way."""

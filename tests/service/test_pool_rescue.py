@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from models.db import UnitOfWork
 from models.domain.quantities import Side
@@ -65,4 +65,8 @@ def test_a_death_re_sends_at_most_the_symbols_call_slots_of_each_symbol(uow: Uni
     found = find_orphaned_executions(uow, NOW, died_at=DIED, per_symbol=2)
     assert sorted(map(str, found)) == sorted(map(str, [lapsed, sick[0], sick[1], other]))
     assert found[0] == lapsed  # oldest first
+    # The rest of the symbol wait marked, with no message: the claims of the ones sent wake them.
+    with uow:
+        marked = set(uow.session.scalars(select(Execution.id).where(Execution.waiting_since.is_not(None))))
+    assert marked == set(sick[2:])
     assert len(find_orphaned_executions(uow, NOW, died_at=DIED)) == 7  # uncapped: every one
