@@ -128,8 +128,9 @@ class Execution(Base):
     # The worker calling the broker for it, and until when that claim holds (tasks.execution).
     claimed_by: Mapped[str | None]
     claimed_until: Mapped[datetime | None]
-    # Turned away by its symbol's limit of calls under way, with no message left for it: the
-    # release of the symbol's last call slot wakes it (tasks.execution ``_waiting``).
+    # Waiting with no message on its way: turned away by its symbol's limit of calls under way,
+    # or beyond what a dead node's rescue re-sent (tasks.sweeps). The next claim of its symbol
+    # sees it and wakes it when its call ends (tasks.execution ``_waiting``).
     waiting_since: Mapped[datetime | None]
     last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

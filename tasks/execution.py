@@ -278,15 +278,17 @@ def _waiting(uow: UnitOfWork, claim: Claim, config: ExecutionConfig, now: dateti
     symbol has slots, marked as woken (their wait starts again) in the statement that picks them.
 
     Two kinds wait with no message:
-    - Turned away (``SYMBOL_BUSY``, marked ``waiting_since``): the symbol had its limit of calls
-      under way. Its message is done, and it is not retried: whichever live claim of the symbol
-      was taken last saw every other one live, so it took the last slot and wakes the waiting on
+    - Marked (``waiting_since``): turned away (``SYMBOL_BUSY``: the symbol had its limit of calls
+      under way; its message is done, and it is not retried), or beyond what a dead node's rescue
+      re-sent (``tasks.sweeps.find_orphaned_executions``). Whichever live claim of the symbol was
+      taken last saw every other one live, so it took the last slot and wakes the turned-away on
       its release. The turn-away commits under the symbol's claim lock, and this read comes after
-      taking that lock, so it sees every execution turned away by the claims it saw.
-    - Left (its message lost with a dead node, beyond what the node's rescue re-sent): unclaimed
-      for over ``WAITING_AFTER_SECONDS`` since its last message, which was sent before the
-      claimed execution was made. The queue hands messages out in order, so that message has been
-      taken off it, and yet nothing claimed the execution.
+      taking that lock, so it sees every execution turned away by the claims it saw. Any claim
+      that sees a marked execution of its symbol wakes it too (``stale_waiting``).
+    - Left (its message lost with a dead node, no rescue having marked it): unclaimed for over
+      ``WAITING_AFTER_SECONDS`` since its last message, which was sent before the claimed
+      execution was made. The queue hands messages out in order, so that message has been taken
+      off it, and yet nothing claimed the execution.
     An execution whose message is still queued behind a backlog is neither, so a backlog is not
     sent twice (each claim waking the same oldest executions again fed the backlog it came from).
     A release the worker never reaches (killed) leaves them to the sweep of stale pending
