@@ -450,15 +450,13 @@ _WRITE_ORDER = (
     .add_cte(_MOVE_POSITION)
 )
 _LOCK_SYMBOL = select(func.pg_advisory_xact_lock(_symbol_lock_key(_SYMBOL)))
-_TURN_AWAY = (
-    update(Execution)
-    .where(
-        Execution.id == _EXECUTION_ID,
-        Execution.status.in_(IN_FLIGHT),
-        or_(Execution.claimed_until.is_(None), Execution.claimed_until <= _NOW),
-    )
-    .values(waiting_since=func.coalesce(Execution.waiting_since, _NOW))
+# The execution, in flight and claimed by no live worker: what a lease or a turn-away applies to.
+_UNCLAIMED = (
+    Execution.id == _EXECUTION_ID,
+    Execution.status.in_(IN_FLIGHT),
+    or_(Execution.claimed_until.is_(None), Execution.claimed_until <= _NOW),
 )
+_TURN_AWAY = update(Execution).where(*_UNCLAIMED).values(waiting_since=func.coalesce(Execution.waiting_since, _NOW))
 _WAITING = (
     select(Execution.id)
     .where(
@@ -489,11 +487,7 @@ _WOKEN = (
 _WAKE_WAITING = select(_WOKEN.c.id).order_by(_WOKEN.c.seq)
 _TAKE_LEASE = (
     update(Execution)
-    .where(
-        Execution.id == _EXECUTION_ID,
-        Execution.status.in_(IN_FLIGHT),
-        or_(Execution.claimed_until.is_(None), Execution.claimed_until <= _NOW),
-    )
+    .where(*_UNCLAIMED)
     .values(
         claimed_by=bindparam("token", type_=Execution.claimed_by.type),
         claimed_until=bindparam("until", type_=Execution.claimed_until.type),
