@@ -52,9 +52,14 @@ task_time_limit = _settings.celery.hard_time_limit_seconds
 task_soft_time_limit = _settings.celery.soft_time_limit_seconds
 worker_max_tasks_per_child = 10_000
 
-# Flower and `celery events` need task events.
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events (task-received, -started, -succeeded... over Redis pub/sub) cost about a tenth of
+# a worker's CPU per task whether anyone listens or not. Off by default: Flower broadcasts
+# `enable_events` every 5 s, so a worker sends them from then on, while a monitor runs (and until
+# it restarts). `celery.task_events` turns them on from the start, for a monitor that does not
+# ask (or `celery -A workers.celery_app control enable_events`), and adds task-sent events, which
+# the sender emits and no broadcast can turn on: Flower then shows when a task was sent.
+worker_send_task_events = _settings.celery.task_events
+task_send_sent_event = _settings.celery.task_events
 
 task_default_queue = "ops"
 task_queues = (

@@ -1,7 +1,8 @@
 """`dustpan flower`: Flower, the Celery monitor, behind HTTP basic auth.
 
-Flower sees tasks through the workers' task events (``worker_send_task_events`` and
-``task_send_sent_event`` in celeryconfig; `dustpan worker` leaves them on).
+Flower sees tasks through the workers' task events. Workers leave them off until asked
+(``celery.task_events`` in the settings): Flower broadcasts ``enable_events`` every 5 s, so a
+running worker starts sending them within seconds of Flower's start.
 
 Only basic auth is offered, no ``--auth``/OAuth: Flower's ``--auth`` is a pattern matched
 against the e-mail an OAuth provider returns, and a pattern that is not anchored and escaped

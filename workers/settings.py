@@ -184,6 +184,11 @@ class CelerySettings(_Section):
 
     visibility_timeout_seconds: int = Field(60, ge=20, le=3600, description="unacked messages come back after this")
     restore_interval_seconds: int = Field(1, ge=1, le=60, description="how often each worker looks for them")
+    task_events: bool = Field(
+        False,
+        description="workers send task events from their start, and the API and workers task-sent events;"
+        " off, a worker sends them once a monitor (Flower) asks for them",
+    )
 
     @property
     def hard_time_limit_seconds(self) -> int:

@@ -1,4 +1,7 @@
-"""`dustpan flower` against a real worker: it sees dustpan's tasks, and only operators see it."""
+"""`dustpan flower` against a real worker: it sees dustpan's tasks, and only operators see it.
+
+Workers start with task events off (``celery.task_events``): Flower's own ``enable_events``
+broadcast turns them on, so the first test also proves that path."""
 
 from __future__ import annotations
 
