@@ -318,8 +318,8 @@ def _run_worker(
         concurrency=concurrency,
         queues=queues.split(","),
         loglevel=mlevel(settings.log_level.upper()),
-        # JSON logs: no start-up banner on stdout, so every line is JSON. Task events stay on
-        # (celeryconfig): Flower needs them.
+        # JSON logs: no start-up banner on stdout, so every line is JSON. Task events as
+        # celeryconfig says: off until a monitor (Flower) asks, unless celery.task_events.
         quiet=settings.log_format == "json",
         # No gossip, no mingle: dustpan revokes nothing, and mingle's neighbour sync costs every
         # node a second at start, which a restarted worker's queued orders waited for.
