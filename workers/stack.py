@@ -121,6 +121,8 @@ class Stack(AbstractContextManager["Stack"]):
             Child("beat", [*dustpan, "beat"]),
         ]
         if self.flower_port is not None:
+            # Flower lists every task, those its first enable_events broadcast would miss too.
+            self.env.setdefault("DUSTPAN_CELERY__TASK_EVENTS", "true")
             self.children.append(Child("flower", [*dustpan, "flower", "--port", str(self.flower_port)]))
             secrets_path = self.data_dir / SECRETS_FILE
             self._say(f"flower   http://127.0.0.1:{self.flower_port}  (user and password in {secrets_path})")
