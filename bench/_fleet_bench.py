@@ -34,6 +34,9 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size of each worker")
     parser.add_argument("--database-url", help="a PostgreSQL server where the bench may create a database")
     parser.add_argument("--broker-url", help="a Redis for the Celery broker")
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the fleet's logs (API, workers) into DIR at the end"
+    )
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Iterable[str]) -> None:
@@ -81,5 +84,12 @@ def run_fleet_bench(
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130
     finally:
+        _keep_logs(scratch / "logs", getattr(args, "keep_logs", None))
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _keep_logs(logs: Path, keep: Path | None) -> None:
+    if keep is not None and logs.is_dir():
+        shutil.copytree(logs, keep, dirs_exist_ok=True)
+        print(f"fleet logs kept in {keep}", file=sys.stderr)

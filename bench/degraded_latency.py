@@ -2,6 +2,7 @@
 
     python bench/degraded_latency.py [--rate 200] [--seconds 20] [--symbols 24] [--hang-percent 15]
         [--error-percent 5] [--kill-every 10] [--runs healthy,faults,kills,both] [--recoveries 2]
+        [--slowest N] [--keep-logs DIR]
         [--workers W] [--concurrency K] [--database-url URL --broker-url URL]
 
 The real API and ``--workers`` default ``dustpan worker`` processes (no ``--queues``: a prefork
@@ -32,6 +33,10 @@ killed while the stub holds its order call open, until another claimant records 
 whole worker, and a worker's prefork pool children, killed while trades wait on them (the pool
 children are stopped with SIGSTOP first, so that the accumulate messages the worker takes wait
 there), until those trades are accumulated.
+
+To see what the slowest orders waited on: ``--slowest N`` lists each run's N slowest healthy
+orders with their execution ids and what their rows say (created -> submitted, claims, attempts),
+and ``--keep-logs DIR`` keeps the fleet's logs, where those ids can be looked up.
 
 Prints figures; never asserts on time. Exits non-zero only if something broke: a webhook
 refused, books not drained, an accepted order sent again, the broker and the books disagreeing
@@ -66,7 +71,14 @@ from bench._fleet_bench import (
 from bench._measure import BenchError, Books, machine, percentile
 from bench._sigkill import Killer, recover_execution_node, recover_prefork, wait_drained
 from bench._webhook_client import post_open_loop
-from bench.webhook_to_broker_latency import TimedAlpacaStub, alpaca_env, orders_from_books, paced_trades, warm_up
+from bench.webhook_to_broker_latency import (
+    Order,
+    TimedAlpacaStub,
+    alpaca_env,
+    orders_from_books,
+    paced_trades,
+    warm_up,
+)
 from tests.support.fleet import Fleet
 
 RUNS = {"healthy": (False, False), "faults": (True, False), "kills": (False, True), "both": (True, True)}
@@ -141,11 +153,13 @@ def run_once(bench: FleetBench, stub: TimedAlpacaStub, args: argparse.Namespace,
     if with_kills:
         restarts = "the bench restarts a killed whole worker at once, as a process manager would"
         notes.append(f"SIGKILLs: {'; '.join(killer.done) or 'none'} ({restarts})")
+    healthy = [o for o in orders if symbol_of[o.client_order_id] not in sick]
+    notes += slowest_orders(books, healthy, args.slowest)
     return RunFigures(
         name,
         with_faults or with_kills,
         [float(seconds) for (seconds,) in received],
-        [o.posted - o.last_answer for o in orders if symbol_of[o.client_order_id] not in sick],
+        [o.posted - o.last_answer for o in healthy],
         notes,
         len(killer.done),
     )
@@ -172,6 +186,24 @@ def check_exact(
     audit = httpx.get(f"{fleet.api_url}/audit", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60).json()
     if not audit["ok"] or not all(s["balanced"] for s in audit["symbols"]):
         raise BenchError(f"/audit is not ok: {audit}")
+
+
+def slowest_orders(books: Books, orders: list[Order], count: int) -> list[str]:
+    """The ``count`` slowest orders, 202 -> order, with what their execution rows say about the wait."""
+    lines = []
+    for order in sorted(orders, key=lambda o: o.posted - o.last_answer, reverse=True)[:count]:
+        [(execution_id, symbol, waited, claims, attempts, unknown)] = books.rows(
+            "SELECT id, symbol, extract(epoch FROM submitted_at - created_at), claims, submit_attempts,"
+            " unknown_outcomes FROM executions WHERE client_order_id = %s",
+            (order.client_order_id,),
+        )
+        submitted = "-" if waited is None else f"{float(waited) * 1000:.0f}"
+        lines.append(
+            f"slow order {execution_id} {symbol}: 202 -> order {(order.posted - order.last_answer) * 1000:.0f} ms,"
+            f" 202 -> accumulated {(order.accumulated - order.last_answer) * 1000:.0f} ms, created -> submitted"
+            f" {submitted} ms, {claims} claim(s), {attempts} attempt(s), {unknown} unknown outcome(s)"
+        )
+    return lines
 
 
 def print_run(figures: RunFigures) -> None:
@@ -231,6 +263,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recoveries", type=int, default=2, help="SIGKILL recoveries per pool (0: none)")
     parser.add_argument("--connections", type=int, default=32, help="most webhook connections open at once")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the books to drain")
+    parser.add_argument(
+        "--slowest",
+        type=int,
+        default=0,
+        metavar="N",
+        help="list each run's N slowest healthy orders: their execution rows, to look up in --keep-logs",
+    )
     add_fleet_options(parser)
     args = parser.parse_args(argv)
     args.runs = [run for run in args.runs.split(",") if run]
@@ -239,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     require_positive(parser, args, ("rate", "seconds", "symbols", "connections", "workers", "concurrency"))
     if not 0 <= args.hang_percent < 100 or not 0 <= args.error_percent <= 100 or args.kill_every <= 0:
         parser.error("--hang-percent must be 0..99, --error-percent 0..100, --kill-every above 0")
+    if args.slowest < 0:
+        parser.error("--slowest must be 0 or more")
     return args
 
 

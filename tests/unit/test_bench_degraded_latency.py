@@ -3,6 +3,8 @@ itself runs a fleet for minutes; this only keeps the script from rotting between
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.degraded_latency import RUNS, main, parse_args, sick_symbols
@@ -25,7 +27,9 @@ def test_defaults_run_every_run_in_order() -> None:
     assert (args.rate, args.symbols, args.hang_percent, args.error_percent) == (200, 24, 15, 5)
 
 
-@pytest.mark.parametrize("argv", [["--runs", "healthy,chaos"], ["--hang-percent", "100"], ["--kill-every", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--runs", "healthy,chaos"], ["--hang-percent", "100"], ["--kill-every", "0"], ["--slowest", "-1"]]
+)
 def test_bad_options_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_args(argv)
@@ -37,3 +41,9 @@ def test_sick_symbols_are_the_hang_percent_of_the_feed_symbols() -> None:
     assert sick_symbols(24, 15) == ["LAT20", "LAT21", "LAT22", "LAT23"]  # 3.6 rounds to 4
     assert sick_symbols(10, 1) == ["LAT09"]  # a fault asked for is never rounded away
     assert sick_symbols(24, 0) == []
+
+
+def test_the_slowest_orders_and_the_logs_are_kept_only_when_asked(tmp_path: Path) -> None:
+    assert (parse_args([]).slowest, parse_args([]).keep_logs) == (0, None)
+    args = parse_args(["--slowest", "5", "--keep-logs", str(tmp_path / "logs")])
+    assert (args.slowest, args.keep_logs) == (5, tmp_path / "logs")
